@@ -1,0 +1,13 @@
+"""extmem: external memory for transformers.
+
+Implements "The Power of External Memory in Increasing Predictive Model Capacity" (lookups x
+readouts, AltUp) and "Large Product Key Memory for Pretrained Language Models" (product-key
+memory in pretrained LMs, usage metrics, dense initialisation, ResM placement).
+"""
+
+from extmem.memory import Memory, MemoryConfig, ProductKeyConfig
+from extmem.model import ModelConfig, Transformer, flops_per_token, parameter_counts
+
+__version__ = "0.1.0"
+__all__ = ["Memory", "MemoryConfig", "ModelConfig", "ProductKeyConfig", "Transformer",
+           "flops_per_token", "parameter_counts", "__version__"]

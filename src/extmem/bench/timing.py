@@ -1,0 +1,58 @@
+"""Small helpers shared by the benchmarks: wall-clock timing, summaries, environment, RSS.
+
+Timings are wall-clock (`time.perf_counter`) on the CPU. Benchmarks interleave the models they
+compare so that machine noise (other processes, frequency scaling) hits every model alike, and
+report the median (typical) and the minimum (least disturbed) over repetitions.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import torch
+
+
+def time_ms(fn: Callable[[], object]) -> float:
+    """Run `fn` once and return its wall-clock duration in milliseconds."""
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000.0
+
+
+def summarize(samples_ms: list[float]) -> dict[str, object]:
+    """median / min / max / all of a list of millisecond samples (at least one)."""
+    if not samples_ms:
+        raise ValueError("summarize: no samples")
+    return {"median": statistics.median(samples_ms), "min": min(samples_ms),
+            "max": max(samples_ms), "samples": list(samples_ms)}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (ru_maxrss: KiB on Linux)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # macOS: bytes
+
+
+def environment() -> dict[str, object]:
+    """Versions and machine facts that a timing depends on (JSON-serialisable)."""
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # not available on every platform
+        load = None
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": load,  # 1/5/15 min load when the run started: other work on the machine
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }

@@ -1,0 +1,104 @@
+"""Load documents from local .txt and .jsonl files (`data.corpus = "files"`).
+
+`data.path` is a file, a directory (searched recursively) or a glob pattern. Files are read in
+sorted path order. In a .txt file, documents are separated by blank lines; in a .jsonl file,
+each non-blank line is a JSON object whose `data.text_field` string is one document.
+Empty documents are skipped.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+from pathlib import Path
+
+from extmem.errors import DataError
+
+EXTENSIONS: tuple[str, ...] = (".txt", ".jsonl")
+_BLANK_LINES = re.compile(r"\n[ \t\f\v]*\n")
+
+
+def find_files(path: str) -> list[Path]:
+    """Resolve `path` (file, directory or glob) to the sorted list of .txt/.jsonl files."""
+    allowed = " or ".join(EXTENSIONS)
+    if any(ch in path for ch in "*?["):
+        matches = [Path(p) for p in glob.glob(path, recursive=True)]
+        files = sorted(p for p in matches if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        if not files:
+            raise DataError(f"data.path: the glob {path!r} matched no {allowed} files "
+                            f"({len(matches)} paths matched in all)")
+        return files
+    target = Path(path).expanduser()
+    if target.is_dir():
+        files = sorted(p for p in target.rglob("*")
+                       if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        if not files:
+            raise DataError(f"data.path: the directory {path!r} contains no {allowed} files")
+        return files
+    if target.is_file():
+        if target.suffix.lower() not in EXTENSIONS:
+            raise DataError(f"data.path: {path!r} has an unsupported extension; "
+                            f"allowed {allowed}")
+        return [target]
+    raise DataError(f"data.path: {path!r} does not exist (expected a {allowed} file, "
+                    "a directory or a glob)")
+
+
+def read_utf8(path: Path) -> str:
+    """Read a file as UTF-8 (a leading BOM is dropped, newlines normalised to \\n)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid UTF-8 at byte offset {exc.start}; "
+                        "convert the file to UTF-8") from None
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def txt_documents(path: Path) -> list[str]:
+    """Blank-line separated documents of a .txt file."""
+    parts = _BLANK_LINES.split(read_utf8(path))
+    return [part.strip() for part in parts if part.strip()]
+
+
+def jsonl_documents(path: Path, text_field: str) -> list[str]:
+    """The `text_field` string of each row of a .jsonl file."""
+    docs: list[str] = []
+    for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column "
+                            f"{exc.colno})") from None
+        if not isinstance(row, dict) or text_field not in row:
+            keys = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
+            raise DataError(f"{path}:{lineno}: no field {text_field!r} (found: {keys}); "
+                            "set data.text_field to the field holding the text")
+        text = row[text_field]
+        if not isinstance(text, str):
+            raise DataError(f"{path}:{lineno}: field {text_field!r} is "
+                            f"{type(text).__name__}, expected a string")
+        if text.strip():
+            docs.append(text.strip())
+    return docs
+
+
+def load_files(path: str, text_field: str = "text") -> list[str]:
+    """All documents under `path`, in sorted file order."""
+    files = find_files(path)
+    docs: list[str] = []
+    for file in files:
+        if file.suffix.lower() == ".jsonl":
+            docs.extend(jsonl_documents(file, text_field))
+        else:
+            docs.extend(txt_documents(file))
+    if not docs:
+        raise DataError(f"data.path: {path!r} matched {len(files)} file(s) but all are empty "
+                        "(no non-blank documents)")
+    return docs

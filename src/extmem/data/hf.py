@@ -1,0 +1,64 @@
+"""Load a Hugging Face hub dataset (`data.corpus = "hf"`), importing `datasets` lazily.
+
+Network timeouts are shortened (unless already set in the environment) so that an
+unreachable hub fails within seconds instead of hanging; `HF_HUB_OFFLINE=1` is respected
+and then only locally cached datasets load. Every failure is reported as one DataError line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from extmem.errors import DataError
+
+HF_HINT = 'pip install -c constraints.txt "datasets>=2.14"'
+_TIMEOUTS = {"HF_HUB_ETAG_TIMEOUT": "10", "HF_HUB_DOWNLOAD_TIMEOUT": "30"}
+
+
+def _import_datasets() -> Any:
+    for key, value in _TIMEOUTS.items():
+        os.environ.setdefault(key, value)
+    try:
+        return importlib.import_module("datasets")
+    except ImportError:
+        raise DataError("data.corpus = 'hf' needs the 'datasets' package, which is not "
+                        f"installed; install it with: {HF_HINT}") from None
+
+
+def load_hf(name: str, config: str = "", split: str = "train", text_field: str = "text",
+            max_chars: int = 0) -> list[str]:
+    """Documents from `text_field` of each row; stops early once `max_chars` are collected
+    (0 = all rows)."""
+    datasets = _import_datasets()
+    where = f"{name}" + (f" ({config})" if config else "") + f" split {split!r}"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    try:
+        dataset = datasets.load_dataset(name, config or None, split=split)
+    except Exception as exc:  # noqa: BLE001 - hub, network, offline, bad name: one line each
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        mode = " (HF_HUB_OFFLINE is set, so only locally cached datasets can load)" \
+            if offline else ""
+        raise DataError(f"data.hf_name: cannot load hub dataset {where}{mode}: "
+                        f"{type(exc).__name__}: {reason}") from None
+    columns = list(getattr(dataset, "column_names", None) or [])
+    if columns and text_field not in columns:
+        raise DataError(f"data.text_field: {text_field!r} is not a column of {where}; "
+                        f"columns are: {', '.join(columns)}")
+    docs: list[str] = []
+    total = 0
+    for i, row in enumerate(dataset):
+        text = row.get(text_field) if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            raise DataError(f"{where} row {i}: field {text_field!r} is "
+                            f"{type(text).__name__}, expected a string")
+        text = text.strip()
+        if text:
+            docs.append(text)
+            total += len(text)
+            if max_chars and total >= max_chars:
+                break
+    if not docs:
+        raise DataError(f"{where}: no non-empty {text_field!r} texts")
+    return docs

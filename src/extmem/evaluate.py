@@ -1,0 +1,92 @@
+"""Evaluation: validation loss, perplexity, bits per byte, facts recalled, memory usage.
+
+Bits per byte = mean NLL per token / ln 2 / (UTF-8 bytes per validation token), so runs with
+different tokenizers compare. Facts recalled = fraction of probes whose greedy prediction is
+right at every answer token (teacher-forced, one forward pass per batch of probes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+
+from extmem.data import FactProbe, LMData
+from extmem.model import Transformer
+from extmem.train.objective import mlm_generator
+from extmem.data import mask_tokens
+
+EVAL_MASK_SEED = 12345
+
+
+@torch.no_grad()
+def validation_loss(model: Transformer, data: LMData, batch_size: int, max_tokens: int,
+                    mask_prob: float, device: torch.device) -> tuple[float, int]:
+    """Mean NLL over the validation split (masked positions for a masked LM) and token count."""
+    total, count = 0.0, 0
+    for i, (inputs, targets) in enumerate(data.val_batches(batch_size, max_tokens)):
+        inputs, targets = inputs.to(device), targets.to(device)
+        if model.cfg.causal:
+            logits = model(inputs)  # (B, T, V)
+            labels = targets
+        else:
+            special = [data.eos_id, data.pad_id, data.mask_id]
+            masked, labels = mask_tokens(inputs.cpu(), mlm_generator(EVAL_MASK_SEED, i),
+                                         data.mask_id, data.vocab_size, special, prob=mask_prob)
+            logits = model(masked.to(device))
+            labels = labels.to(device)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                              ignore_index=-100, reduction="sum")
+        total += float(nll)
+        count += int((labels != -100).sum())
+    return (total / count if count else float("nan")), count
+
+
+@torch.no_grad()
+def facts_recalled(model: Transformer, data: LMData, probes: list[FactProbe], batch_size: int,
+                   device: torch.device) -> float:
+    """Fraction of probes answered exactly (argmax right at every answer token)."""
+    correct = total = 0
+    for batch in data.probe_batches(probes, batch_size):
+        inputs = batch.input_ids.to(device)  # (B, L)
+        mask = batch.answer_mask.to(device)  # (B, L)
+        logits = model(inputs, padding_mask=inputs.eq(data.pad_id))
+        hit = logits.argmax(-1).eq(batch.targets.to(device)) | ~mask  # (B, L)
+        correct += int(hit.all(dim=1).sum())
+        total += inputs.shape[0]
+    return correct / total if total else float("nan")
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, data: LMData, probes: list[FactProbe], batch_size: int,
+             max_tokens: int = 0, mask_prob: float = 0.15,
+             usage_window: int = 100) -> dict:
+    """All evaluation figures of the model on this data, as a JSON-ready dict."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    memories = model.memory_modules()
+    with contextlib.ExitStack() as stack:
+        collectors = {name: stack.enter_context(m.collect_usage()) for name, m in memories}
+        loss, tokens = validation_loss(model, data, batch_size, max_tokens, mask_prob, device)
+    out: dict = {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)), "val_tokens": tokens}
+    if model.cfg.causal:
+        out["val_bpb"] = loss / math.log(2) / data.val_bytes_per_token
+    if probes and model.cfg.causal:
+        out["facts_recalled"] = facts_recalled(model, data, probes, batch_size, device)
+    if memories:
+        usage = {}
+        for name, memory in memories:
+            figures = collectors[name].summary()  # distribution over the evaluation set
+            figures.pop("windowed_usage")
+            figures.pop("never_read")
+            train_counters = memory.usage
+            figures["train_windowed_usage"] = train_counters.summary(usage_window)["windowed_usage"]
+            figures["train_never_read"] = float((train_counters.last_step < 0).float().mean())
+            figures["slots"] = memory.num_slots
+            usage[name] = figures
+        out["memory_usage"] = usage
+    model.train(was_training)
+    return out

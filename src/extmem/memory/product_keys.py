@@ -1,0 +1,109 @@
+"""Product-key lookup (Lample et al. 2019, "Large Memory Layers with Product Keys").
+
+A query q = norm(W_q h) per head is split into halves (q1, q2); each half is scored against its
+own table of n sub-keys. The top-k of each half gives k*k candidate pairs whose scores are sums,
+so they contain the exact top-k over all n^2 slots. Slot index = i1 * n + i2, weights = softmax
+over the k best scores. Cost per token ~ H * n * key_dim instead of H * n^2 * key_dim / 2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from extmem.memory.config import ProductKeyConfig
+
+
+class MaskedBatchNorm(nn.Module):
+    """BatchNorm over the feature dim that ignores padded positions when computing statistics.
+
+    Lample found BatchNorm on queries best; in a padded batch the plain version would mix
+    padding into the statistics. (It still shares statistics across positions of a batch,
+    which a causal LM can exploit: LayerNorm is the default for that reason.)
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        # x: (B, T, F); valid: (B, T) bool or None (all valid)
+        if self.training:
+            rows = x.reshape(-1, x.shape[-1]) if valid is None else x[valid]  # (n, F)
+            mean = rows.mean(0)
+            var = rows.var(0, unbiased=False)
+            with torch.no_grad():
+                unbiased = var * rows.shape[0] / max(rows.shape[0] - 1, 1)
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(unbiased, self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class ProductKeyLookup(nn.Module):
+    """Maps hidden states (B, T, d) to slot indices and weights, each (B, T, H, k)."""
+
+    def __init__(self, cfg: ProductKeyConfig, d_model: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_slots = cfg.num_slots
+        half = cfg.key_dim // 2
+        self.query = nn.Linear(d_model, cfg.heads * cfg.key_dim)
+        if cfg.query_norm == "layernorm":
+            self.query_norm: nn.Module | None = nn.LayerNorm(cfg.heads * cfg.key_dim)
+        elif cfg.query_norm == "batchnorm":
+            self.query_norm = MaskedBatchNorm(cfg.heads * cfg.key_dim)
+        else:
+            self.query_norm = None
+        # sub-keys: (H, 2, n, half), uniform init as in XLM's HashingMemory
+        bound = 1.0 / math.sqrt(half)
+        self.sub_keys = nn.Parameter(torch.empty(cfg.heads, 2, cfg.n_keys, half).uniform_(-bound, bound))
+
+    def queries(self, h: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, d) -> normalised queries (B, T, H, key_dim)."""
+        cfg = self.cfg
+        h = F.dropout(h, cfg.input_dropout, self.training)
+        q = self.query(h)  # (B, T, H * key_dim)
+        if isinstance(self.query_norm, MaskedBatchNorm):
+            valid = None if padding_mask is None else ~padding_mask
+            q = self.query_norm(q, valid)
+        elif self.query_norm is not None:
+            q = self.query_norm(q)
+        q = F.dropout(q, cfg.query_dropout, self.training)
+        return q.view(*h.shape[:-1], cfg.heads, cfg.key_dim)
+
+    def search(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-k over n^2 slots from queries (..., H, key_dim) -> scores, indices (..., H, k)."""
+        cfg = self.cfg
+        k, n, half = cfg.topk, cfg.n_keys, cfg.key_dim // 2
+        q1, q2 = q[..., :half], q[..., half:]  # (..., H, half) each
+        scores1 = torch.einsum("...hd,hnd->...hn", q1, self.sub_keys[:, 0])  # (..., H, n)
+        scores2 = torch.einsum("...hd,hnd->...hn", q2, self.sub_keys[:, 1])  # (..., H, n)
+        top1, idx1 = scores1.topk(k, dim=-1)  # (..., H, k)
+        top2, idx2 = scores2.topk(k, dim=-1)  # (..., H, k)
+        pair_scores = top1.unsqueeze(-1) + top2.unsqueeze(-2)  # (..., H, k, k)
+        best, flat = pair_scores.flatten(-2).topk(k, dim=-1)  # (..., H, k)
+        rows = idx1.gather(-1, flat // k)  # (..., H, k) index into the first half-keys
+        cols = idx2.gather(-1, flat % k)   # (..., H, k) index into the second half-keys
+        return best, rows * n + cols
+
+    def forward(self, h: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                **_: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, d) -> indices (B, T, H, k) int64 and weights (B, T, H, k) (softmax per head)."""
+        scores, indices = self.search(self.queries(h, padding_mask))
+        return indices, scores.softmax(dim=-1)
+
+    def flops_per_token(self, d_model: int) -> int:
+        cfg = self.cfg
+        query = 2 * d_model * cfg.heads * cfg.key_dim
+        sub_key_scores = 2 * cfg.heads * cfg.n_keys * cfg.key_dim  # both halves
+        candidates = cfg.heads * cfg.topk * cfg.topk  # k*k additions
+        return query + sub_key_scores + candidates

@@ -1,0 +1,7 @@
+"""The transformer (decoder LM / masked-LM encoder), its config and accounting."""
+
+from extmem.model.accounting import flops_per_token, parameter_counts
+from extmem.model.config import ModelConfig
+from extmem.model.transformer import Transformer
+
+__all__ = ["ModelConfig", "Transformer", "flops_per_token", "parameter_counts"]

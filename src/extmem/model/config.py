@@ -1,0 +1,65 @@
+"""ModelConfig: the dense transformer core and the memories attached to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from extmem.config import require
+from extmem.memory.config import MemoryConfig
+
+
+@dataclass
+class ModelConfig:
+    """Pre-norm transformer (RMSNorm, rotary positions, SwiGLU or GELU FFN).
+
+    `causal = true` is a decoder LM; `causal = false` a bidirectional encoder whose LM head
+    serves as the masked-LM head. `vocab_size = 0` takes the tokenizer's size at build time.
+    `d_ff = 0` picks 4*d for GELU and the parameter-matched 8/3*d (rounded to 16) for SwiGLU.
+    """
+
+    vocab_size: int = 0
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 0
+    ffn: Literal["swiglu", "gelu"] = "swiglu"
+    causal: bool = True
+    max_seq_len: int = 1024
+    rope_base: float = 10000.0
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    memories: list[MemoryConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        require(self.vocab_size >= 0, f"model.vocab_size: {self.vocab_size} must be >= 0")
+        require(self.d_model >= 2, f"model.d_model: {self.d_model} must be >= 2")
+        require(self.n_layers >= 1, f"model.n_layers: {self.n_layers} must be >= 1")
+        require(self.n_heads >= 1, f"model.n_heads: {self.n_heads} must be >= 1")
+        require(self.d_model % self.n_heads == 0,
+                f"model.d_model: {self.d_model} is not divisible by model.n_heads="
+                f"{self.n_heads}; choose a width that is a multiple of the heads")
+        require((self.d_model // self.n_heads) % 2 == 0,
+                f"model.d_model / model.n_heads = {self.d_model // self.n_heads} must be even "
+                "for rotary positions")
+        require(self.d_ff >= 0, f"model.d_ff: {self.d_ff} must be >= 0 (0 = automatic)")
+        require(self.max_seq_len >= 1, f"model.max_seq_len: {self.max_seq_len} must be >= 1")
+        require(0.0 <= self.dropout < 1.0, f"model.dropout: {self.dropout} must be in [0, 1)")
+        require(self.init_std > 0, f"model.init_std: {self.init_std} must be > 0")
+        for i, memory in enumerate(self.memories):
+            bad = [layer for layer in memory.layers if layer >= self.n_layers]
+            require(not bad, f"model.memories[{i}].layers: {bad} out of range; this model has "
+                             f"layers 0..{self.n_layers - 1}")
+
+    @property
+    def ffn_hidden(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.ffn == "gelu":
+            return 4 * self.d_model
+        return 16 * round(8 * self.d_model / 3 / 16) or 16
+
+    def memories_at(self, layer: int) -> list[MemoryConfig]:
+        return [m for m in self.memories if layer in m.layers]

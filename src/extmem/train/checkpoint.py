@@ -1,0 +1,201 @@
+"""Checkpoints: safetensors + a JSON state, written atomically, loaded without unpickling.
+
+Layout: RUN/checkpoints/step-N/{model,optimizer,rng}.safetensors + state.json. The directory
+is assembled under a temporary name and renamed into place, so a run killed at any moment
+leaves either a complete checkpoint or none. state.json carries a format version, the step,
+and a SHA-256 of every file, checked on load (a truncated or corrupted file is an error).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from extmem.errors import CheckpointError
+
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """state_dict without the second name of tied tensors (safetensors refuses shared memory)."""
+    out, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.shape, tensor.dtype)
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor.detach().contiguous().cpu()
+    return out
+
+
+def load_model_weights(model: nn.Module, path: Path) -> None:
+    """Load a model.safetensors into `model`, with errors that name the mismatching tensor."""
+    try:
+        saved = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    expected = model.state_dict()
+    required = unique_state_dict(model)
+    missing = sorted(set(required) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        detail = (f"missing {missing[:3]}" if missing else "") + \
+                 (f" unexpected {unexpected[:3]}" if unexpected else "")
+        raise CheckpointError(f"checkpoint {path.parent} does not match the config:{' ' + detail.strip()}; "
+                              "was it written with a different model config?")
+    for name, tensor in saved.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(
+                f"checkpoint {path.parent} does not match the config: {name} has shape "
+                f"{tuple(tensor.shape)} in the checkpoint but {tuple(expected[name].shape)} "
+                "in the model built from the config")
+    model.load_state_dict(saved, strict=False)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for group in optimizer.param_groups:
+        for name, param in zip(group["param_names"], group["params"]):
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value):
+                    out[f"{name}::{key}"] = value.detach().contiguous().cpu()
+    return out
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    by_name = {}
+    for group in optimizer.param_groups:
+        by_name.update(zip(group["param_names"], group["params"]))
+    for key, value in tensors.items():
+        name, _, field = key.partition("::")
+        if name not in by_name:
+            raise CheckpointError(f"optimizer state names parameter {name!r}, which this model "
+                                  "does not have; the checkpoint does not match the config")
+        param = by_name[name]
+        optimizer.state[param][field] = value.to(param.device) if field != "step" else value
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"torch_cuda_{i}"] = state
+    return out
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module,
+                    optimizer: torch.optim.Optimizer, extra: dict | None = None,
+                    keep: int = 0) -> Path:
+    """Write RUN/checkpoints/step-N atomically; keep only the newest `keep` (0: all)."""
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-step-{step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(unique_state_dict(model), str(tmp / "model.safetensors"))
+    save_file(_optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
+    save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+    files = {name: _sha256(tmp / name)
+             for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors")}
+    state = {"format_version": FORMAT_VERSION, "step": step, "time": time.time(),
+             "files": files, **(extra or {})}
+    (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+    for path in tmp.iterdir():  # make the contents durable before the rename publishes them
+        with path.open("rb") as f:
+            os.fsync(f.fileno())
+    if final.exists():  # same step written again (e.g. interrupt right after a checkpoint)
+        trash = root / f".old-step-{step}-{os.getpid()}"
+        final.rename(trash)
+        tmp.rename(final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    if keep:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints (those with state.json), oldest first."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and (path / "state.json").is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    step: int
+    state: dict
+
+
+def read_state(path: Path) -> dict:
+    """Read and verify state.json and the hashes of the files it lists."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: unreadable state.json ({exc})") from None
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path}: format version {version!r} is not supported; "
+                              f"this extmem reads version {FORMAT_VERSION}")
+    for name, digest in state.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {path}: {name} is missing")
+        if _sha256(file) != digest:
+            raise CheckpointError(f"checkpoint {path}: {name} is truncated or corrupted "
+                                  "(SHA-256 does not match state.json)")
+    return state
+
+
+def load_checkpoint(path: Path, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    restore_rng: bool = False) -> LoadedCheckpoint:
+    state = read_state(path)
+    load_model_weights(model, path / "model.safetensors")
+    if optimizer is not None:
+        _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")))
+    if restore_rng:
+        _restore_rng(load_file(str(path / "rng.safetensors")))
+    return LoadedCheckpoint(path=path, step=int(state["step"]), state=state)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None

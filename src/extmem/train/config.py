@@ -1,0 +1,101 @@
+"""TrainConfig and RunConfig (the whole TOML file: [model], [data], [train])."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from extmem.config import require
+from extmem.data.config import DataConfig
+from extmem.model.config import ModelConfig
+
+
+@dataclass
+class ParamGroupConfig:
+    """Parameters whose dotted names match any glob in `patterns` (first matching group wins).
+
+    `lr` / `weight_decay` left unset take train.lr / train.weight_decay. The learning-rate
+    schedule scales every group alike.
+    """
+
+    name: str
+    patterns: list[str]
+    lr: float | None = None
+    weight_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        require(bool(self.name), "train.param_groups.name: must not be empty")
+        require(len(self.patterns) > 0, f"train.param_groups[{self.name}].patterns: empty")
+        require(self.lr is None or self.lr > 0,
+                f"train.param_groups[{self.name}].lr: {self.lr} must be > 0")
+        require(self.weight_decay is None or self.weight_decay >= 0,
+                f"train.param_groups[{self.name}].weight_decay: {self.weight_decay} must be >= 0")
+
+
+def default_param_groups() -> list[ParamGroupConfig]:
+    # Memory values: own learning rate and no weight decay (Lample et al. 2019 train values
+    # with a constant 1e-3 Adam; lucidrains' product-key-memory uses a higher LR for values).
+    return [
+        ParamGroupConfig("memory_values", ["*.memories.*.table.weight"], lr=1e-2,
+                         weight_decay=0.0),
+        ParamGroupConfig("no_decay", ["*norm*", "*.bias", "*.sub_keys"], weight_decay=0.0),
+    ]
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1      # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0         # 0 disables clipping
+    param_groups: list[ParamGroupConfig] = field(default_factory=default_param_groups)
+    seed: int = 0
+    eval_every: int = 100          # 0: evaluate only at the end
+    eval_tokens: int = 0           # validation tokens per evaluation; 0 = the whole split
+    eval_batch_size: int = 16
+    checkpoint_every: int = 0      # 0: checkpoint only at the end (and on interrupt)
+    keep_checkpoints: int = 2      # newest checkpoints kept; 0 keeps all
+    log_every: int = 10
+    bf16: bool = False             # bf16 autocast for forward/backward
+    mask_prob: float = 0.15        # masked-LM only (model.causal = false)
+    usage_window: int = 100        # steps for windowed usage (REFERENCE.md section 6)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_batch_size", "log_every", "usage_window"):
+            value = getattr(self, name)
+            require(value >= 1, f"train.{name}: {value} must be >= 1")
+        for name in ("warmup_steps", "eval_every", "eval_tokens", "checkpoint_every",
+                     "keep_checkpoints", "seed"):
+            value = getattr(self, name)
+            require(value >= 0, f"train.{name}: {value} must be >= 0")
+        require(self.lr > 0, f"train.lr: {self.lr} must be > 0")
+        require(0 <= self.min_lr_ratio <= 1,
+                f"train.min_lr_ratio: {self.min_lr_ratio} must be in [0, 1]")
+        require(self.weight_decay >= 0, f"train.weight_decay: {self.weight_decay} must be >= 0")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            require(0 <= value < 1, f"train.{name}: {value} must be in [0, 1)")
+        require(self.grad_clip >= 0, f"train.grad_clip: {self.grad_clip} must be >= 0")
+        require(0 < self.mask_prob < 1, f"train.mask_prob: {self.mask_prob} must be in (0, 1)")
+        names = [g.name for g in self.param_groups]
+        require(len(set(names)) == len(names), f"train.param_groups: duplicate names in {names}")
+        require("default" not in names,
+                "train.param_groups: 'default' is reserved for parameters no group matches")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        require(self.data.seq_len <= self.model.max_seq_len,
+                f"data.seq_len: {self.data.seq_len} exceeds model.max_seq_len="
+                f"{self.model.max_seq_len}")

@@ -1,0 +1,164 @@
+"""The training loop: AdamW + warmup/cosine, clipping, periodic eval and atomic checkpoints.
+
+A run killed at any moment and resumed with `--resume` ends with the same weights and losses
+as an uninterrupted run: batches and masks depend only on (seed, step), and checkpoints hold
+model, optimizer, RNG state and the step.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from extmem.evaluate import evaluate
+from extmem.model import flops_per_token, parameter_counts
+from extmem.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from extmem.train.config import RunConfig
+from extmem.train.objective import batch_loss
+from extmem.train.optim import build_optimizer, lr_factor, set_lr
+from extmem.train.run_dir import (RESULTS_FILE, TOKENIZER_FILE, MetricsLog, save_run_config,
+                                  write_json)
+from extmem.train.session import build_model, load_run_data, resolve_device, with_vocab
+
+
+class TrainingInterrupted(Exception):
+    """Raised after Ctrl-C once the current state has been checkpointed."""
+
+    def __init__(self, run_dir: Path, step: int) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint saved. Continue with: "
+                         f"extmem train --resume --out {run_dir}")
+        self.run_dir, self.step = run_dir, step
+
+
+@dataclass
+class TrainOptions:
+    resume: bool = False
+    quiet: bool = False   # no progress bar or tables (e.g. tests)
+
+
+def _group_table(rows: list[dict]) -> Table:
+    table = Table(title="parameter groups (AdamW)")
+    for column in ("group", "patterns", "tensors", "params", "lr", "weight_decay"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["group"], row["patterns"], str(row["tensors"]), f"{row['params']:,}",
+                      f"{row['lr']:g}", f"{row['weight_decay']:g}")
+    return table
+
+
+def _flat(prefix: str, value: object, out: dict) -> dict:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flat(f"{prefix}/{k}" if prefix else str(k), v, out)
+    elif isinstance(value, (int, float)):
+        out[prefix] = value
+    return out
+
+
+def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) -> dict:
+    """Train (or resume) the run in `run_dir`; returns the results dict (also results.json)."""
+    options = options or TrainOptions()
+    console = Console(stderr=True, quiet=options.quiet)
+    device = resolve_device(cfg.train.device)
+    tc = cfg.train
+
+    checkpoint = latest_checkpoint(run_dir) if options.resume else None
+    data = load_run_data(cfg, run_dir if options.resume else None)
+    cfg = with_vocab(cfg, data.lm.vocab_size)
+    model = build_model(cfg, device)
+    optimizer, groups = build_optimizer(model, tc)
+    start = 0
+    if checkpoint is not None:
+        start = load_checkpoint(checkpoint, model, optimizer, restore_rng=True).step
+        console.print(f"resuming {run_dir} from {checkpoint.name}")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_run_config(run_dir, cfg)
+    if not (run_dir / TOKENIZER_FILE).exists():
+        data.tokenizer.save(str(run_dir / TOKENIZER_FILE))
+    accounting = {"params": parameter_counts(model),
+                  "flops_per_token": flops_per_token(model, cfg.data.seq_len)}
+    write_json(run_dir / "accounting.json", accounting)
+    console.print(_group_table(groups))
+    console.print(f"params {accounting['params']}  flops/token {accounting['flops_per_token']}")
+
+    from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1)
+    log = MetricsLog(run_dir, resume_step=start if options.resume else None)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16)
+    tokens_per_step = tc.batch_size * cfg.data.seq_len
+    last_eval: dict = {}
+    step = start
+    model.train()
+    bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", file=sys.stderr,
+               disable=options.quiet, dynamic_ncols=True, mininterval=0.5)
+    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    started = time.perf_counter()
+    try:
+        while step < tc.steps:
+            set_lr(optimizer, lr_factor(step, tc))
+            model.set_memory_step(step)
+            inputs, targets = data.lm.train_batch(step, tc.batch_size, tc.seed)
+            inputs, targets = inputs.to(device), targets.to(device)
+            with autocast:
+                loss, _ = batch_loss(model, inputs, targets, data.lm, tc.seed, step, tc.mask_prob)
+            loss.backward()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                         if tc.grad_clip else None)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_value = float(loss.detach())
+            window_loss += loss_value
+            window_steps += 1
+            bar.update(1)
+            if step % tc.log_every == 0 or step == tc.steps:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, "split": "train", "loss": window_loss / window_steps,
+                          "lr": optimizer.param_groups[0]["lr"],
+                          "tokens_per_s": window_steps * tokens_per_step / max(elapsed, 1e-9),
+                          "tokens": step * tokens_per_step}
+                if grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                log.write(record)
+                for key, value in _flat("train", record, {}).items():
+                    if not key.endswith(("/step", "/tokens")):
+                        writer.add_scalar(key, value, step)
+                bar.set_postfix(loss=f"{record['loss']:.3f}",
+                                tok_s=f"{record['tokens_per_s']:.0f}")
+                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
+                last_eval = evaluate(model, data.lm, data.corpus.probes, tc.eval_batch_size,
+                                     tc.eval_tokens, tc.mask_prob, tc.usage_window)
+                log.write({"step": step, "split": "val", **last_eval})
+                for key, value in _flat("val", last_eval, {}).items():
+                    writer.add_scalar(key, value, step)
+            if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == tc.steps:
+                save_checkpoint(run_dir, step, model, optimizer, {"tokens": step * tokens_per_step},
+                                keep=tc.keep_checkpoints)
+    except KeyboardInterrupt:
+        bar.close()
+        if step > start:
+            save_checkpoint(run_dir, step, model, optimizer, {"tokens": step * tokens_per_step},
+                            keep=tc.keep_checkpoints)
+        writer.close()
+        raise TrainingInterrupted(run_dir, step) from None
+    bar.close()
+    writer.close()
+    if not last_eval:  # resumed a finished run: nothing trained, evaluate what is there
+        last_eval = evaluate(model, data.lm, data.corpus.probes, tc.eval_batch_size,
+                             tc.eval_tokens, tc.mask_prob, tc.usage_window)
+    results = {"run_dir": str(run_dir), "steps": step, "tokens": step * tokens_per_step,
+               "train_seconds_this_session": time.perf_counter() - started,
+               **last_eval, **accounting}
+    write_json(run_dir / RESULTS_FILE, results)
+    return results
+
+

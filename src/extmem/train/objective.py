@@ -1,0 +1,37 @@
+"""Training objectives: next-token prediction (causal LM) and masked-LM (encoder, 80/10/10)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from extmem.data import LMData, mask_tokens
+
+
+def mlm_generator(seed: int, step: int) -> torch.Generator:
+    """Masking randomness depends only on (seed, step), so a resumed run masks identically."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + 17)
+
+
+def batch_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, data: LMData,
+               seed: int, step: int, mask_prob: float) -> tuple[torch.Tensor, int]:
+    """Mean loss over predicted tokens and how many tokens were predicted.
+
+    inputs, targets (B, T). Causal: predict targets (next tokens). Masked-LM: mask the
+    inputs, predict the original ids at masked positions.
+    """
+    if getattr(model, "cfg").causal:
+        logits = model(inputs)  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return loss, targets.numel()
+    special = [data.eos_id, data.pad_id, data.mask_id]
+    masked, labels = mask_tokens(inputs, mlm_generator(seed, step), data.mask_id,
+                                 data.vocab_size, special, prob=mask_prob)
+    masked, labels = masked.to(inputs.device), labels.to(inputs.device)
+    logits = model(masked)  # (B, T, V)
+    count = int((labels != -100).sum())
+    if count == 0:
+        return logits.sum() * 0.0, 0
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+    return loss, count

@@ -1,0 +1,65 @@
+"""Build what a run needs from its config: data, tokenizer, model, device.
+
+Shared by `train`, `eval` and `generate`, so every command sees the same data and model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from extmem.data import Corpus, LMData, build_lm_data, get_tokenizer, load_corpus
+from extmem.errors import CheckpointError, ConfigError
+from extmem.model import Transformer
+from extmem.train.config import RunConfig
+from extmem.train.run_dir import TOKENIZER_FILE
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' requested but no CUDA device is available; "
+                          "use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+@dataclass
+class RunData:
+    corpus: Corpus
+    tokenizer: Tokenizer
+    lm: LMData
+
+
+def load_run_data(cfg: RunConfig, run_dir: Path | None = None) -> RunData:
+    """Corpus, tokenizer (the run directory's own if it has one) and token streams."""
+    corpus = load_corpus(cfg.data)
+    saved = run_dir / TOKENIZER_FILE if run_dir is not None else None
+    if saved is not None and saved.is_file():
+        try:
+            tokenizer = Tokenizer.from_file(str(saved))
+        except Exception as exc:  # tokenizers raises its own Exception type
+            raise CheckpointError(f"{saved} is not a readable tokenizer: {exc}") from None
+    else:
+        tokenizer = get_tokenizer(corpus, cfg.data)
+    return RunData(corpus=corpus, tokenizer=tokenizer, lm=build_lm_data(corpus, tokenizer, cfg.data))
+
+
+def with_vocab(cfg: RunConfig, vocab_size: int) -> RunConfig:
+    """The config with model.vocab_size resolved from the tokenizer (0 means automatic)."""
+    if cfg.model.vocab_size == 0:
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
+    if cfg.model.vocab_size < vocab_size:
+        raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the "
+                          f"tokenizer's {vocab_size}; use 0 (automatic) or >= {vocab_size}")
+    return cfg
+
+
+def build_model(cfg: RunConfig, device: torch.device) -> Transformer:
+    """Model with deterministic initialisation from train.seed."""
+    torch.manual_seed(cfg.train.seed)
+    return Transformer(cfg.model).to(device)

@@ -1,0 +1,122 @@
+"""`extmem bench pkm`: result structure, ratios, Markdown section handling, config validation.
+
+No assertion here depends on how fast anything runs (speed lives in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from extmem.bench import PkmBenchConfig, run_pkm_bench, write_markdown
+from extmem.bench.markdown import replace_section
+from extmem.errors import ConfigError
+
+TINY = {"tokens": 64, "d_model": 32, "n_keys": 8, "topk": 4, "key_dim": 16, "heads": 2,
+        "repeats": 1, "warmup": 0}
+
+
+@pytest.fixture(scope="module")
+def result() -> dict:
+    return run_pkm_bench(PkmBenchConfig(**TINY), progress=False)
+
+
+def test_result_structure_and_positive_timings(result: dict) -> None:
+    json.dumps(result)  # JSON-serialisable as returned
+    assert result["benchmark"] == "pkm"
+    assert result["config"]["tokens"] == 64
+    for name in ("memory", "ffn"):
+        for mode in ("infer_ms", "train_ms"):
+            summary = result[name][mode]
+            assert len(summary["samples"]) == 1
+            assert summary["median"] > 0 and summary["min"] > 0
+            assert summary["min"] <= summary["median"] <= summary["max"]
+        assert result[name]["params"] > 0
+        assert result[name]["flops_per_token"] > 0
+    assert result["memory"]["slots"] == 64
+    assert result["memory"]["table_params"] == 64 * 32
+    assert result["ffn"]["params"] == 2 * 32 * 128  # gelu d -> 4d -> d, no biases
+    env = result["environment"]
+    for key in ("torch", "python", "platform", "cpu_count", "torch_threads"):
+        assert env[key]
+
+
+def test_ratios_are_quotients_of_reported_numbers(result: dict) -> None:
+    mem, ffn, ratios = result["memory"], result["ffn"], result["ratios"]
+    for mode in ("infer", "train"):
+        for stat in ("median", "min"):
+            expected = mem[f"{mode}_ms"][stat] / ffn[f"{mode}_ms"][stat]
+            assert ratios[f"{mode}_{stat}"] == pytest.approx(expected)
+
+
+def test_threads_setting_is_restored() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    run_pkm_bench(PkmBenchConfig(**{**TINY, "threads": 1, "ffn": "swiglu"}), progress=False)
+    assert torch.get_num_threads() == before
+
+
+def test_markdown_keeps_other_sections_and_replaces_pkm(result: dict, tmp_path) -> None:
+    path = tmp_path / "benchmarks.md"
+    path.write_text("# Benchmarks\n\nintro\n\n## other\n\nkeep me\n\n```\n## not a heading\n```\n")
+    write_markdown(result, path, "extmem bench pkm")
+    first = path.read_text()
+    assert "keep me" in first and "## not a heading" in first
+    assert first.count("## pkm") == 1
+    assert "extmem bench pkm" in first
+    assert "not in this run" in first  # anchors labelled as measured elsewhere
+    assert "| memory (PKM, 64 slots" in first
+
+    write_markdown(result, path, "extmem bench pkm --repeats 1")
+    second = path.read_text()
+    assert second.count("## pkm") == 1
+    assert "extmem bench pkm --repeats 1" in second
+    assert "keep me" in second and second.startswith("# Benchmarks\n\nintro\n")
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temporary file
+
+
+def test_markdown_replaces_section_in_the_middle(result: dict, tmp_path) -> None:
+    path = tmp_path / "benchmarks.md"
+    path.write_text("# B\n\n## a\n\nA\n\n## pkm\n\nold numbers\n\n## z\n\nZ\n")
+    write_markdown(result, path, "extmem bench pkm")
+    text = path.read_text()
+    assert "old numbers" not in text
+    assert text.index("## a") < text.index("## pkm") < text.index("## z")
+    assert "\nZ\n" in text and "\nA\n" in text
+
+
+def test_markdown_creates_missing_file(result: dict, tmp_path) -> None:
+    path = tmp_path / "docs" / "benchmarks.md"
+    write_markdown(result, path, "extmem bench pkm")
+    assert path.read_text().count("## pkm") == 1
+
+
+def test_replace_section_collapses_duplicates() -> None:
+    text = "# B\n\n## pkm\n\none\n\n## pkm\n\ntwo\n\n## other\n\nx\n"
+    out = replace_section(text, "pkm", "## pkm\n\nnew\n")
+    assert out.count("## pkm") == 1 and "new" in out and "one" not in out and "two" not in out
+    assert out.endswith("## other\n\nx\n")
+
+
+def test_replace_section_does_not_match_longer_names() -> None:
+    out = replace_section("## pkm-large\n\nbig\n", "pkm", "## pkm\n\nnew\n")
+    assert "## pkm-large\n\nbig" in out and out.count("## pkm\n") == 1
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("tokens", 0, "bench.pkm.tokens"),
+    ("repeats", 0, "bench.pkm.repeats"),
+    ("warmup", -1, "bench.pkm.warmup"),
+    ("topk", 9, "bench.pkm.topk"),
+    ("key_dim", 15, "bench.pkm.key_dim"),
+    ("d_model", 33, "bench.pkm.d_model"),
+    ("ffn", "relu", "bench.pkm.ffn"),
+    ("threads", -1, "bench.pkm.threads"),
+    ("heads", 2.0, "bench.pkm.heads"),
+    ("seed", True, "bench.pkm.seed"),
+])
+def test_config_validation_names_the_field(field: str, value: object, words: str) -> None:
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        PkmBenchConfig(**{**TINY, field: value})

@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from extmem.memory import MemoryConfig, ProductKeyConfig, ProductKeyLookup
+from extmem.memory.product_keys import MaskedBatchNorm
+
+
+def brute_force_topk(lookup: ProductKeyLookup, q: torch.Tensor):
+    """Score every one of the n^2 slots explicitly: key(i1, i2) = [k1[i1]; k2[i2]]."""
+    cfg = lookup.cfg
+    n, half = cfg.n_keys, cfg.key_dim // 2
+    keys1, keys2 = lookup.sub_keys[:, 0], lookup.sub_keys[:, 1]  # (H, n, half)
+    full = torch.cat([keys1[:, :, None, :].expand(-1, n, n, half),
+                      keys2[:, None, :, :].expand(-1, n, n, half)], dim=-1)  # (H, n, n, key_dim)
+    full = full.reshape(cfg.heads, n * n, cfg.key_dim)
+    scores = torch.einsum("bhd,hnd->bhn", q, full)  # (B, H, N)
+    return scores.topk(cfg.topk, dim=-1)
+
+
+@pytest.mark.parametrize("n_keys,topk,heads", [(8, 4, 2), (16, 16, 1), (5, 1, 3)])
+def test_search_equals_brute_force(n_keys, topk, heads):
+    torch.manual_seed(0)
+    cfg = ProductKeyConfig(n_keys=n_keys, topk=topk, heads=heads, key_dim=12)
+    lookup = ProductKeyLookup(cfg, d_model=20)
+    q = torch.randn(7, heads, 12, dtype=torch.float64)
+    lookup.double()
+    scores, indices = lookup.search(q)
+    ref_scores, ref_indices = brute_force_topk(lookup, q)
+    torch.testing.assert_close(scores, ref_scores)
+    assert torch.equal(indices, ref_indices)
+    assert indices.max() < n_keys * n_keys and indices.min() >= 0
+
+
+def test_forward_weights_are_softmax_of_exact_topk():
+    torch.manual_seed(1)
+    cfg = ProductKeyConfig(n_keys=8, topk=4, heads=2, key_dim=16)
+    lookup = ProductKeyLookup(cfg, d_model=24).double()
+    h = torch.randn(2, 5, 24, dtype=torch.float64)
+    indices, weights = lookup(h)
+    assert indices.shape == weights.shape == (2, 5, 2, 4)
+    q = lookup.queries(h, None).reshape(10, 2, 16)
+    ref_scores, ref_indices = brute_force_topk(lookup, q)
+    assert torch.equal(indices.reshape(10, 2, 4), ref_indices)
+    torch.testing.assert_close(weights.reshape(10, 2, 4), ref_scores.softmax(-1))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 5, 2, dtype=torch.float64))
+
+
+def test_masked_batchnorm_ignores_padding():
+    torch.manual_seed(0)
+    norm = MaskedBatchNorm(6)
+    x = torch.randn(2, 5, 6)
+    padded = torch.zeros(2, 5, dtype=torch.bool)
+    padded[1, 3:] = True
+    y1 = norm(x, ~padded)
+    x2 = x.clone()
+    x2[padded] = 1000.0  # garbage at padded positions must not move the statistics
+    y2 = norm(x2, ~padded)
+    torch.testing.assert_close(y1[~padded], y2[~padded])
+    valid = y1[~padded]
+    torch.testing.assert_close(valid.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+
+
+def test_batchnorm_eval_uses_running_stats():
+    norm = MaskedBatchNorm(3, momentum=1.0)
+    x = torch.randn(4, 2, 3) * 3 + 1
+    norm(x, None)
+    norm.eval()
+    flat = x.reshape(-1, 3)
+    torch.testing.assert_close(norm.running_mean, flat.mean(0))
+    torch.testing.assert_close(norm.running_var, flat.var(0, unbiased=True))
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "batchnorm", "none"])
+def test_query_norm_options_run_backward(norm):
+    from extmem.memory import Memory
+    cfg = MemoryConfig(product_keys=ProductKeyConfig(n_keys=4, topk=2, heads=1, key_dim=8,
+                                                     query_norm=norm))
+    memory = Memory(cfg, d_model=8)
+    out = memory(torch.randn(2, 3, 8, requires_grad=True))
+    out.square().sum().backward()
+    assert memory.lookup.sub_keys.grad is not None
+    assert memory.table.weight.grad is not None
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    (dict(n_keys=4, topk=5), "topk: 5 is impossible"),
+    (dict(key_dim=7), "key_dim: 7 must be even"),
+    (dict(heads=0), "heads: 0"),
+    (dict(query_dropout=1.5), "query_dropout"),
+])
+def test_config_errors_name_the_field(kwargs, fragment):
+    from extmem.errors import ConfigError
+    with pytest.raises(ConfigError, match=fragment):
+        ProductKeyConfig(**kwargs)
