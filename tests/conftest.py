@@ -11,7 +11,7 @@ TINY_TOML = """
 d_model = 32
 n_layers = 2
 n_heads = 2
-max_seq_len = 32
+max_seq_len = 64
 
 [[model.memories]]
 layers = [1]

@@ -50,10 +50,13 @@ def facts_recalled(model: Transformer, data: LMData, probes: list[FactProbe], ba
     """Fraction of probes answered exactly (argmax right at every answer token)."""
     correct = total = 0
     for batch in data.probe_batches(probes, batch_size):
-        inputs = batch.input_ids.to(device)  # (B, L)
-        mask = batch.answer_mask.to(device)  # (B, L)
+        # probes longer than the model's context keep their end (where the answer is)
+        keep = slice(-model.cfg.max_seq_len, None)
+        inputs = batch.input_ids[:, keep].to(device)  # (B, L)
+        mask = batch.answer_mask[:, keep].to(device)  # (B, L)
+        targets = batch.targets[:, keep].to(device)  # (B, L)
         logits = model(inputs, padding_mask=inputs.eq(data.pad_id))
-        hit = logits.argmax(-1).eq(batch.targets.to(device)) | ~mask  # (B, L)
+        hit = logits.argmax(-1).eq(targets) | ~mask  # (B, L)
         correct += int(hit.all(dim=1).sum())
         total += inputs.shape[0]
     return correct / total if total else float("nan")

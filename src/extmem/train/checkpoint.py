@@ -63,7 +63,8 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
                  (f" unexpected {unexpected[:3]}" if unexpected else "")
         raise CheckpointError(f"checkpoint {path.parent} does not match the config:{' ' + detail.strip()}; "
                               "was it written with a different model config?")
-    for name, tensor in saved.items():
+    for name in required:  # model order: the first mismatching parameter is the telling one
+        tensor = saved[name]
         if tensor.shape != expected[name].shape:
             raise CheckpointError(
                 f"checkpoint {path.parent} does not match the config: {name} has shape "

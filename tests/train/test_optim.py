@@ -1,0 +1,49 @@
+import math
+
+import pytest
+
+from extmem import MemoryConfig, ModelConfig, ProductKeyConfig, Transformer
+from extmem.errors import ConfigError
+from extmem.train import ParamGroupConfig, TrainConfig
+from extmem.train.optim import assign_groups, build_optimizer, lr_factor
+
+
+def model() -> Transformer:
+    pk = ProductKeyConfig(n_keys=6, topk=3, heads=2, key_dim=8)
+    return Transformer(ModelConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=2,
+                                   memories=[MemoryConfig(layers=[1], product_keys=pk)]))
+
+
+def test_every_parameter_lands_in_exactly_one_group():
+    m = model()
+    groups = assign_groups(m, TrainConfig())
+    names = [name for members in groups.values() for name, _ in members]
+    assert len(names) == len(set(names)) == len(list(m.named_parameters()))
+    assert [n for n, _ in groups["memory_values"]] == ["blocks.1.memories.0.table.weight"]
+    assert all("norm" in n or n.endswith((".bias", "sub_keys")) for n, _ in groups["no_decay"])
+
+
+def test_group_settings_reach_the_optimizer():
+    cfg = TrainConfig(lr=1e-3, weight_decay=0.2, param_groups=[
+        ParamGroupConfig("values", ["*.table.weight"], lr=5e-2, weight_decay=0.0)])
+    optimizer, table = build_optimizer(model(), cfg)
+    by_name = {g["name"]: g for g in optimizer.param_groups}
+    assert by_name["values"]["lr"] == 5e-2 and by_name["values"]["weight_decay"] == 0.0
+    assert by_name["default"]["lr"] == 1e-3 and by_name["default"]["weight_decay"] == 0.2
+    assert sum(row["params"] for row in table) == sum(p.numel() for p in model().parameters())
+
+
+def test_warmup_then_cosine():
+    cfg = TrainConfig(steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(60, cfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(110, cfg) == pytest.approx(0.1)
+
+
+def test_reserved_and_duplicate_group_names():
+    with pytest.raises(ConfigError, match="duplicate"):
+        TrainConfig(param_groups=[ParamGroupConfig("a", ["x"]), ParamGroupConfig("a", ["y"])])
+    with pytest.raises(ConfigError, match="reserved"):
+        TrainConfig(param_groups=[ParamGroupConfig("default", ["x"])])
