@@ -166,3 +166,18 @@ def test_console_script_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"error: config file {str(tmp_path / 'x.toml')!r} does not exist"
+
+
+def test_masked_lm_trains_and_evaluates(tiny_config, tmp_path, capsys):
+    result = run_json(capsys, "train", str(tiny_config), "--out", str(tmp_path / "mlm"), "--quiet",
+                      "--set", "model.causal=false", "--set", "train.steps=2")
+    assert result["steps"] == 2 and result["val_loss"] > 0
+    assert "facts_recalled" not in result and "val_bpb" not in result  # causal-LM figures only
+    assert main(["generate", str(tmp_path / "mlm"), "--prompt", "x"]) == 2
+    assert "masked-LM encoder" in capsys.readouterr().err
+
+
+def test_bf16_autocast_trains(tiny_config, tmp_path, capsys):
+    result = run_json(capsys, "train", str(tiny_config), "--out", str(tmp_path / "bf16"),
+                      "--quiet", "--set", "train.bf16=true", "--set", "train.steps=2")
+    assert result["steps"] == 2 and 0 < result["val_loss"] < 20

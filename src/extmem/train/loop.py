@@ -46,7 +46,7 @@ class TrainOptions:
 def _group_table(rows: list[dict]) -> Table:
     table = Table(title="parameter groups (AdamW)")
     for column in ("group", "patterns", "tensors", "params", "lr", "weight_decay"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(row["group"], row["patterns"], str(row["tensors"]), f"{row['params']:,}",
                       f"{row['lr']:g}", f"{row['weight_decay']:g}")
@@ -103,7 +103,8 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
     started = time.perf_counter()
     try:
         while step < tc.steps:
-            set_lr(optimizer, lr_factor(step, tc))
+            factor = lr_factor(step, tc)
+            set_lr(optimizer, factor)
             model.set_memory_step(step)
             inputs, targets = data.lm.train_batch(step, tc.batch_size, tc.seed)
             inputs, targets = inputs.to(device), targets.to(device)
@@ -122,7 +123,7 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
             if step % tc.log_every == 0 or step == tc.steps:
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, "split": "train", "loss": window_loss / window_steps,
-                          "lr": optimizer.param_groups[0]["lr"],
+                          "lr": tc.lr * factor,
                           "tokens_per_s": window_steps * tokens_per_step / max(elapsed, 1e-9),
                           "tokens": step * tokens_per_step}
                 if grad_norm is not None:
