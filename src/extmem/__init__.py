@@ -9,5 +9,13 @@ from extmem.memory import Memory, MemoryConfig, ProductKeyConfig
 from extmem.model import ModelConfig, Transformer, flops_per_token, parameter_counts
 
 __version__ = "0.1.0"
-__all__ = ["Memory", "MemoryConfig", "ModelConfig", "ProductKeyConfig", "Transformer",
-           "flops_per_token", "parameter_counts", "__version__"]
+__all__ = [
+           "Memory",
+           "MemoryConfig",
+           "ModelConfig",
+           "ProductKeyConfig",
+           "Transformer",
+           "__version__",
+           "flops_per_token",
+           "parameter_counts",
+]

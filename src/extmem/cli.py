@@ -121,7 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from extmem.generate import sample
 
-    cfg, data, model, _ = _load_trained(Path(args.run_dir), args.set, args.checkpoint)
+    _, data, model, _ = _load_trained(Path(args.run_dir), args.set, args.checkpoint)
     prompt_ids = data.tokenizer.encode(args.prompt).ids
     new = sample(model, prompt_ids, args.max_new_tokens, args.temperature, args.top_k,
                  args.seed, stop_id=data.lm.eos_id if args.stop_at_eos else None)

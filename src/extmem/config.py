@@ -8,13 +8,13 @@ dataclasses: unknown keys and wrong types are errors that name the full dotted f
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import tomli_w
+import tomllib
 
 from extmem.errors import ConfigError
 

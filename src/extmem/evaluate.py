@@ -13,10 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from extmem.data import FactProbe, LMData
+from extmem.data import FactProbe, LMData, mask_tokens
 from extmem.model import Transformer
 from extmem.train.objective import mlm_generator
-from extmem.data import mask_tokens
 
 EVAL_MASK_SEED = 12345
 

@@ -37,7 +37,7 @@ def test_train_batch_is_stateless_and_shifted(lm) -> None:
     assert not torch.equal(x, lm.train_batch(step=6, batch_size=4, seed=1)[0])
     assert not torch.equal(x, lm.train_batch(step=5, batch_size=4, seed=2)[0])
     windows = lm.train_ids.unfold(0, lm.seq_len + 1, 1)  # (N - T, T + 1)
-    for row_x, row_y in zip(x, y):  # every window is a slice of the stream
+    for row_x, row_y in zip(x, y, strict=False):  # every window is a slice of the stream
         row = torch.cat([row_x, row_y[-1:]])
         assert (windows == row).all(dim=1).any()
 
@@ -62,7 +62,7 @@ def test_val_batches_cover_the_stream(lm) -> None:
 
 
 def test_probe_boundary(lm, small_corpus, small_tokenizer) -> None:
-    probes = small_corpus.probes[:10] + [FactProbe("Über Zoë's favourite word is", "naïve café")]
+    probes = [*small_corpus.probes[:10], FactProbe("Über Zoë's favourite word is", "naïve café")]
     seen = 0
     for batch in lm.probe_batches(probes, batch_size=4):
         B, L = batch.input_ids.shape

@@ -39,7 +39,7 @@ def test_sizes_names_and_documents() -> None:
     assert all(re.fullmatch(r"[A-Z][a-z]+ [A-Z][a-z]+", n) for n in names)
     assert len(data.train_docs) == len(data.val_docs) == 40
     assert len(data.probes) == 40 * 3 * 2
-    for entity, train, val in zip(data.entities, data.train_docs, data.val_docs):
+    for entity, train, val in zip(data.entities, data.train_docs, data.val_docs, strict=False):
         assert len(train.split("\n")) == 3 * 3 and len(val.split("\n")) == 3 * 2
         assert all(entity.name in s for s in train.split("\n") + val.split("\n"))
 

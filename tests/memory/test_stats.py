@@ -2,8 +2,14 @@ import math
 
 import torch
 
-from extmem.memory.stats import (distribution_metrics, gini, kl_to_uniform, staleness_histogram,
-                                 top_share_counts, windowed_usage)
+from extmem.memory.stats import (
+    distribution_metrics,
+    gini,
+    kl_to_uniform,
+    staleness_histogram,
+    top_share_counts,
+    windowed_usage,
+)
 
 
 def test_gini_hand_values():

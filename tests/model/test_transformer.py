@@ -16,7 +16,7 @@ def config(**kwargs) -> ModelConfig:
 
 def with_memory(placement: str, **kwargs) -> ModelConfig:
     return config(memories=[MemoryConfig(layers=[1], placement=placement, product_keys=PK,
-                                         **kwargs)], **{})
+                                         **kwargs)])
 
 
 def test_zero_init_memory_leaves_logits_unchanged():

@@ -266,9 +266,11 @@ def render_markdown(result: dict, command: str) -> str:
     environment_line = "Environment: " + ", ".join([
         f"torch {env['torch']}", f"Python {env['python']}", f"{env['platform']}",
         f"{env['cpu_count']} CPUs", f"{env['torch_threads']} torch threads",
-        f"load average {env['load_average']} at start",
-        f"{env.get('load_average_end')} at end (other work on the machine)", f"{env['date_utc']}",
-    ]) + f"; peak RSS {result['peak_rss_mb']['end']:.0f} MiB; run took {result['wall_s']} s."
+        f"load average (1/5/15 min, this run included) {env['load_average']} at start",
+        f"{env.get('load_average_end')} at end", f"{env['date_utc']}",
+    ]) + (f"; process peak RSS {result['peak_rss_mb']['end']:.0f} MiB; run took "
+          f"{result['wall_s']} s. On a shared machine, absolute times move with other work; "
+          "the ratios, taken from interleaved repetitions, are the steadier figure.")
     mem_name = f"memory (PKM, {mem['slots']:,} slots, heads={cfg['heads']}, topk={cfg['topk']})"
     rows = [
         (mem_name, _ms(mem["infer_ms"]), _ms(mem["train_ms"]), f"{mem['params']:,}",

@@ -56,8 +56,8 @@ def split_docs(docs: list[str], val_fraction: float) -> tuple[list[str], list[st
         is_val[min(range(len(docs)), key=lambda i: (keys[i], i))] = True
     if all(is_val):
         is_val[max(range(len(docs)), key=lambda i: (keys[i], -i))] = False
-    train = [d for d, v in zip(docs, is_val) if not v]
-    val = [d for d, v in zip(docs, is_val) if v]
+    train = [d for d, v in zip(docs, is_val, strict=False) if not v]
+    val = [d for d, v in zip(docs, is_val, strict=False) if v]
     return train, val
 
 

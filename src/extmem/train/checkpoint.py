@@ -76,7 +76,7 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     out = {}
     for group in optimizer.param_groups:
-        for name, param in zip(group["param_names"], group["params"]):
+        for name, param in zip(group["param_names"], group["params"], strict=False):
             for key, value in optimizer.state.get(param, {}).items():
                 if torch.is_tensor(value):
                     out[f"{name}::{key}"] = value.detach().contiguous().cpu()
@@ -86,7 +86,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tens
 def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
     by_name = {}
     for group in optimizer.param_groups:
-        by_name.update(zip(group["param_names"], group["params"]))
+        by_name.update(zip(group["param_names"], group["params"], strict=False))
     for key, value in tensors.items():
         name, _, field = key.partition("::")
         if name not in by_name:

@@ -23,8 +23,13 @@ from extmem.train.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from extmem.train.config import RunConfig
 from extmem.train.objective import batch_loss
 from extmem.train.optim import build_optimizer, lr_factor, set_lr
-from extmem.train.run_dir import (RESULTS_FILE, TOKENIZER_FILE, MetricsLog, save_run_config,
-                                  write_json)
+from extmem.train.run_dir import (
+    RESULTS_FILE,
+    TOKENIZER_FILE,
+    MetricsLog,
+    save_run_config,
+    write_json,
+)
 from extmem.train.session import build_model, load_run_data, resolve_device, with_vocab
 
 

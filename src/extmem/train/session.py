@@ -42,7 +42,7 @@ def load_run_data(cfg: RunConfig, run_dir: Path | None = None) -> RunData:
     if saved is not None and saved.is_file():
         try:
             tokenizer = Tokenizer.from_file(str(saved))
-        except Exception as exc:  # tokenizers raises its own Exception type
+        except Exception as exc:  # noqa: BLE001 (tokenizers raises a plain Exception)
             raise CheckpointError(f"{saved} is not a readable tokenizer: {exc}") from None
     else:
         tokenizer = get_tokenizer(corpus, cfg.data)
