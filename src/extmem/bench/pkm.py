@@ -159,7 +159,8 @@ def _progress(enabled: bool, total: int) -> Iterator[_Progress]:
         yield _Progress(None, total)
         return
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+                   TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+                   refresh_per_second=2)  # light: the refresh thread shares the CPU being timed
     with bar:
         yield _Progress(bar, total)
 
@@ -266,7 +267,7 @@ def render_markdown(result: dict, command: str) -> str:
     environment_line = "Environment: " + ", ".join([
         f"torch {env['torch']}", f"Python {env['python']}", f"{env['platform']}",
         f"{env['cpu_count']} CPUs", f"{env['torch_threads']} torch threads",
-        f"load average (1/5/15 min, this run included) {env['load_average']} at start",
+        f"load average (1/5/15 min) {env['load_average']} at start",
         f"{env.get('load_average_end')} at end", f"{env['date_utc']}",
     ]) + (f"; process peak RSS {result['peak_rss_mb']['end']:.0f} MiB; run took "
           f"{result['wall_s']} s. On a shared machine, absolute times move with other work; "
