@@ -1,11 +1,11 @@
-"""Sampling from a trained causal LM: temperature and top-k (no KV cache: small models)."""
+"""Sampling from a trained causal LM with a KV cache: temperature and top-k."""
 
 from __future__ import annotations
 
 import torch
 
 from extmem.errors import ConfigError
-from extmem.model import Transformer
+from extmem.model import DecodeCache, Transformer
 
 
 @torch.no_grad()
@@ -26,9 +26,12 @@ def sample(model: Transformer, prompt_ids: list[int], max_new_tokens: int, tempe
     generator = torch.Generator(device=device).manual_seed(seed)
     ids = torch.tensor([prompt_ids], device=device)  # (1, T)
     new: list[int] = []
+    cache, step_ids = None, ids
     for _ in range(max_new_tokens):
-        context = ids[:, -model.cfg.max_seq_len:]
-        logits = model(context)[0, -1].float()  # (V,)
+        if cache is None or cache.length + step_ids.shape[1] > model.cfg.max_seq_len:
+            # (re)start the cache on the newest context that fits the model
+            cache, step_ids = DecodeCache(), ids[:, -(model.cfg.max_seq_len - 1):]
+        logits = model(step_ids, cache=cache)[0, -1].float()  # (V,)
         if temperature == 0:
             token = int(logits.argmax())
         else:
@@ -40,5 +43,6 @@ def sample(model: Transformer, prompt_ids: list[int], max_new_tokens: int, tempe
         new.append(token)
         if stop_id is not None and token == stop_id:
             break
-        ids = torch.cat([ids, torch.tensor([[token]], device=device)], dim=1)
+        step_ids = torch.tensor([[token]], device=device)  # (1, 1)
+        ids = torch.cat([ids, step_ids], dim=1)
     return new

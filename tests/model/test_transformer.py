@@ -92,3 +92,17 @@ def test_tied_embeddings_share_one_tensor():
 def test_model_config_errors(kwargs, fragment):
     with pytest.raises(ConfigError, match=fragment):
         config(**kwargs)
+
+
+def test_cached_decoding_gives_the_same_logits():
+    from extmem.model import DecodeCache
+    torch.manual_seed(0)
+    model = Transformer(with_memory("parallel_ffn")).eval()
+    ids = torch.randint(0, 50, (2, 10))
+    full = model(ids)
+    cache = DecodeCache()
+    pieces = [model(ids[:, :4], cache=cache)]  # a prompt chunk, then one token at a time
+    pieces += [model(ids[:, t:t + 1], cache=cache) for t in range(4, 7)]
+    pieces.append(model(ids[:, 7:], cache=cache))  # a multi-token chunk after the cache
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert cache.length == 10 and torch.equal(cache.token_ids, ids)

@@ -50,9 +50,15 @@ class Memory(nn.Module):
         return self.table.num_rows
 
     def forward(self, h: torch.Tensor, input_ids: torch.Tensor | None = None,
-                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """h (B, T, d), input_ids (B, T), padding_mask (B, T) True at padding -> (B, T, d)."""
-        indices, weights = self.lookup(h, input_ids=input_ids, padding_mask=padding_mask)
+                padding_mask: torch.Tensor | None = None,
+                past_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """h (B, T, d) -> (B, T, d).
+
+        input_ids (B, T) are the tokens at these positions, padding_mask (B, T) is True at
+        padding, past_ids (B, P) are earlier tokens during cached decoding (n-gram lookups).
+        """
+        indices, weights = self.lookup(h, input_ids=input_ids, padding_mask=padding_mask,
+                                       past_ids=past_ids)
         if self.training:
             self.usage.record(indices, weights, padding_mask)
         for collector in self._collectors:

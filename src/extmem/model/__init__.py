@@ -2,6 +2,6 @@
 
 from extmem.model.accounting import flops_per_token, parameter_counts
 from extmem.model.config import ModelConfig
-from extmem.model.transformer import Transformer
+from extmem.model.transformer import DecodeCache, Transformer
 
-__all__ = ["ModelConfig", "Transformer", "flops_per_token", "parameter_counts"]
+__all__ = ["DecodeCache", "ModelConfig", "Transformer", "flops_per_token", "parameter_counts"]
