@@ -1,10 +1,16 @@
 """External memory modules: Memory = Lookup x Table x Readout."""
 
-from extmem.memory.config import MemoryConfig, ProductKeyConfig
+from extmem.memory.config import (ExpertsConfig, LshLookupConfig, MemoryConfig, NgramLookupConfig,
+                                  ProductKeyConfig, RouterLookupConfig, TokenLookupConfig)
+from extmem.memory.lsh import LshLookup
 from extmem.memory.module import Memory
 from extmem.memory.product_keys import ProductKeyLookup
+from extmem.memory.router import RouterLookup
 from extmem.memory.stats import UsageCounters
 from extmem.memory.table import ValueTable
+from extmem.memory.token import NgramLookup, TokenLookup
 
-__all__ = ["Memory", "MemoryConfig", "ProductKeyConfig", "ProductKeyLookup", "UsageCounters",
-           "ValueTable"]
+__all__ = ["ExpertsConfig", "LshLookup", "LshLookupConfig", "Memory", "MemoryConfig",
+           "NgramLookup", "NgramLookupConfig", "ProductKeyConfig", "ProductKeyLookup",
+           "RouterLookup", "RouterLookupConfig", "TokenLookup", "TokenLookupConfig",
+           "UsageCounters", "ValueTable"]

@@ -1,9 +1,9 @@
 """Configuration of one external memory: `Memory = Lookup x Table x Readout` at some layers.
 
-Defaults follow Lample et al. 2019 (product-key memory, XLM): 4 heads, top-32, 512 sub-keys
-per half (262,144 slots), query width 256; values read as a weighted embedding bag.
-The placement default is `parallel_ffn` (ResM) because seed 2 (Large PKM for PLMs) finds it
-crucial for memory usage and quality.
+REFERENCE.md sections 2-4. Defaults follow the papers: product keys as in Lample et al. 2019
+(4 heads, top-32, 512 sub-keys per half = 262,144 slots, query width 256); the placement
+default is `parallel_ffn` (ResM) because seed 2 (Large PKM for PLMs) finds it crucial for
+memory usage and quality.
 """
 
 from __future__ import annotations
@@ -13,9 +13,13 @@ from typing import Literal
 
 from extmem.config import require
 
-LOOKUPS = ("product_keys",)
-READOUTS = ("add",)
-PLACEMENTS = ("replace_ffn", "parallel_ffn")
+LOOKUPS = ("product_keys", "token", "ngram", "lsh", "router")
+READOUTS = ("add", "gated", "memory_plus", "concat", "experts")
+PLACEMENTS = ("replace_ffn", "parallel_ffn", "input")
+
+
+def _dropout_ok(prefix: str, name: str, value: float) -> None:
+    require(0.0 <= value < 1.0, f"{prefix}.{name}: {value} must be in [0, 1)")
 
 
 @dataclass
@@ -41,9 +45,8 @@ class ProductKeyConfig:
         require(self.key_dim >= 2 and self.key_dim % 2 == 0,
                 f"product_keys.key_dim: {self.key_dim} must be even and >= 2 "
                 f"(the query is split into two halves)")
-        for name in ("input_dropout", "query_dropout"):
-            value = getattr(self, name)
-            require(0.0 <= value < 1.0, f"product_keys.{name}: {value} must be in [0, 1)")
+        _dropout_ok("product_keys", "input_dropout", self.input_dropout)
+        _dropout_ok("product_keys", "query_dropout", self.query_dropout)
 
     @property
     def num_slots(self) -> int:
@@ -51,22 +54,113 @@ class ProductKeyConfig:
 
 
 @dataclass
-class MemoryConfig:
-    """One memory, inserted into the feed-forward slot of each layer in `layers`.
+class TokenLookupConfig:
+    """Token id -> row. `rows = 0`: one row per vocabulary entry (a per-layer token table);
+    `rows > 0`: ids hashed into `rows` buckets with a fixed random hash (Hash Layers, Roller
+    et al. 2021, where the buckets are experts)."""
 
-    Each listed layer gets its own table. `value_dim = 0` means the model width.
-    `zero_init_output` zero-initialises the output projection so that a newly added memory
-    leaves the model unchanged at step 0 (seed 2: initialise from a dense model).
+    rows: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.rows >= 0, f"token.rows: {self.rows} must be >= 0 (0 = vocabulary size)")
+
+
+@dataclass
+class NgramLookupConfig:
+    """Hashed n-grams (Engram 2026; Over-Tokenized Transformers 2025): for each order n, the
+    last n ids are combined (multiply by distinct odd constants, XOR) and mapped by `heads`
+    independent hashes (modulo distinct primes) into their own segment of a `rows`-row table."""
+
+    orders: list[int] = field(default_factory=lambda: [2, 3])
+    heads: int = 2
+    rows: int = 16384
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(len(self.orders) > 0 and all(n >= 2 for n in self.orders),
+                f"ngram.orders: {self.orders} must list orders >= 2 (unigrams are the token lookup)")
+        require(len(set(self.orders)) == len(self.orders), f"ngram.orders: {self.orders} repeats")
+        require(self.heads >= 1, f"ngram.heads: {self.heads} must be >= 1")
+        segments = len(self.orders) * self.heads
+        require(self.rows >= 4 * segments,
+                f"ngram.rows: {self.rows} is too small for {segments} hash segments; "
+                f"allowed >= {4 * segments}")
+
+
+@dataclass
+class LshLookupConfig:
+    """SimHash of the hidden state: `bits` frozen random hyperplanes -> 2**bits buckets, for
+    each of `heads` independent hashes (each with its own bucket segment); rows are averaged.
+    Default 8 bits x 4 hashes: enough buckets for a small model's distinct states while every
+    bucket is still trained often; hyperplanes are drawn anew per layer."""
+
+    bits: int = 8
+    heads: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(1 <= self.bits <= 24, f"lsh.bits: {self.bits} must be in 1..24")
+        require(self.heads >= 1, f"lsh.heads: {self.heads} must be >= 1")
+
+
+@dataclass
+class RouterLookupConfig:
+    """Learned softmax routing over `entries` rows, top-k, with the Switch load-balancing loss
+    (coefficient `balance_coef`) and an optional router z-loss (`z_loss_coef`)."""
+
+    entries: int = 64
+    topk: int = 2
+    balance_coef: float = 0.01
+    z_loss_coef: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.entries >= 1, f"router.entries: {self.entries} must be >= 1")
+        require(1 <= self.topk <= self.entries,
+                f"router.topk: {self.topk} is impossible with entries={self.entries}; "
+                "allowed 1 <= topk <= entries")
+        require(self.balance_coef >= 0, f"router.balance_coef: {self.balance_coef} must be >= 0")
+        require(self.z_loss_coef >= 0, f"router.z_loss_coef: {self.z_loss_coef} must be >= 0")
+
+
+@dataclass
+class ExpertsConfig:
+    """Table rows as expert FFNs d -> hidden -> d (`experts` readout). hidden = 1 with product
+    keys is PEER's single-neuron expert (He 2024)."""
+
+    hidden: int = 32
+    activation: Literal["gelu", "relu", "silu"] = "gelu"
+
+    def __post_init__(self) -> None:
+        require(self.hidden >= 1, f"experts.hidden: {self.hidden} must be >= 1")
+
+
+@dataclass
+class MemoryConfig:
+    """One memory, inserted at each layer in `layers`.
+
+    Placement: `replace_ffn` (Lample), `parallel_ffn` (ResM: beside the FFN), `input` (added to
+    the residual stream at the start of the layer). Each layer gets its own lookup, readout and
+    table, unless `share_table` (Meta 2024 shared values): then the layers share one table,
+    serialised once. `value_dim = 0` means the model width (for `experts`, the row width is
+    fixed by the expert shape). `zero_init_output` makes a newly added memory leave the model
+    unchanged at step 0 (seed 2: initialise from a dense model).
     """
 
     layers: list[int] = field(default_factory=lambda: [0])
-    placement: Literal["replace_ffn", "parallel_ffn"] = "parallel_ffn"
-    lookup: Literal["product_keys"] = "product_keys"
-    readout: Literal["add"] = "add"
+    placement: Literal["replace_ffn", "parallel_ffn", "input"] = "parallel_ffn"
+    lookup: Literal["product_keys", "token", "ngram", "lsh", "router"] = "product_keys"
+    readout: Literal["add", "gated", "memory_plus", "concat", "experts"] = "add"
     value_dim: int = 0
     value_dropout: float = 0.0   # on the read-out values (XLM's value dropout)
     zero_init_output: bool = False
+    share_table: bool = False
     product_keys: ProductKeyConfig = field(default_factory=ProductKeyConfig)
+    token: TokenLookupConfig = field(default_factory=TokenLookupConfig)
+    ngram: NgramLookupConfig = field(default_factory=NgramLookupConfig)
+    lsh: LshLookupConfig = field(default_factory=LshLookupConfig)
+    router: RouterLookupConfig = field(default_factory=RouterLookupConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
 
     def __post_init__(self) -> None:
         require(len(self.layers) > 0, "memory.layers: empty; list at least one layer index")
@@ -76,9 +170,7 @@ class MemoryConfig:
                 f"memory.layers: {self.layers} has a negative index")
         require(self.value_dim >= 0, f"memory.value_dim: {self.value_dim} must be >= 0 "
                 "(0 means the model width)")
-        require(0.0 <= self.value_dropout < 1.0,
-                f"memory.value_dropout: {self.value_dropout} must be in [0, 1)")
-
-    @property
-    def num_slots(self) -> int:
-        return self.product_keys.num_slots
+        require(not (self.readout == "experts" and self.value_dim),
+                f"memory.value_dim: {self.value_dim} cannot be set with readout = 'experts' "
+                "(rows hold expert weights; set experts.hidden instead)")
+        _dropout_ok("memory", "value_dropout", self.value_dropout)

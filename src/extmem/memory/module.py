@@ -1,9 +1,11 @@
 """Memory = Lookup x Table x Readout (REFERENCE.md section 1).
 
 A memory reads a hidden state `h` (B, T, d) (and the token ids, for lookups that need them) and
-returns a tensor shaped like `h`. The lookup picks rows and weights, the table stores the rows,
-the readout consumes them. Usage counters are buffers of the module: training reads update
-`usage`; evaluation can collect into a separate counter set via `collect_usage`.
+returns a tensor shaped like `h`. The lookup picks rows and weights (B, T, H, k), the table
+stores the rows, the readout consumes them. Usage counters are buffers of the module: training
+reads update `usage`; evaluation can collect into a separate counter set via `collect_usage`.
+A table can be shared by several Memory modules (pass `table=`): it is then one tensor in the
+state dict, serialised once.
 """
 
 from __future__ import annotations
@@ -15,33 +17,64 @@ import torch
 from torch import nn
 
 from extmem.memory.config import MemoryConfig
+from extmem.memory.experts import ExpertsReadout, expert_row_width, init_expert_table
+from extmem.memory.lsh import LshLookup
 from extmem.memory.product_keys import ProductKeyLookup
-from extmem.memory.readout import AddReadout
+from extmem.memory.readout import AddReadout, ConcatReadout, GatedReadout, MemoryPlusReadout
+from extmem.memory.router import RouterLookup
 from extmem.memory.stats import UsageCounters
 from extmem.memory.table import ValueTable
+from extmem.memory.token import NgramLookup, TokenLookup
+
+_READOUTS = {"add": AddReadout, "gated": GatedReadout, "memory_plus": MemoryPlusReadout,
+             "concat": ConcatReadout}
 
 
-def build_lookup(cfg: MemoryConfig, d_model: int) -> nn.Module:
+def build_lookup(cfg: MemoryConfig, d_model: int, vocab_size: int, layer: int) -> nn.Module:
+    """The lookup module; it exposes `num_slots`, `reads_per_token`, `flops_per_token(d)`."""
     if cfg.lookup == "product_keys":
         return ProductKeyLookup(cfg.product_keys, d_model)
-    raise ValueError(f"unknown lookup {cfg.lookup!r}")  # unreachable: validated by config
+    if cfg.lookup in ("token", "ngram") and vocab_size <= 0:
+        raise ValueError(f"the {cfg.lookup} lookup needs the vocabulary size")
+    if cfg.lookup == "token":
+        return TokenLookup(cfg.token, vocab_size)
+    if cfg.lookup == "ngram":
+        return NgramLookup(cfg.ngram, vocab_size)
+    if cfg.lookup == "lsh":
+        return LshLookup(cfg.lsh, d_model, layer_seed=layer)
+    return RouterLookup(cfg.router, d_model)
 
 
-def build_readout(cfg: MemoryConfig, d_model: int, value_dim: int) -> nn.Module:
-    if cfg.readout == "add":
-        return AddReadout(d_model, value_dim, cfg.value_dropout, cfg.zero_init_output)
-    raise ValueError(f"unknown readout {cfg.readout!r}")  # unreachable: validated by config
+def row_width(cfg: MemoryConfig, d_model: int) -> int:
+    if cfg.readout == "experts":
+        return expert_row_width(d_model, cfg.experts)
+    return cfg.value_dim or d_model
+
+
+def build_table(cfg: MemoryConfig, d_model: int, num_rows: int) -> ValueTable:
+    table = ValueTable(num_rows, row_width(cfg, d_model))
+    if cfg.readout == "experts":
+        init_expert_table(table, d_model, cfg.experts.hidden, cfg.zero_init_output)
+    return table
 
 
 class Memory(nn.Module):
-    def __init__(self, cfg: MemoryConfig, d_model: int) -> None:
+    def __init__(self, cfg: MemoryConfig, d_model: int, vocab_size: int = 0, layer: int = 0,
+                 table: ValueTable | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.d_model = d_model
-        self.value_dim = cfg.value_dim or d_model
-        self.lookup = build_lookup(cfg, d_model)
-        self.table = ValueTable(self.lookup.num_slots, self.value_dim)
-        self.readout = build_readout(cfg, d_model, self.value_dim)
+        self.value_dim = row_width(cfg, d_model)
+        self.lookup = build_lookup(cfg, d_model, vocab_size, layer)
+        self.table = table if table is not None else build_table(cfg, d_model, self.lookup.num_slots)
+        if self.table.num_rows != self.lookup.num_slots:
+            raise ValueError(f"shared table has {self.table.num_rows} rows, the lookup needs "
+                             f"{self.lookup.num_slots}")
+        if cfg.readout == "experts":
+            self.readout: nn.Module = ExpertsReadout(d_model, cfg.experts, cfg.value_dropout)
+        else:
+            self.readout = _READOUTS[cfg.readout](d_model, self.value_dim, cfg.value_dropout,
+                                                  cfg.zero_init_output)
         self.usage = UsageCounters(self.lookup.num_slots)
         self._collectors: list[UsageCounters] = []
 
@@ -58,12 +91,19 @@ class Memory(nn.Module):
         padding, past_ids (B, P) are earlier tokens during cached decoding (n-gram lookups).
         """
         indices, weights = self.lookup(h, input_ids=input_ids, padding_mask=padding_mask,
-                                       past_ids=past_ids)
+                                       past_ids=past_ids)  # (B, T, H, k) each
         if self.training:
             self.usage.record(indices, weights, padding_mask)
         for collector in self._collectors:
             collector.record(indices, weights, padding_mask)
         return self.readout(h, self.table, indices, weights)
+
+    def pop_aux_loss(self) -> torch.Tensor | None:
+        """The lookup's auxiliary loss of the last training forward (router balance), once."""
+        aux = getattr(self.lookup, "aux_loss", None)
+        if aux is not None:
+            self.lookup.aux_loss = None
+        return aux
 
     @contextlib.contextmanager
     def collect_usage(self) -> Iterator[UsageCounters]:
@@ -76,8 +116,7 @@ class Memory(nn.Module):
             self._collectors.remove(collector)
 
     def reads_per_token(self) -> int:
-        pk = self.cfg.product_keys
-        return pk.heads * pk.topk
+        return self.lookup.reads_per_token
 
     def flops_per_token(self) -> int:
         return (self.lookup.flops_per_token(self.d_model)

@@ -55,6 +55,7 @@ class ProductKeyLookup(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.num_slots = cfg.num_slots
+        self.reads_per_token = cfg.heads * cfg.topk
         half = cfg.key_dim // 2
         self.query = nn.Linear(d_model, cfg.heads * cfg.key_dim)
         if cfg.query_norm == "layernorm":

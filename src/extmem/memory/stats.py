@@ -4,6 +4,8 @@ Counters live on the memory's device as tensors and are updated with index_add /
 so no indices are copied to the host during training. Metrics:
 - usage: fraction of slots read at least once (Lample et al. 2019);
 - KL to uniform, weighted by read weight and unweighted (by read counts);
+- entropy of the weight distribution; load balance as the coefficient of variation of the
+  read counts (experts);
 - Gini of the weight distribution and top-50/90/99: slots holding that share of the mass;
 - windowed usage: fraction of slots read in the last W training steps, and staleness (steps
   since a slot was last read; seed 2's "outdated" slots).
@@ -49,6 +51,7 @@ class UsageCounters(nn.Module):
         out = distribution_metrics(self.weight, self.counts)
         out["windowed_usage"] = windowed_usage(self.last_step, int(self.step), window)
         out["never_read"] = float((self.last_step < 0).float().mean())
+        out["rows_read_last_step"] = int((self.last_step == int(self.step)).sum())
         return out
 
 
@@ -87,12 +90,28 @@ def kl_to_uniform(mass: torch.Tensor) -> float:
     return float(math.log(mass.numel()) + plogp.sum())
 
 
+def entropy(mass: torch.Tensor) -> float:
+    """Entropy (nats) of p = mass / sum(mass); log N for a uniform spread."""
+    if float(mass.double().sum()) <= 0:
+        return 0.0
+    return math.log(mass.numel()) - kl_to_uniform(mass)
+
+
+def load_cv(counts: torch.Tensor) -> float:
+    """Coefficient of variation (std / mean) of the read counts: 0 is perfectly balanced load."""
+    values = counts.double()
+    mean = values.mean()
+    return float(values.std(unbiased=False) / mean) if mean > 0 else 0.0
+
+
 def distribution_metrics(weight: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
     out: dict[str, float] = {
         "usage": float((counts > 0).double().mean()),
+        "entropy": entropy(weight),
         "kl_uniform_weighted": kl_to_uniform(weight),
         "kl_uniform_counts": kl_to_uniform(counts),
         "gini": gini(weight),
+        "load_cv": load_cv(counts),
     }
     out.update(top_share_counts(weight))
     return out
@@ -114,3 +133,18 @@ def staleness_histogram(last_step: torch.Tensor, step: int,
     counts = torch.histc(age, bins=bins, min=0.0, max=hi)
     edges = torch.linspace(0.0, hi, bins + 1)
     return [int(c) for c in counts.tolist()], [float(e) for e in edges.tolist()]
+
+
+def staleness_figures(last_step: torch.Tensor, step: int, bins: int = 20) -> dict:
+    """Seed 2's outdated slots at training step `step`: histogram of steps since each read slot
+    was last read (`counts` per bin, bin `edges` in steps), its mean and median, and the
+    fraction of slots never read."""
+    seen = last_step[last_step >= 0]
+    age = (step - seen).double()  # (n_read,)
+    counts, edges = staleness_histogram(last_step, step, bins)
+    return {
+        "staleness_hist": {"counts": counts, "edges": edges},
+        "staleness_mean": float(age.mean()) if age.numel() else 0.0,
+        "staleness_median": float(age.median()) if age.numel() else 0.0,
+        "never_selected": float((last_step < 0).double().mean()),
+    }

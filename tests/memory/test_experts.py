@@ -1,0 +1,49 @@
+"""Batched experts equal a loop over tokens and experts (both computation paths)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from extmem.memory import ExpertsConfig, ValueTable
+from extmem.memory import experts as experts_module
+from extmem.memory.experts import ExpertsReadout, init_expert_table
+
+
+def reference(readout: ExpertsReadout, h, table, indices, weights):
+    out = torch.zeros_like(h)
+    b, t = h.shape[:2]
+    for i in range(b):
+        for j in range(t):
+            for e, w in zip(indices[i, j].reshape(-1).tolist(), weights[i, j].reshape(-1),
+                            strict=True):
+                w_in, w_out = readout.split(table.weight[e])
+                out[i, j] += w * (w_out @ F.gelu(w_in @ h[i, j]))
+    return out
+
+
+@pytest.mark.parametrize("num_experts", [5, 300])  # grouped path, gathered (PEER) path
+def test_batched_experts_equal_a_loop(num_experts):
+    torch.manual_seed(0)
+    d, hidden = 6, 3
+    readout = ExpertsReadout(d, ExpertsConfig(hidden=hidden), value_dropout=0.0)
+    table = ValueTable(num_experts, 2 * d * hidden)
+    init_expert_table(table, d, hidden, zero_output=False)
+    h = torch.randn(2, 4, d, dtype=torch.float64)
+    table.double()
+    indices = torch.randint(0, num_experts, (2, 4, 2, 3))
+    weights = torch.rand(2, 4, 2, 3, dtype=torch.float64)
+    out = readout(h, table, indices, weights)
+    torch.testing.assert_close(out, reference(readout, h, table, indices, weights))
+
+
+def test_both_paths_agree(monkeypatch):
+    torch.manual_seed(1)
+    d, hidden = 4, 2
+    readout = ExpertsReadout(d, ExpertsConfig(hidden=hidden), value_dropout=0.0)
+    table = ValueTable(20, 2 * d * hidden).double()
+    h = torch.randn(3, 5, d, dtype=torch.float64)
+    indices = torch.randint(0, 20, (3, 5, 1, 2))
+    weights = torch.rand(3, 5, 1, 2, dtype=torch.float64)
+    grouped = readout(h, table, indices, weights)
+    monkeypatch.setattr(experts_module, "GROUPED_MAX_EXPERTS", 0)
+    torch.testing.assert_close(readout(h, table, indices, weights), grouped)
