@@ -1,0 +1,130 @@
+"""`extmem compare`: run every (variant, seed) of a sweep and compare them at matched compute.
+
+Each run is an ordinary run directory `OUT/<variant>/seed-<s>/`; finished runs are skipped and
+unfinished ones resumed, so a killed sweep continues where it stopped. The summary holds, per
+variant, the parameter split, FLOPs per token, tokens/s, final validation loss, perplexity,
+bits per byte and facts recalled (mean +- std over seeds), memory usage, and the difference to
+the baseline with Welch's t-test and a bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+
+from extmem.experiments.stats import bootstrap_interval, mean_std, significance_note, welch_t_test
+from extmem.experiments.sweep import Sweep
+from extmem.train.loop import TrainOptions, train
+from extmem.train.run_dir import RESULTS_FILE, read_metrics
+
+METRICS = ("val_loss", "val_ppl", "val_bpb", "facts_recalled")
+
+
+def run_dir_for(out: Path, variant: str, seed: int) -> Path:
+    return out / variant / f"seed-{seed}"
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    path = run_dir / RESULTS_FILE
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("steps") == steps
+    except json.JSONDecodeError:
+        return False
+
+
+def run_sweep(sweep: Sweep, out: Path, quiet: bool = False) -> dict:
+    """Train what is missing, then summarise every variant; returns the results dict."""
+    console = Console(stderr=True, quiet=quiet)
+    total = sum(len(seeds) for seeds in sweep.runs.values())
+    done = 0
+    for variant, seeds in sweep.runs.items():
+        for seed, cfg in seeds.items():
+            done += 1
+            run_dir = run_dir_for(out, variant, seed)
+            if _finished(run_dir, cfg.train.steps):
+                console.print(f"[{done}/{total}] {variant} seed {seed}: finished, skipped")
+                continue
+            resume = (run_dir / "config.toml").exists()
+            console.print(f"[{done}/{total}] {variant} seed {seed}: "
+                          f"{'resuming' if resume else 'training'} -> {run_dir}")
+            train(cfg, run_dir, TrainOptions(resume=resume, quiet=quiet))
+    return summarize(sweep, out)
+
+
+def _curve(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["val_loss"] for r in read_metrics(run_dir)
+            if r.get("split") == "val" and r.get("val_loss") is not None}
+
+
+def _tokens_per_s(run_dir: Path) -> float:
+    rates = [r["tokens_per_s"] for r in read_metrics(run_dir)
+             if r.get("split") == "train" and "tokens_per_s" in r]
+    return sum(rates) / len(rates) if rates else math.nan
+
+
+def _usage(results: dict) -> dict[str, float]:
+    layers = list(results.get("memory_usage", {}).values())
+    if not layers:
+        return {}
+    return {key: sum(layer[key] for layer in layers) / len(layers)
+            for key in ("usage", "train_windowed_usage") if all(key in la for la in layers)}
+
+
+def summarize_variant(sweep: Sweep, out: Path, variant: str) -> dict:
+    seeds = list(sweep.runs[variant])
+    results = [json.loads((run_dir_for(out, variant, s) / RESULTS_FILE).read_text())
+               for s in seeds]
+    row: dict = {"variant": variant, "seeds": seeds, "params": results[0]["params"],
+                 "flops_per_token": results[0]["flops_per_token"],
+                 "steps": results[0]["steps"], "tokens": results[0]["tokens"]}
+    for metric in METRICS:
+        values = [r[metric] for r in results if r.get(metric) is not None]
+        if values:
+            mean, std = mean_std(values)
+            row[metric] = {"mean": mean, "std": std, "values": values}
+    speed = [_tokens_per_s(run_dir_for(out, variant, s)) for s in seeds]
+    row["tokens_per_s"] = dict(zip(("mean", "std"), mean_std(speed), strict=True))
+    usages = [_usage(r) for r in results]
+    if usages and usages[0]:
+        row["memory_usage"] = {k: mean_std([u[k] for u in usages])[0] for k in usages[0]}
+    curves = [_curve(run_dir_for(out, variant, s)) for s in seeds]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    row["curve"] = {"steps": steps,
+                    "mean": [mean_std([c[s] for c in curves])[0] for s in steps],
+                    "std": [mean_std([c[s] for c in curves])[1] for s in steps]}
+    return row
+
+
+def _compare(row: dict, base: dict, metric: str) -> dict | None:
+    if metric not in row or metric not in base:
+        return None
+    a, b = row[metric]["values"], base[metric]["values"]
+    p_value = welch_t_test(a, b)
+    interval = bootstrap_interval(a, b) if len(a) > 1 and len(b) > 1 else (math.nan, math.nan)
+    return {"diff": row[metric]["mean"] - base[metric]["mean"], "p_value": p_value,
+            "interval95": list(interval), "note": significance_note(p_value, interval)}
+
+
+def summarize(sweep: Sweep, out: Path) -> dict:
+    rows = [summarize_variant(sweep, out, v) for v in sweep.runs]
+    base = next(r for r in rows if r["variant"] == sweep.cfg.baseline)
+    warnings = []
+    base_core = base["flops_per_token"]["core"]
+    for row in rows:
+        row["vs_baseline"] = {m: c for m in ("val_loss", "facts_recalled", "val_bpb")
+                              if (c := _compare(row, base, m)) is not None}
+        core = row["flops_per_token"]["core"]
+        gap = abs(core - base_core) / base_core
+        row["core_flops_ratio"] = core / base_core
+        if gap > sweep.cfg.core_flops_tolerance:
+            warnings.append(f"{row['variant']}: core FLOPs/token {core:,} differ from the "
+                            f"baseline's {base_core:,} by {gap:.1%} (tolerance "
+                            f"{sweep.cfg.core_flops_tolerance:.0%})")
+    return {"sweep": sweep.cfg.name, "sweep_file": str(sweep.path), "out": str(out),
+            "baseline": sweep.cfg.baseline, "seeds": sweep.cfg.seeds, "variants": rows,
+            "warnings": warnings}

@@ -1,0 +1,79 @@
+"""results.md / results.json / plots for a sweep, and the terminal table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from extmem.experiments.plots import plot_curves, plot_quality
+from extmem.train.run_dir import write_json
+
+
+def _pm(stat: dict | None, digits: int = 4) -> str:
+    if not stat:
+        return "-"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def _delta(row: dict, metric: str) -> str:
+    comparison = row["vs_baseline"].get(metric)
+    if comparison is None:
+        return "-"
+    return f"{comparison['diff']:+.4f} ({comparison['note']})"
+
+
+COLUMNS = ("variant", "params core / tables", "core FLOPs/tok", "total FLOPs/tok", "tokens/s",
+           "val loss", "ppl", "bits/byte", "facts recalled", "usage / windowed",
+           "Δ loss vs baseline", "Δ facts vs baseline")
+
+
+def _cells(row: dict) -> list[str]:
+    params, flops = row["params"], row["flops_per_token"]
+    usage = row.get("memory_usage")
+    return [row["variant"], f"{params['core']:,} / {params['memory_tables']:,}",
+            f"{flops['core']:,}", f"{flops['total']:,}", f"{row['tokens_per_s']['mean']:,.0f}",
+            _pm(row.get("val_loss")), _pm(row.get("val_ppl"), 3), _pm(row.get("val_bpb")),
+            _pm(row.get("facts_recalled"), 3),
+            f"{usage['usage']:.3f} / {usage.get('train_windowed_usage', float('nan')):.3f}"
+            if usage else "-",
+            _delta(row, "val_loss"), _delta(row, "facts_recalled")]
+
+
+def rich_table(results: dict) -> Table:
+    table = Table(title=f"{results['sweep']} ({len(results['seeds'])} seed(s), "
+                        f"baseline {results['baseline']})")
+    for column in COLUMNS:
+        table.add_column(column, overflow="fold")
+    for row in results["variants"]:
+        table.add_row(*_cells(row))
+    return table
+
+
+def markdown(results: dict, command: str) -> str:
+    lines = [f"# {results['sweep']}", "", f"Command: `{command}`", "",
+             f"Seeds: {results['seeds']}; baseline: `{results['baseline']}`; mean ± sample std "
+             "over seeds; Δ = variant − baseline with Welch's t-test and a 95% bootstrap "
+             "interval (rough with few seeds).", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cells(row)) + " |" for row in results["variants"]]
+    lines += ["", "Per-seed final validation loss:", ""]
+    for row in results["variants"]:
+        values = ", ".join(f"{v:.4f}" for v in row.get("val_loss", {}).get("values", []))
+        lines.append(f"- {row['variant']}: {values}")
+    if results["warnings"]:
+        lines += ["", "Warnings:", ""] + [f"- {w}" for w in results["warnings"]]
+    lines += ["", "![validation curves](curves.png)", "", "![quality](quality.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(results: dict, out: Path, command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curves(results, out / "curves.png")
+    plot_quality(results, out / "quality.png")
+    write_json(out / "results.json", results)
+    tmp = out / "results.md.tmp"
+    tmp.write_text(markdown(results, command), encoding="utf-8")
+    tmp.replace(out / "results.md")
+
+

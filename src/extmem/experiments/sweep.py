@@ -1,0 +1,115 @@
+"""Sweep files for `extmem compare`: a base config, variants, seeds and a budget.
+
+```toml
+name = "quickstart"
+base = "../quickstart.toml"    # relative to this file
+seeds = [0, 1, 2]
+baseline = "dense"             # variant the others are compared with
+steps = 300                    # budget: train.steps for every run (or `tokens = N`)
+core_flops_tolerance = 0.05    # warn when a variant's core FLOPs/token differ more than this
+
+[[variants]]
+name = "dense"
+set = ["model.memories=[]"]    # --set style overrides
+
+[[variants]]
+name = "pkm"
+base = "../design/product_keys-add.toml"   # optional: its own base config
+[variants.patch.train]                     # optional: a table deep-merged into the config
+lr = 2e-3
+```
+Every variant's config is resolved and validated before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from extmem.config import apply_overrides, from_dict, read_toml, require
+from extmem.errors import ConfigError
+from extmem.train.config import RunConfig
+
+
+@dataclass
+class VariantConfig:
+    name: str
+    base: str = ""                      # "" = the sweep's base
+    set: list[str] = field(default_factory=list)
+    patch: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
+                f"variants.name: {self.name!r} must be a non-empty name without '/'")
+
+
+@dataclass
+class SweepConfig:
+    name: str
+    base: str
+    variants: list[VariantConfig]
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    baseline: str = ""                  # "" = the first variant
+    steps: int = 0                      # 0 = each config's own train.steps
+    tokens: int = 0                     # alternative budget: steps = tokens / tokens per step
+    core_flops_tolerance: float = 0.05
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        require(bool(self.name), "sweep.name: must not be empty")
+        require(len(self.variants) > 0, "sweep.variants: list at least one [[variants]]")
+        names = [v.name for v in self.variants]
+        require(len(set(names)) == len(names), f"sweep.variants: duplicate names in {names}")
+        require(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds),
+                f"sweep.seeds: {self.seeds} must be a non-empty list without repeats")
+        require(not (self.steps and self.tokens), "sweep: give steps or tokens, not both")
+        require(self.steps >= 0 and self.tokens >= 0, "sweep.steps / sweep.tokens must be >= 0")
+        if not self.baseline:
+            self.baseline = names[0]
+        require(self.baseline in names,
+                f"sweep.baseline: {self.baseline!r} is not a variant; choose one of {names}")
+        require(self.core_flops_tolerance >= 0,
+                f"sweep.core_flops_tolerance: {self.core_flops_tolerance} must be >= 0")
+
+
+def _deep_merge(target: dict, patch: dict) -> dict:
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+    return target
+
+
+@dataclass
+class Sweep:
+    cfg: SweepConfig
+    path: Path
+    runs: dict[str, dict[int, RunConfig]]   # variant -> seed -> resolved config
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Read a sweep file and resolve + validate every (variant, seed) config."""
+    path = Path(path)
+    cfg = from_dict(SweepConfig, read_toml(path), "sweep")
+    runs: dict[str, dict[int, RunConfig]] = {}
+    for variant in cfg.variants:
+        base_path = (path.parent / (variant.base or cfg.base)).resolve()
+        raw = _deep_merge(read_toml(base_path), variant.patch)
+        raw = apply_overrides(raw, [*variant.set, *(overrides or [])])
+        runs[variant.name] = {}
+        for seed in cfg.seeds:
+            seeded = apply_overrides(copy.deepcopy(raw), [f"train.seed={seed}"])
+            try:
+                run = from_dict(RunConfig, seeded)
+            except ConfigError as exc:
+                raise ConfigError(f"sweep variant {variant.name!r}: {exc}") from None
+            tokens_per_step = run.train.batch_size * run.data.seq_len
+            if cfg.tokens:
+                run.train.steps = max(1, cfg.tokens // tokens_per_step)
+            elif cfg.steps:
+                run.train.steps = cfg.steps
+            runs[variant.name][seed] = run
+    return Sweep(cfg=cfg, path=path, runs=runs)

@@ -1,0 +1,102 @@
+"""A tiny sweep end to end: results, plots, skipping finished runs, resuming a killed sweep."""
+
+import json
+import math
+
+import pytest
+
+from extmem.cli import main
+from extmem.data.batches import LMData
+from extmem.experiments.stats import bootstrap_interval, mean_std, welch_t_test
+
+SWEEP = """
+name = "tiny"
+base = "tiny.toml"
+seeds = [0, 1]
+baseline = "dense"
+steps = 3
+
+[[variants]]
+name = "dense"
+set = ["model.memories=[]"]
+
+[[variants]]
+name = "pkm"
+[variants.patch.train]
+lr = 2e-3
+"""
+
+
+@pytest.fixture
+def sweep_file(tiny_config):
+    path = tiny_config.parent / "sweep.toml"
+    path.write_text(SWEEP)
+    return path
+
+
+def test_tiny_sweep_results_plots_and_skip(sweep_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["compare", str(sweep_file), "--out", str(out), "--quiet", "--json",
+            "--set", "train.eval_every=0"]
+    assert main(args) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [row["variant"] for row in results["variants"]] == ["dense", "pkm"]
+    for row in results["variants"]:
+        assert len(row["val_loss"]["values"]) == 2
+        for key in ("params", "flops_per_token", "tokens_per_s", "val_ppl", "val_bpb",
+                    "facts_recalled", "curve", "vs_baseline"):
+            assert key in row, key
+    pkm = results["variants"][1]
+    assert pkm["params"]["memory_tables"] > 0 and "memory_usage" in pkm
+    assert pkm["vs_baseline"]["val_loss"]["diff"] == pytest.approx(
+        pkm["val_loss"]["mean"] - results["variants"][0]["val_loss"]["mean"])
+    for name in ("results.json", "results.md", "curves.png", "quality.png"):
+        assert (out / name).is_file(), name
+    assert "pkm" in (out / "results.md").read_text()
+    mtime = (out / "pkm" / "seed-1" / "results.json").stat().st_mtime_ns
+    assert main(args[:-1] + ["train.eval_every=0"]) == 0  # again: every run is skipped
+    assert (out / "pkm" / "seed-1" / "results.json").stat().st_mtime_ns == mtime
+
+
+def test_killed_sweep_resumes(sweep_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    args = ["compare", str(sweep_file), "--out", str(out), "--quiet", "--set",
+            "train.checkpoint_every=1"]
+    original = LMData.train_batch
+    calls = {"n": 0}
+
+    def dies_later(self, step, batch_size, seed):
+        calls["n"] += 1
+        if calls["n"] == 5:  # second run, second step
+            raise RuntimeError("killed")
+        return original(self, step, batch_size, seed)
+    monkeypatch.setattr(LMData, "train_batch", dies_later)
+    with pytest.raises(RuntimeError):
+        main(args)
+    assert (out / "dense" / "seed-0" / "results.json").is_file()
+    assert not (out / "dense" / "seed-1" / "results.json").exists()
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert (out / "pkm" / "seed-1" / "results.json").is_file()
+
+
+def test_bad_sweep_is_a_one_line_error(tmp_path, tiny_config, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'name = "x"\nbase = "{tiny_config}"\nbaseline = "nope"\n'
+                    '[[variants]]\nname = "a"\n')
+    assert main(["compare", str(path)]) == 2
+    assert "sweep.baseline: 'nope' is not a variant" in capsys.readouterr().err
+
+
+def test_statistics_against_hand_computation():
+    mean, std = mean_std([1.0, 2.0, 4.0])
+    assert mean == pytest.approx(7 / 3)
+    assert std == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2
+                                           + (4 - 7 / 3) ** 2) / 2))
+    assert mean_std([5.0]) == (5.0, 0.0)
+    # Welch: a = [1, 2, 3], b = [4, 5, 6]: t = -3 / sqrt(2/3) = -3.674, df = 4 -> p = 0.02131
+    assert welch_t_test([1, 2, 3], [4, 5, 6]) == pytest.approx(0.021311, abs=1e-5)
+    assert math.isnan(welch_t_test([1.0], [2.0]))
+    low, high = bootstrap_interval([1, 2, 3], [4, 5, 6])
+    assert -5 <= low <= high <= -1  # resampled means lie within the groups' ranges
+    assert bootstrap_interval([2, 2], [1, 1]) == (1.0, 1.0)
