@@ -133,10 +133,40 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from extmem.experiments import load_sweep, run_sweep
+    from extmem.experiments.report import rich_table, write_report
+
+    sweep = load_sweep(args.sweep, args.set)
+    out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.cfg.name
+    results = run_sweep(sweep, out, quiet=args.quiet)
+    command = " ".join(["extmem compare", args.sweep, *(f"--set {s}" for s in args.set)])
+    write_report(results, out, command)
+    if args.json:
+        _print_json(results)
+    else:
+        Console().print(rich_table(results))
+        for warning in results["warnings"]:
+            print(f"warning: {warning}")
+        print(f"report: {out / 'results.md'} (plots: curves.png, quality.png)")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from extmem.bench import PkmBenchConfig, run_pkm_bench, write_markdown
     from extmem.config import apply_overrides, from_dict
 
+    if args.name == "altup":
+        from extmem.bench.altup import bench_command, print_table
+        result = bench_command(args.set, None if args.no_write else Path(args.doc),
+                               progress=not args.json)
+        if args.json:
+            _print_json(result)
+        else:
+            print_table(result)
+        return 0
     cfg = from_dict(PkmBenchConfig, apply_overrides({}, args.set))
     result = run_pkm_bench(cfg, progress=not args.json)
     if not args.no_write:
@@ -157,6 +187,75 @@ def cmd_bench(args: argparse.Namespace) -> int:
         Console().print(table)
         if not args.no_write:
             print(f"written to {args.doc}")
+    return 0
+
+
+def cmd_augment(args: argparse.Namespace) -> int:
+    from extmem.train.augment_run import augment_run, parse_layers
+
+    report = augment_run(Path(args.source), Path(args.out),
+                         Path(args.memory) if args.memory else None,
+                         parse_layers(args.layers) if args.layers else None, args.placement,
+                         args.set)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"augmented {report['source_checkpoint']} -> {report['run_dir']} "
+              f"(+{report['new_params']:,} params, {len(report['dropped_tensors'])} FFN tensors "
+              f"dropped)\nval loss before training: dense {report['val_loss_dense']:.6f}, "
+              f"augmented {report['val_loss_augmented']:.6f}\n"
+              f"continue with: extmem train --resume --out {report['run_dir']}")
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from extmem.report.usage import usage_report, usage_tables
+
+    report = usage_report(Path(args.run_dir), args.checkpoint, args.set, plots=not args.no_plots)
+    console = Console(stderr=args.json)
+    for table in usage_tables(report):
+        console.print(table)
+    for path in report.get("plots", []):
+        console.print(f"wrote {path}")
+    if args.json:
+        _print_json(report)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from extmem.finetune import finetune
+
+    results = finetune(Path(args.run_dir), args.task, args.mode, args.set, args.checkpoint)
+    if args.json:
+        _print_json(results)
+    else:
+        print(f"{results['task']} ({results['mode']}, {results['steps']} steps, "
+              f"{results['n_train']:,} train / {results['n_eval']:,} held out, "
+              f"{results['n_classes']} classes): accuracy {results['accuracy']:.4f}, "
+              f"macro-F1 {results['macro_f1']:.4f} (majority class "
+              f"{results['majority_accuracy']:.4f}) -> {results['out_dir']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from extmem.errors import ConfigError
+    from extmem.hf import require_transformers
+
+    if args.format != "hf":
+        raise ConfigError(f"--format: {args.format!r} is not supported; choose hf")
+    require_transformers("export --format hf")
+    from extmem.hf.export import export_run
+
+    result = export_run(Path(args.run_dir), Path(args.out), args.checkpoint)
+    if args.json:
+        _print_json(result)
+    else:
+        auto = "AutoModelForCausalLM" if result["architecture"].endswith("CausalLM") \
+            else "AutoModelForMaskedLM"
+        print(f"exported {result['run_dir']} ({result['checkpoint']}) -> {result['out']}\n"
+              f"load with: import extmem; transformers.{auto}.from_pretrained({result['out']!r})")
     return 0
 
 
@@ -197,12 +296,62 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("compare", help="run a sweep (variants x seeds) and compare the variants")
+    p.add_argument("sweep", help="SWEEP.toml (see configs/sweeps/)")
+    p.add_argument("--out", help="sweep directory (default: runs/sweeps/<sweep name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    common(p)
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("bench", help="performance benchmarks")
-    p.add_argument("name", choices=["pkm"], help="pkm: memory layer vs dense FFN")
+    p.add_argument("name", choices=["pkm", "altup"],
+                   help="pkm: memory layer vs dense FFN; altup: AltUp vs dense-d / dense-2d step")
     p.add_argument("--doc", default="docs/benchmarks.md", help="Markdown file to update")
     p.add_argument("--no-write", action="store_true", help="do not update the Markdown file")
     common(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("augment", help="add memory to a trained (dense) model: a new run to "
+                                       "continue with train --resume")
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT",
+                   help="run directory (newest checkpoint) or RUN/checkpoints/step-N")
+    p.add_argument("--memory", metavar="MEMORY.toml",
+                   help="memory config: one memory's fields, or a run config's "
+                        "[[model.memories]] (default: product keys scaled to the model)")
+    p.add_argument("--layers", help="comma-separated layer indices, e.g. 2,4 (overrides the TOML)")
+    p.add_argument("--placement", choices=["parallel_ffn", "replace_ffn"],
+                   help="beside the FFN (ResM) or instead of it (default: the TOML's, else "
+                        "parallel_ffn)")
+    p.add_argument("--out", required=True, help="the new run directory (must not exist)")
+    common(p)
+    p.set_defaults(func=cmd_augment)
+
+    p = sub.add_parser("usage", help="memory usage per layer: table + PNG plots in RUN_DIR/usage")
+    p.add_argument("run_dir")
+    p.add_argument("--checkpoint", help="checkpoint directory name (default: newest)")
+    p.add_argument("--no-plots", action="store_true", help="only the table / JSON")
+    common(p)
+    p.set_defaults(func=cmd_usage)
+
+    p = sub.add_parser("finetune", help="classification finetuning of a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--task", required=True,
+                   help="wordnet-supersense, facts-attribute, a .csv/.jsonl file with "
+                        "text,label, or a Hugging Face dataset name")
+    p.add_argument("--mode", choices=["full", "frozen-base", "memory-only"], default="full",
+                   help="what trains besides the head (default: full)")
+    p.add_argument("--checkpoint", help="checkpoint directory name (default: newest)")
+    common(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("export", help="export a run as a Hugging Face transformers directory")
+    p.add_argument("run_dir")
+    p.add_argument("--format", default="hf", help="hf: config.json + model.safetensors + "
+                                                   "tokenizer, for AutoModel*.from_pretrained")
+    p.add_argument("--out", required=True, help="output directory (new or empty)")
+    p.add_argument("--checkpoint", help="checkpoint directory name, e.g. step-100 (default: newest)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

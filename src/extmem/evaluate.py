@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from extmem.data import FactProbe, LMData, mask_tokens
+from extmem.memory.stats import staleness_figures
 from extmem.model import Transformer
 from extmem.train.objective import mlm_generator
 
@@ -82,12 +83,17 @@ def evaluate(model: Transformer, data: LMData, probes: list[FactProbe], batch_si
         usage = {}
         for name, memory in memories:
             figures = collectors[name].summary()  # distribution over the evaluation set
-            figures.pop("windowed_usage")
-            figures.pop("never_read")
-            train_counters = memory.usage
-            figures["train_windowed_usage"] = train_counters.summary(usage_window)["windowed_usage"]
-            figures["train_never_read"] = float((train_counters.last_step < 0).float().mean())
+            for training_only in ("windowed_usage", "never_read", "rows_read_last_step"):
+                figures.pop(training_only)
+            # training-time counters (seed 2's outdated slots): windowed usage, never read
+            train = memory.usage.summary(usage_window)
+            for key in ("windowed_usage", "never_read", "rows_read_last_step", "usage", "load_cv"):
+                figures[f"train_{key}"] = train[key]
             figures["slots"] = memory.num_slots
+            # staleness of the training reads (train_never_read is the fraction never selected)
+            stale = staleness_figures(memory.usage.last_step, int(memory.usage.step))
+            for key in ("staleness_hist", "staleness_mean", "staleness_median"):
+                figures[f"train_{key}"] = stale[key]
             usage[name] = figures
         out["memory_usage"] = usage
     model.train(was_training)

@@ -12,8 +12,11 @@ from extmem.model.transformer import Transformer
 
 
 def parameter_counts(model: Transformer) -> dict[str, int]:
-    """Unique parameters split into core / embeddings / memory_tables / memory_other."""
-    split = {"core": 0, "embeddings": 0, "memory_tables": 0, "memory_other": 0}
+    """Unique parameters split into core / embeddings / memory_tables / memory_routing (lookup:
+    routers, query networks, sub-keys) / memory_readout (projections, gates); memory_other is
+    routing + readout. Shared tables count once."""
+    split = {"core": 0, "embeddings": 0, "memory_tables": 0, "memory_routing": 0,
+             "memory_readout": 0}
     seen: set[int] = set()
     for name, param in model.named_parameters():
         if id(param) in seen:
@@ -23,11 +26,14 @@ def parameter_counts(model: Transformer) -> dict[str, int]:
             split["embeddings"] += param.numel()
         elif ".memories." in name and name.endswith("table.weight"):
             split["memory_tables"] += param.numel()
+        elif ".memories." in name and ".lookup." in name:
+            split["memory_routing"] += param.numel()
         elif ".memories." in name:
-            split["memory_other"] += param.numel()
+            split["memory_readout"] += param.numel()
         else:
             split["core"] += param.numel()
     split["total"] = sum(split.values())
+    split["memory_other"] = split["memory_routing"] + split["memory_readout"]
     return split
 
 
@@ -35,7 +41,9 @@ def flops_per_token(model: Transformer, seq_len: int) -> dict[str, int]:
     """Forward FLOPs per token: core (attention + FFN), memory (lookups + reads), lm_head."""
     cfg = model.cfg
     d = cfg.d_model
-    context = seq_len / 2 if cfg.causal else seq_len
+    altup = model.altup  # extmem.altup: Sequence-AltUp runs the layers on 1/K of the positions
+    share = altup.layer_share if altup is not None else 1.0
+    context = seq_len * share / 2 if cfg.causal else seq_len * share
     attention = 2 * 4 * d * d + int(2 * 2 * context * d)
     core = memory = 0
     for block in model.blocks:
@@ -43,6 +51,9 @@ def flops_per_token(model: Transformer, seq_len: int) -> dict[str, int]:
         if block.ffn is not None:
             core += 2 * d * cfg.ffn_hidden * (3 if block.ffn.gate is not None else 2)
         memory += sum(m.flops_per_token() for m in block.memories)
-    lm_head = 2 * d * cfg.vocab_size
+    core, memory = int(core * share), int(memory * share)
+    if altup is not None:  # predict / correct (and expand / collapse) count as core
+        core += altup.flops_per_token()
+    lm_head = 2 * model.lm_head.in_features * cfg.vocab_size  # K*d wide for standard AltUp
     return {"core": core, "memory": memory, "lm_head": lm_head,
             "total": core + memory + lm_head}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from extmem.altup.config import AltUpConfig
 from extmem.config import require
 from extmem.memory.config import MemoryConfig
 
@@ -32,6 +33,7 @@ class ModelConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     memories: list[MemoryConfig] = field(default_factory=list)
+    altup: AltUpConfig | None = None  # [model.altup]: Alternating Updates (extmem.altup)
 
     def __post_init__(self) -> None:
         require(self.vocab_size >= 0, f"model.vocab_size: {self.vocab_size} must be >= 0")

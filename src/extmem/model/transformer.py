@@ -14,20 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from extmem.altup import build_altup
+from extmem.layers import RMSNorm
 from extmem.memory.module import Memory
+from extmem.memory.table import ValueTable
 from extmem.model.config import ModelConfig
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
 
 
 @dataclass
@@ -35,16 +26,35 @@ class DecodeCache:
     """State carried between decoding steps of a causal model.
 
     keys/values: per layer (B, H, T_past, head_dim); token_ids: (B, T_past) ids seen so far
-    (what hashed n-gram lookups need to look back across steps).
+    (what hashed n-gram lookups need to look back across steps); padding: (B, T_past) True at
+    padded past positions (left-padded batches), None when nothing was padded.
     """
 
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
     values: dict[int, torch.Tensor] = field(default_factory=dict)
     token_ids: torch.Tensor | None = None
+    padding: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
         return 0 if self.token_ids is None else self.token_ids.shape[1]
+
+    def key_padding(self, padding_mask: torch.Tensor | None, t: int) -> torch.Tensor | None:
+        """(B, T_past + t) True at padded keys (past and the t new positions), or None."""
+        if self.padding is None and padding_mask is None:
+            return None
+        ref = self.token_ids if self.token_ids is not None else padding_mask
+        past = (self.padding if self.padding is not None
+                else torch.zeros(ref.shape[0], self.length, dtype=torch.bool, device=ref.device))
+        new = (padding_mask if padding_mask is not None
+               else torch.zeros(past.shape[0], t, dtype=torch.bool, device=past.device))
+        return torch.cat([past, new], dim=1)
+
+    def remember(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None) -> None:
+        """Append the new positions' ids (B, T) and padding to the history."""
+        self.padding = self.key_padding(padding_mask, input_ids.shape[1])
+        self.token_ids = (input_ids if self.token_ids is None
+                          else torch.cat([self.token_ids, input_ids], dim=1))
 
 
 class Rotary(nn.Module):
@@ -87,8 +97,13 @@ class Attention(nn.Module):
                 v = torch.cat([cache.values[self.layer], v], dim=2)
             cache.keys[self.layer], cache.values[self.layer] = k, v
         mask = None
-        if cache is not None and offset and t > 1:  # new queries see the past and causal present
-            mask = torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril(offset)
+        if cache is not None and offset:  # new queries see the past and causal present
+            if t > 1:
+                mask = torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril(offset)
+            padded = cache.key_padding(padding_mask, t)  # (B, T_past + T) or None
+            if padded is not None:  # never attend to padded keys, past or new
+                keep = ~padded[:, None, None, :]  # (B, 1, 1, T_past + T)
+                mask = keep if mask is None else keep & mask
         elif padding_mask is not None:  # keys that are padding are never attended to
             mask = ~padding_mask[:, None, None, :]  # (B, 1, 1, T)
             if self.causal:
@@ -115,28 +130,56 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    """x = x + sum(input memories(norm(x))); x = x + Attn(norm(x));
+    x = x + FFN(norm(x)) + sum(FFN-slot memories(norm(x)))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int,
+                 shared_tables: dict[int, ValueTable] | None = None) -> None:
         super().__init__()
-        memory_cfgs = cfg.memories_at(layer)
+        shared_tables = {} if shared_tables is None else shared_tables
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg, layer)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        replaced = any(m.placement == "replace_ffn" for m in memory_cfgs)
+        placed = [(i, m) for i, m in enumerate(cfg.memories) if layer in m.layers]
+        replaced = any(m.placement == "replace_ffn" for _, m in placed)
         self.ffn = None if replaced else FeedForward(cfg)
-        self.memories = nn.ModuleList(Memory(m, cfg.d_model) for m in memory_cfgs)
+        self.memories = nn.ModuleList()
+        for i, mem_cfg in placed:
+            memory = Memory(mem_cfg, cfg.d_model, cfg.vocab_size, layer,
+                            table=shared_tables.get(i) if mem_cfg.share_table else None)
+            if mem_cfg.share_table:
+                shared_tables.setdefault(i, memory.table)
+            self.memories.append(memory)
+        has_input = any(m.placement == "input" for _, m in placed)
+        self.input_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if has_input else None
         self.dropout = cfg.dropout
+
+    def _memory_update(self, h: torch.Tensor, placement_input: bool, input_ids: torch.Tensor | None,
+                       padding_mask: torch.Tensor | None,
+                       cache: DecodeCache | None) -> torch.Tensor | None:
+        past_ids = cache.token_ids if cache is not None else None
+        update = None
+        for memory in self.memories:
+            if (memory.cfg.placement == "input") != placement_input:
+                continue
+            out = memory(h, input_ids=input_ids, padding_mask=padding_mask, past_ids=past_ids)
+            update = out if update is None else update + out
+        return update
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor | None,
                 padding_mask: torch.Tensor | None,
                 cache: DecodeCache | None = None) -> torch.Tensor:
+        if self.input_norm is not None:
+            update = self._memory_update(self.input_norm(x), True, input_ids, padding_mask, cache)
+            x = x + F.dropout(update, self.dropout, self.training)
         attn = self.attn(self.attn_norm(x), padding_mask, cache)
         x = x + F.dropout(attn, self.dropout, self.training)
         h = self.ffn_norm(x)
-        update = self.ffn(h) if self.ffn is not None else torch.zeros_like(h)
-        past_ids = cache.token_ids if cache is not None else None
-        for memory in self.memories:
-            update = update + memory(h, input_ids=input_ids, padding_mask=padding_mask,
-                                     past_ids=past_ids)
+        update = self._memory_update(h, False, input_ids, padding_mask, cache)
+        if self.ffn is not None:
+            update = self.ffn(h) if update is None else update + self.ffn(h)
+        if update is None:
+            return x
         return x + F.dropout(update, self.dropout, self.training)
 
 
@@ -148,11 +191,20 @@ class Transformer(nn.Module):
         if cfg.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set (> 0) before building a model")
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
-        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # AltUp "standard" (extmem.altup) widens the token to K*d outside the layers: the
+        # embedding, final norm and output head; everything else stays d wide
+        width = cfg.altup.token_width(cfg.d_model) if cfg.altup is not None else cfg.d_model
+        self.embed = nn.Embedding(cfg.vocab_size, width)
+        shared_tables: dict[int, ValueTable] = {}  # memory index -> its one shared table
+        self.blocks = nn.ModuleList(Block(cfg, layer, shared_tables)
+                                    for layer in range(cfg.n_layers))
+        self.final_norm = RMSNorm(width, cfg.norm_eps)
+        self.lm_head = nn.Linear(width, cfg.vocab_size, bias=False)
         self._init_weights()
+        # AltUp runs self.blocks on its wider stream (run_blocks); built after the dense
+        # weights so that, for one seed, those draw the same numbers as without AltUp
+        self.altup = (build_altup(cfg.altup, cfg.d_model, cfg.n_layers, cfg.norm_eps)
+                      if cfg.altup is not None else None)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
@@ -172,6 +224,16 @@ class Transformer(nn.Module):
     def memory_modules(self) -> list[tuple[str, Memory]]:
         return [(name, m) for name, m in self.named_modules() if isinstance(m, Memory)]
 
+    def aux_loss(self) -> torch.Tensor | None:
+        """Sum of the memories' auxiliary losses (router balance / z-loss) of the last training
+        forward, already weighted by their coefficients; None when there is none."""
+        total = None
+        for _, memory in self.memory_modules():
+            aux = memory.pop_aux_loss()
+            if aux is not None:
+                total = aux if total is None else total + aux
+        return total
+
     def set_memory_step(self, step: int) -> None:
         """Tell usage counters the current training step (for windowed usage / staleness)."""
         for _, memory in self.memory_modules():
@@ -180,7 +242,10 @@ class Transformer(nn.Module):
     def run_blocks(self, x: torch.Tensor, input_ids: torch.Tensor,
                    padding_mask: torch.Tensor | None,
                    cache: DecodeCache | None) -> torch.Tensor:
-        """The layer stack on the residual stream x (B, T, d). Variants (AltUp) override this."""
+        """The layer stack on the residual stream x (B, T, d); with `model.altup`, AltUp runs
+        the same blocks on its wider stream (x is (B, T, K*d) for standard AltUp)."""
+        if self.altup is not None:
+            return self.altup(self.blocks, x, input_ids, padding_mask, cache)
         for block in self.blocks:
             x = block(x, input_ids, padding_mask, cache)
         return x
@@ -192,6 +257,12 @@ class Transformer(nn.Module):
         With a `cache` (causal models only), input_ids are the new positions after the cached
         ones; the cache is updated in place.
         """
+        return self.lm_head(self.features(input_ids, padding_mask, cache))  # (B, T, V)
+
+    def features(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                 cache: DecodeCache | None = None) -> torch.Tensor:
+        """The final-normed hidden states (B, T, lm_head.in_features) that the LM head reads
+        (classification heads read them too); arguments as for `forward`."""
         past = cache.length if cache is not None else 0
         if past + input_ids.shape[1] > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {past + input_ids.shape[1]} exceeds "
@@ -201,6 +272,5 @@ class Transformer(nn.Module):
         x = F.dropout(self.embed(input_ids), self.cfg.dropout, self.training)  # (B, T, d)
         x = self.run_blocks(x, input_ids, padding_mask, cache)
         if cache is not None:
-            cache.token_ids = (input_ids if cache.token_ids is None
-                               else torch.cat([cache.token_ids, input_ids], dim=1))
-        return self.lm_head(self.final_norm(x))  # (B, T, V)
+            cache.remember(input_ids, padding_mask)
+        return self.final_norm(x)

@@ -64,6 +64,9 @@ class TrainConfig:
     bf16: bool = False             # bf16 autocast for forward/backward
     mask_prob: float = 0.15        # masked-LM only (model.causal = false)
     usage_window: int = 100        # steps for windowed usage (REFERENCE.md section 6)
+    # Batches and masks are drawn as for step + data_offset. `extmem augment` sets it to the
+    # dense source's last step, so a continued run sees new data (as a scratch run would).
+    data_offset: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
@@ -71,7 +74,7 @@ class TrainConfig:
             value = getattr(self, name)
             require(value >= 1, f"train.{name}: {value} must be >= 1")
         for name in ("warmup_steps", "eval_every", "eval_tokens", "checkpoint_every",
-                     "keep_checkpoints", "seed"):
+                     "keep_checkpoints", "seed", "data_offset"):
             value = getattr(self, name)
             require(value >= 0, f"train.{name}: {value} must be >= 0")
         require(self.lr > 0, f"train.lr: {self.lr} must be > 0")

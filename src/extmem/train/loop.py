@@ -104,18 +104,21 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
     model.train()
     bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", file=sys.stderr,
                disable=options.quiet, dynamic_ncols=True, mininterval=0.5)
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    window_loss, window_aux, window_steps, window_start = 0.0, 0.0, 0, time.perf_counter()
     started = time.perf_counter()
     try:
         while step < tc.steps:
             factor = lr_factor(step, tc)
             set_lr(optimizer, factor)
             model.set_memory_step(step)
-            inputs, targets = data.lm.train_batch(step, tc.batch_size, tc.seed)
+            data_step = step + tc.data_offset  # augmented runs continue their source's data
+            inputs, targets = data.lm.train_batch(data_step, tc.batch_size, tc.seed)
             inputs, targets = inputs.to(device), targets.to(device)
             with autocast:
-                loss, _ = batch_loss(model, inputs, targets, data.lm, tc.seed, step, tc.mask_prob)
-            loss.backward()
+                loss, _ = batch_loss(model, inputs, targets, data.lm, tc.seed, data_step,
+                                     tc.mask_prob)
+                aux = model.aux_loss()  # router balance / z-loss, already weighted
+            (loss if aux is None else loss + aux).backward()
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                          if tc.grad_clip else None)
             optimizer.step()
@@ -123,6 +126,7 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
             step += 1
             loss_value = float(loss.detach())
             window_loss += loss_value
+            window_aux += 0.0 if aux is None else float(aux.detach())
             window_steps += 1
             bar.update(1)
             if step % tc.log_every == 0 or step == tc.steps:
@@ -133,19 +137,26 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
                           "tokens": step * tokens_per_step}
                 if grad_norm is not None:
                     record["grad_norm"] = float(grad_norm)
+                if window_aux:
+                    record["aux_loss"] = window_aux / window_steps
                 log.write(record)
                 for key, value in _flat("train", record, {}).items():
                     if not key.endswith(("/step", "/tokens")):
                         writer.add_scalar(key, value, step)
                 bar.set_postfix(loss=f"{record['loss']:.3f}",
                                 tok_s=f"{record['tokens_per_s']:.0f}")
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                window_loss, window_aux, window_steps, window_start = 0.0, 0.0, 0, time.perf_counter()
             if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
                 last_eval = evaluate(model, data.lm, data.corpus.probes, tc.eval_batch_size,
                                      tc.eval_tokens, tc.mask_prob, tc.usage_window)
                 log.write({"step": step, "split": "val", **last_eval})
                 for key, value in _flat("val", last_eval, {}).items():
                     writer.add_scalar(key, value, step)
+                for name, memory in model.memory_modules():  # staleness of read slots, in steps
+                    last = memory.usage.last_step
+                    ages = (memory.usage.step - last[last >= 0]).cpu()  # (n_read,)
+                    if ages.numel():
+                        writer.add_histogram(f"val/memory_usage/{name}/train_staleness", ages, step)
             if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == tc.steps:
                 save_checkpoint(run_dir, step, model, optimizer, {"tokens": step * tokens_per_step},
                                 keep=tc.keep_checkpoints)

@@ -63,3 +63,33 @@ def build_model(cfg: RunConfig, device: torch.device) -> Transformer:
     """Model with deterministic initialisation from train.seed."""
     torch.manual_seed(cfg.train.seed)
     return Transformer(cfg.model).to(device)
+
+
+@dataclass
+class TrainedRun:
+    """A run directory's config, data and model restored from one of its checkpoints."""
+
+    run_dir: Path
+    cfg: RunConfig
+    data: RunData
+    model: Transformer
+    checkpoint: Path
+    step: int
+
+
+def load_trained(run_dir: Path, overrides: list[str] | None = None,
+                 checkpoint: str | None = None) -> TrainedRun:
+    """Restore `run_dir` at checkpoint `step-N` (default: the newest complete one)."""
+    from extmem.train.checkpoint import latest_checkpoint, load_checkpoint
+    from extmem.train.run_dir import load_run_config
+
+    cfg = load_run_config(run_dir, overrides)
+    path = run_dir / "checkpoints" / checkpoint if checkpoint else latest_checkpoint(run_dir)
+    if path is None or not (path / "state.json").is_file():
+        raise CheckpointError(f"{run_dir}: no complete checkpoint found "
+                              f"({'no ' + checkpoint if checkpoint else 'train it first'})")
+    data = load_run_data(cfg, run_dir)
+    cfg = with_vocab(cfg, data.lm.vocab_size)
+    model = build_model(cfg, resolve_device(cfg.train.device))
+    loaded = load_checkpoint(path, model)
+    return TrainedRun(run_dir, cfg, data, model, loaded.path, loaded.step)

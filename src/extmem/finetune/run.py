@@ -1,0 +1,198 @@
+"""`extmem finetune`: a classification head on a pretrained run, trained and evaluated on a
+held-out split (downstream evaluation of seed 2, "Large Product Key Memory for Pretrained
+Language Models").
+
+Modes (which parameters train; the head always does):
+- `full`: every parameter of the pretrained model;
+- `frozen-base`: none of them (a linear probe of the pooled features);
+- `memory-only`: the memory layers (tables, keys, query and output networks); the dense core
+  and embeddings stay frozen.
+Each example is `EOS text`, cut to `max_len` tokens with the run's tokenizer. Results go to
+RUN_DIR/finetune/<task>-<mode>[-N]/ (config.toml, metrics.jsonl, results.json and, unless
+`save_weights = false`, classifier.safetensors); the pretraining checkpoints are only read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from extmem.config import apply_overrides, from_dict, to_dict, write_toml
+from extmem.errors import ConfigError
+from extmem.finetune.config import MODES, FinetuneConfig
+from extmem.finetune.metrics import accuracy, macro_f1, majority_baseline
+from extmem.finetune.tasks import TaskData, load_task
+from extmem.model.classifier import SequenceClassifier
+from extmem.train.checkpoint import unique_state_dict
+from extmem.train.config import TrainConfig
+from extmem.train.optim import build_optimizer, lr_factor, set_lr
+from extmem.train.run_dir import MetricsLog, write_json
+from extmem.train.session import load_trained
+
+FINETUNE_DIR = "finetune"
+
+
+def parse_config(overrides: list[str]) -> FinetuneConfig:
+    """`--set steps=100` (or `finetune.steps=100`) -> FinetuneConfig."""
+    plain = [o.removeprefix("finetune.") for o in overrides]
+    return from_dict(FinetuneConfig, apply_overrides({}, plain), "finetune")
+
+
+def encode(tokenizer: Any, texts: list[str], eos_id: int, max_len: int) -> list[list[int]]:
+    """`EOS text` token ids, cut to max_len."""
+    return [[eos_id, *e.ids][:max_len] for e in tokenizer.encode_batch(texts)]
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> input_ids (B, L) right-padded and padding_mask (B, L) True at padding."""
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    lengths = torch.tensor([len(s) for s in sequences])
+    return ids, torch.arange(length)[None, :] >= lengths[:, None]
+
+
+def select_trainable(model: SequenceClassifier, mode: str) -> int:
+    """Freeze what `mode` keeps fixed; returns the number of trainable parameters."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode: {mode!r} is not allowed; choose one of {', '.join(MODES)}")
+    has_memory = bool(model.body.memory_modules())
+    if mode == "memory-only" and not has_memory:
+        raise ConfigError("--mode memory-only: this run has no memory layers; use full or "
+                          "frozen-base")
+    for name, param in model.body.named_parameters():
+        param.requires_grad = mode == "full" or (mode == "memory-only" and ".memories." in name)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _optimizer(model: SequenceClassifier, run_train: TrainConfig,
+               cfg: FinetuneConfig) -> tuple[torch.optim.Optimizer, TrainConfig]:
+    """AdamW with the run's parameter groups (their weight decay), finetuning learning rates."""
+    groups = [dataclasses.replace(g, lr=(cfg.memory_values_lr or None)
+                                  if g.name == "memory_values" else None)
+              for g in run_train.param_groups]
+    schedule = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                           min_lr_ratio=0.0, weight_decay=cfg.weight_decay,
+                           beta1=run_train.beta1, beta2=run_train.beta2, param_groups=groups)
+    optimizer, _ = build_optimizer(model, schedule)
+    return optimizer, schedule
+
+
+@torch.no_grad()
+def predict(model: SequenceClassifier, sequences: list[list[int]], pad_id: int,
+            batch_size: int, device: torch.device) -> list[int]:
+    model.eval()
+    out: list[int] = []
+    for start in range(0, len(sequences), batch_size):
+        ids, padding = pad_batch(sequences[start:start + batch_size], pad_id)
+        out.extend(model(ids.to(device), padding.to(device)).argmax(-1).tolist())
+    return out
+
+
+def _out_dir(run_dir: Path, task: str, mode: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(task).stem if "." in task else task).strip("_")
+    base = run_dir / FINETUNE_DIR / f"{slug or 'task'}-{mode}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def train_classifier(model: SequenceClassifier, data: TaskData, train_ids: list[list[int]],
+                     cfg: FinetuneConfig, run_train: TrainConfig, pad_id: int,
+                     device: torch.device, log: list[dict]) -> None:
+    optimizer, schedule = _optimizer(model, run_train, cfg)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    labels = torch.tensor(data.train_labels)
+    window = 0.0
+    for step in range(cfg.steps):
+        model.train()
+        set_lr(optimizer, lr_factor(step, schedule))
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        pick = torch.randint(0, len(train_ids), (cfg.batch_size,), generator=generator)  # (B,)
+        ids, padding = pad_batch([train_ids[i] for i in pick.tolist()], pad_id)
+        logits = model(ids.to(device), padding.to(device))  # (B, C)
+        loss = F.cross_entropy(logits, labels[pick].to(device))
+        aux = model.body.aux_loss()  # router balance losses, if any memory has one
+        (loss if aux is None else loss + aux).backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        window += float(loss.detach())
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            count = (step % cfg.log_every) + 1
+            log.append({"step": step + 1, "split": "train", "loss": window / count,
+                        "lr": cfg.lr * lr_factor(step, schedule)})
+            window = 0.0
+
+
+def finetune(run_dir: Path, task: str, mode: str = "full", overrides: list[str] | None = None,
+             checkpoint: str | None = None) -> dict[str, Any]:
+    """Finetune and evaluate; returns results (also written to the results directory)."""
+    cfg = parse_config(overrides or [])
+    started = time.perf_counter()
+    run = load_trained(run_dir, None, checkpoint)
+    if cfg.max_len > run.cfg.model.max_seq_len:
+        raise ConfigError(f"finetune.max_len: {cfg.max_len} exceeds the model's "
+                          f"max_seq_len={run.cfg.model.max_seq_len}")
+    data = load_task(task, cfg)
+    lm = run.data.lm
+    device = next(run.model.parameters()).device
+    torch.manual_seed(cfg.seed)
+    model = SequenceClassifier(run.model, len(data.classes), cfg.pooling, cfg.dropout).to(device)
+    trainable = select_trainable(model, mode)
+    train_ids = encode(lm.tokenizer, data.train_texts, lm.eos_id, cfg.max_len)
+    eval_ids = encode(lm.tokenizer, data.eval_texts, lm.eos_id, cfg.max_len)
+    log: list[dict] = []
+    train_classifier(model, data, train_ids, cfg, run.cfg.train, lm.pad_id, device, log)
+    predicted = predict(model, eval_ids, lm.pad_id, cfg.eval_batch_size, device)
+
+    out = _out_dir(run_dir, task, mode)
+    results: dict[str, Any] = {
+        "run_dir": str(run_dir), "checkpoint": run.checkpoint.name, "task": task, "mode": mode,
+        "pooling": cfg.pooling, "steps": cfg.steps, "n_train": len(train_ids),
+        "n_eval": len(eval_ids), "n_classes": len(data.classes),
+        "accuracy": accuracy(predicted, data.eval_labels),
+        "macro_f1": macro_f1(predicted, data.eval_labels),
+        **majority_baseline(data.train_labels, data.eval_labels),
+        "trainable_params": trainable, "train_loss": log[-1]["loss"] if log else None,
+        "seconds": time.perf_counter() - started, "out_dir": str(out), "classes": data.classes}
+    results["majority_class"] = data.classes[results["majority_class"]]
+    _write(out, cfg, results, log, model)
+    return results
+
+
+def _write(out: Path, cfg: FinetuneConfig, results: dict, log: list[dict],
+           model: SequenceClassifier) -> None:
+    """Assemble the results directory under a temporary name, then rename it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write_toml(tmp / "config.toml", {"task": results["task"], "mode": results["mode"],
+                                         "checkpoint": results["checkpoint"],
+                                         "finetune": to_dict(cfg)})
+        metrics = MetricsLog(tmp)
+        for record in log:
+            metrics.write(record)
+        metrics.write({"step": cfg.steps, "split": "eval", "accuracy": results["accuracy"],
+                       "macro_f1": results["macro_f1"]})
+        if cfg.save_weights:
+            save_file(unique_state_dict(model), str(tmp / "classifier.safetensors"))
+        write_json(tmp / "results.json", results)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

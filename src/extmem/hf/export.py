@@ -1,0 +1,87 @@
+"""`extmem export RUN_DIR --format hf --out DIR`: a run's checkpoint as a Hugging Face directory.
+
+Writes `config.json` (ExtmemConfig: our ModelConfig nested under "model"), `model.safetensors`,
+`generation_config.json` and the run's tokenizer as a `PreTrainedTokenizerFast` (eos / pad /
+mask tokens set). After `import extmem`, `AutoModelForCausalLM.from_pretrained(DIR)` (or
+`AutoModelForMaskedLM` for an encoder run, `AutoModelForSequenceClassification` for a new
+head on either) loads it offline with the run's logits. The directory is assembled under a
+temporary name and renamed, so an interrupted export leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerFast
+
+from extmem.data.tokenizer import EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, check_special_tokens
+from extmem.errors import CheckpointError, ConfigError
+from extmem.hf.configuration import ExtmemConfig
+from extmem.hf.modeling import ExtmemForCausalLM, ExtmemForMaskedLM
+from extmem.train.checkpoint import latest_checkpoint, load_checkpoint
+from extmem.train.run_dir import TOKENIZER_FILE, load_run_config
+from extmem.train.session import with_vocab
+
+
+def wrap_tokenizer(tokenizer: Tokenizer, max_length: int, causal: bool) -> PreTrainedTokenizerFast:
+    """Our byte-level BPE as an HF fast tokenizer. Causal models pad on the left, so batched
+    `generate()` continues every row from its last real token."""
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN,
+                                   pad_token=PAD_TOKEN, mask_token=MASK_TOKEN,
+                                   model_max_length=max_length,
+                                   padding_side="left" if causal else "right")
+
+
+def check_out_dir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out}: already exists and is not an empty directory; "
+                          "choose a new directory")
+
+
+def _read_tokenizer(run_dir: Path) -> Tokenizer:
+    path = run_dir / TOKENIZER_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: {TOKENIZER_FILE} is missing; export needs the run's "
+                              "tokenizer")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 (tokenizers raises a plain Exception)
+        raise CheckpointError(f"{path} is not a readable tokenizer: {exc}") from None
+    check_special_tokens(tokenizer)
+    return tokenizer
+
+
+def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> dict:
+    """Export `run_dir`'s checkpoint (newest, or `checkpoint` = "step-N") into `out`."""
+    run_dir, out = Path(run_dir), Path(out)
+    check_out_dir(out)
+    cfg = load_run_config(run_dir)
+    path = run_dir / "checkpoints" / checkpoint if checkpoint else latest_checkpoint(run_dir)
+    if path is None or not path.is_dir():
+        raise CheckpointError(f"{run_dir}: no complete checkpoint found "
+                              f"({'no ' + checkpoint if checkpoint else 'train it first'})")
+    tokenizer = _read_tokenizer(run_dir)
+    model_cfg = with_vocab(cfg, tokenizer.get_vocab_size()).model
+    model_class = ExtmemForCausalLM if model_cfg.causal else ExtmemForMaskedLM
+    config = ExtmemConfig(model=model_cfg, eos_token_id=tokenizer.token_to_id(EOS_TOKEN),
+                          pad_token_id=tokenizer.token_to_id(PAD_TOKEN),
+                          architectures=[model_class.__name__])
+    model = model_class(config)
+    loaded = load_checkpoint(path, model.model)  # verifies the SHA-256 of every file
+
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        wrap_tokenizer(tokenizer, model_cfg.max_seq_len, model_cfg.causal).save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"out": str(out), "run_dir": str(run_dir), "checkpoint": loaded.path.name,
+            "step": loaded.step, "architecture": model_class.__name__,
+            "files": sorted(p.name for p in out.iterdir())}

@@ -1,0 +1,132 @@
+"""PNG plots of memory usage (matplotlib `Figure` objects rendered by Agg: no display and no
+pyplot state, so importing this module never changes the caller's backend).
+
+REFERENCE.md section 6 / seed 2 ("Large Product Key Memory for Pretrained Language Models"):
+- windowed_usage.png: windowed usage of the training reads and eval-set usage over training;
+- staleness.png: per memory layer, slots by steps since last selected, plus never selected;
+- heatmap.png: per memory layer, eval-set read weight and training read counts per slot,
+  reshaped to the n_keys x n_keys product-key grid (row = first sub-key, column = second).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+STALENESS_BINS = 20
+
+
+def _grid_image(values: torch.Tensor, grid: list[int]) -> np.ma.MaskedArray:
+    """(N,) -> (rows, cols) log10 image; slots never read (0) are masked (drawn white)."""
+    rows, cols = grid
+    image = np.full(rows * cols, np.nan)
+    image[: values.numel()] = values.double().numpy()
+    image = image.reshape(rows, cols)
+    return np.ma.masked_invalid(np.log10(np.where(image > 0, image, np.nan)))
+
+
+def _panels(count: int, per_row: int = 3) -> tuple[int, int]:
+    cols = min(count, per_row)
+    return math.ceil(count / cols), cols
+
+
+def plot_windowed_usage(report: dict[str, Any], path: Path) -> Path:
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.subplots()
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn = False
+    for i, (name, figures) in enumerate(report["memories"].items()):
+        history = [h for h in figures["history"] if h["train_windowed_usage"] is not None]
+        if not history:
+            continue
+        steps = [h["step"] for h in history]
+        color = colors[i % len(colors)]
+        ax.plot(steps, [h["train_windowed_usage"] for h in history], "-o", color=color,
+                markersize=3, label=f"{name}: windowed usage (training)")
+        ax.plot(steps, [h["usage"] for h in history], "--", color=color,
+                label=f"{name}: usage (eval set)")
+        drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, "no evaluations with memory usage in metrics.jsonl",
+                ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("fraction of slots")
+    ax.set_title(f"Memory usage over training (window W = {report['usage_window']} steps)")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_staleness(report: dict[str, Any], arrays: dict[str, dict[str, torch.Tensor]],
+                   path: Path) -> Path:
+    rows, cols = _panels(len(report["memories"]))
+    fig = Figure(figsize=(5.2 * cols, 3.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, (name, figures) in zip(axes.flat, report["memories"].items(), strict=False):
+        train = figures["train"]
+        step = train["counter_step"]
+        last = arrays[name]["last_step"]
+        ages = (step - last[last >= 0]).double().numpy()  # (n_read,)
+        slots = last.numel()
+        hi = max(step + 1, 1)
+        edges = np.linspace(0, hi, STALENESS_BINS + 1)
+        counts, _ = np.histogram(ages, bins=edges)
+        width = edges[1] - edges[0]
+        ax.bar(edges[:-1], counts / slots, width=width, align="edge", color="tab:blue",
+               edgecolor="white", label="selected at least once")
+        ax.bar([hi + width], [train["never_selected"]], width=width, align="edge",
+               color="tab:red", label="never selected")
+        ax.set_xlabel(f"steps since last selected (at step {step})")
+        ax.set_ylabel("fraction of slots")
+        ax.set_title(f"{name}\nwindowed usage {train['windowed_usage']:.2f}, "
+                     f"never selected {train['never_selected']:.2f}", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    for ax in list(axes.flat)[len(report["memories"]):]:
+        ax.axis("off")
+    fig.suptitle("Staleness of memory slots (seed 2's outdated slots)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_heatmap(report: dict[str, Any], arrays: dict[str, dict[str, torch.Tensor]],
+                 path: Path) -> Path:
+    names = list(report["memories"])
+    fig = Figure(figsize=(10, 4.6 * len(names)))
+    axes = fig.subplots(len(names), 2, squeeze=False)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    for row, name in enumerate(names):
+        figures = report["memories"][name]
+        panels = (("eval_weight", f"eval-set read weight (log10), usage {figures['eval']['usage']:.2f}"),
+                  ("train_counts", f"training reads (log10 count), usage {figures['train']['usage']:.2f}"))
+        for col, (key, title) in enumerate(panels):
+            ax = axes[row, col]
+            image = ax.imshow(_grid_image(arrays[name][key], figures["grid"]), cmap=cmap,
+                              interpolation="nearest", aspect="equal")
+            ax.set_title(f"{name}\n{title}", fontsize=9)
+            ax.set_xlabel("second sub-key")
+            ax.set_ylabel("first sub-key")
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle("Read weight per slot (white: never read)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write_usage_plots(report: dict[str, Any], arrays: dict[str, dict[str, torch.Tensor]],
+                      out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [plot_windowed_usage(report, out_dir / "windowed_usage.png"),
+            plot_staleness(report, arrays, out_dir / "staleness.png"),
+            plot_heatmap(report, arrays, out_dir / "heatmap.png")]

@@ -1,0 +1,35 @@
+import json
+
+import pytest
+
+from extmem.bench.altup import AltUpBenchConfig
+from extmem.cli import main
+from extmem.errors import ConfigError
+
+TINY = ["d_model=16", "n_heads=2", "n_layers=2", "vocab_size=40", "batch_size=2", "seq_len=8",
+        "repeats=1", "warmup=0"]
+
+
+def test_cli_writes_the_altup_section_and_prints_json(tmp_path, capsys):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## pkm\n\nkept\n", encoding="utf-8")
+    argv = ["bench", "altup", "--json", "--doc", str(doc)]
+    for setting in TINY:
+        argv += ["--set", setting]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    names = [row["name"] for row in result["models"]]
+    assert names == ["dense-d", "altup-k2", "recycled-k2", "dense-2d"]
+    assert [row["token_width"] for row in result["models"]] == [16, 32, 16, 32]
+    assert set(result["ratios"]) == {"altup-k2/dense-d", "recycled-k2/dense-d", "dense-2d/dense-d"}
+    text = doc.read_text(encoding="utf-8")
+    assert "## pkm\n\nkept" in text and text.count("## altup") == 1
+    assert "extmem bench altup --set d_model=16" in text
+    assert "| altup-k2 | 16 | 32 |" in text
+
+
+def test_bad_settings_are_config_errors(capsys):
+    with pytest.raises(ConfigError, match=r"bench\.altup\.k: 1 must be >= 2"):
+        AltUpBenchConfig(k=1)
+    assert main(["bench", "altup", "--no-write", "--set", "d_model=10", "--set", "n_heads=4"]) == 2
+    assert capsys.readouterr().err.startswith("error: bench.altup.d_model: 10")
