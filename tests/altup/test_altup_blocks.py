@@ -210,3 +210,47 @@ def test_memory_concat_config_is_causal():
     changed = tokens.clone()
     changed[:, 5:] = (changed[:, 5:] + 1) % V
     torch.testing.assert_close(model(tokens)[:, :5], model(changed)[:, :5], rtol=0, atol=0)
+
+
+def altup_concat_memory() -> MemoryConfig:
+    return MemoryConfig(layers=[1], lookup="token", readout="concat", concat_into="altup")
+
+
+def test_memory_concat_into_altup_is_causal():
+    model = build(AltUpConfig(k=2, embedding="recycled", extra_blocks=1),
+                  memories=[altup_concat_memory()]).eval()
+    tokens = ids(length=12)
+    changed = tokens.clone()
+    changed[:, 5:] = (changed[:, 5:] + 1) % V
+    torch.testing.assert_close(model(tokens)[:, :5], model(changed)[:, :5], rtol=0, atol=0)
+
+
+def test_memory_concat_into_altup_starts_dense_and_learns_to_read_the_row():
+    dense = build().eval()  # Recycled-AltUp at identity init is the dense model
+    model = build(AltUpConfig(k=2, embedding="recycled", extra_blocks=1),
+                  memories=[altup_concat_memory()])
+    memory = model.blocks[1].memories[0]
+    assert memory.readout.proj is None  # no projection back to d: no extra layer compute
+    model.load_state_dict(dense.state_dict(), strict=False)
+    tokens = ids()
+    torch.testing.assert_close(model.eval()(tokens), dense(tokens), rtol=0, atol=1e-6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    lm_loss(model.train(), tokens).backward()
+    later = model.altup.coefficients[2].predictor
+    assert later.grad[:2, 2].abs().sum() > 0  # computed blocks learn to read the memory block
+    optimizer.step()
+    optimizer.zero_grad()
+    lm_loss(model, tokens).backward()  # once the predictor reads it, the rows train
+    assert memory.table.weight.grad.abs().sum() > 0
+    flops = flops_per_token(model, 10)["memory"]
+    assert flops == 2 * 1 * D  # the bag of one row, nothing projected
+
+
+def test_memory_concat_into_altup_needs_memory_blocks():
+    from extmem.errors import ConfigError
+    with pytest.raises(ConfigError, match="needs a \\[model.altup\\] table"):
+        config(memories=[altup_concat_memory()])
+    with pytest.raises(ConfigError, match="extra_blocks: 0 is too few"):
+        config(AltUpConfig(k=2, embedding="recycled"), memories=[altup_concat_memory()])
+    with pytest.raises(ConfigError, match="needs readout = 'concat'"):
+        MemoryConfig(readout="add", concat_into="altup")

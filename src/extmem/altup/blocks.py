@@ -53,7 +53,12 @@ class BlockAltUp(nn.Module):
         coefficients, j = self.coefficients[layer], self.active_block(layer)
         xhat = coefficients.predict(stream, j)  # (B, T, K, d)
         y = block(xhat[:, :, j], input_ids, padding_mask, cache)  # (B, T, d)
-        return coefficients.correct(xhat, y, j)
+        stream = coefficients.correct(xhat, y, j)
+        for memory in getattr(block, "memories", ()):  # concat memories widen the token
+            rows = memory.pop_altup_rows()  # (B, T, n * d) or None
+            if rows is not None:
+                stream = self.write_extra(stream, rows, memory.altup_first_block)
+        return stream
 
     def write_extra(self, stream: torch.Tensor, rows: torch.Tensor, first: int = 0) -> torch.Tensor:
         """Add rows (B, T, n*d) into memory blocks first..first+n-1 of stream (B, T, K_total, d).

@@ -1,7 +1,14 @@
 """External memory modules: Memory = Lookup x Table x Readout."""
 
-from extmem.memory.config import (ExpertsConfig, LshLookupConfig, MemoryConfig, NgramLookupConfig,
-                                  ProductKeyConfig, RouterLookupConfig, TokenLookupConfig)
+from extmem.memory.config import (
+                                  ExpertsConfig,
+                                  LshLookupConfig,
+                                  MemoryConfig,
+                                  NgramLookupConfig,
+                                  ProductKeyConfig,
+                                  RouterLookupConfig,
+                                  TokenLookupConfig,
+)
 from extmem.memory.lsh import LshLookup
 from extmem.memory.module import Memory
 from extmem.memory.product_keys import ProductKeyLookup

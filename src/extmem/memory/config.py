@@ -155,6 +155,10 @@ class MemoryConfig:
     value_dropout: float = 0.0   # on the read-out values (XLM's value dropout)
     zero_init_output: bool = False
     share_table: bool = False
+    # concat readout only: "projection" projects [h ; row] back to d; "altup" writes the row
+    # into AltUp memory blocks (model.altup.extra_blocks) so it widens the token at no extra
+    # layer compute (the first source paper's motivation for AltUp)
+    concat_into: Literal["projection", "altup"] = "projection"
     product_keys: ProductKeyConfig = field(default_factory=ProductKeyConfig)
     token: TokenLookupConfig = field(default_factory=TokenLookupConfig)
     ngram: NgramLookupConfig = field(default_factory=NgramLookupConfig)
@@ -174,3 +178,6 @@ class MemoryConfig:
                 f"memory.value_dim: {self.value_dim} cannot be set with readout = 'experts' "
                 "(rows hold expert weights; set experts.hidden instead)")
         _dropout_ok("memory", "value_dropout", self.value_dropout)
+        require(self.concat_into == "projection" or self.readout == "concat",
+                f"memory.concat_into: {self.concat_into!r} needs readout = 'concat' "
+                f"(this memory's readout is {self.readout!r})")

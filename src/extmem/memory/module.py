@@ -72,10 +72,14 @@ class Memory(nn.Module):
                              f"{self.lookup.num_slots}")
         if cfg.readout == "experts":
             self.readout: nn.Module = ExpertsReadout(d_model, cfg.experts, cfg.value_dropout)
+        elif cfg.readout == "concat":
+            self.readout = ConcatReadout(d_model, self.value_dim, cfg.value_dropout,
+                                         cfg.zero_init_output, cfg.concat_into == "altup")
         else:
             self.readout = _READOUTS[cfg.readout](d_model, self.value_dim, cfg.value_dropout,
                                                   cfg.zero_init_output)
         self.usage = UsageCounters(self.lookup.num_slots)
+        self.altup_first_block: int | None = None  # AltUp memory block for concat_into="altup"
         self._collectors: list[UsageCounters] = []
 
     @property
@@ -84,8 +88,9 @@ class Memory(nn.Module):
 
     def forward(self, h: torch.Tensor, input_ids: torch.Tensor | None = None,
                 padding_mask: torch.Tensor | None = None,
-                past_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """h (B, T, d) -> (B, T, d).
+                past_ids: torch.Tensor | None = None) -> torch.Tensor | None:
+        """h (B, T, d) -> (B, T, d), or None for a concat readout that writes into AltUp blocks
+        (its rows are then taken with `pop_altup_rows`).
 
         input_ids (B, T) are the tokens at these positions, padding_mask (B, T) is True at
         padding, past_ids (B, P) are earlier tokens during cached decoding (n-gram lookups).
@@ -97,6 +102,13 @@ class Memory(nn.Module):
         for collector in self._collectors:
             collector.record(indices, weights, padding_mask)
         return self.readout(h, self.table, indices, weights)
+
+    def pop_altup_rows(self) -> torch.Tensor | None:
+        """Rows (B, T, d_v) of the last forward for AltUp's memory blocks, once (else None)."""
+        rows = getattr(self.readout, "pending_rows", None)
+        if rows is not None:
+            self.readout.pending_rows = None
+        return rows
 
     def pop_aux_loss(self) -> torch.Tensor | None:
         """The lookup's auxiliary loss of the last training forward (router balance), once."""

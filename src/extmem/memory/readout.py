@@ -92,19 +92,32 @@ class MemoryPlusReadout(_Readout):
 
 
 class ConcatReadout(_Readout):
-    """[h ; bag] -> W_c -> d: the memory row widens the token, projected back."""
+    """[h ; bag] -> W_c -> d: the memory row widens the token, projected back.
+
+    With `into_altup`, nothing is projected: the rows are left in `pending_rows` (B, T, d_v)
+    for AltUp to write into its memory blocks after the layer, and the readout adds nothing
+    to the layer's own update (forward returns None).
+    """
 
     def __init__(self, d_model: int, value_dim: int, value_dropout: float,
-                 zero_init_output: bool) -> None:
+                 zero_init_output: bool, into_altup: bool = False) -> None:
         super().__init__(value_dropout)
-        self.proj = nn.Linear(d_model + value_dim, d_model, bias=False)
-        if zero_init_output:
-            nn.init.zeros_(self.proj.weight)
+        self.into_altup = into_altup
+        self.pending_rows: torch.Tensor | None = None
+        self.proj: nn.Linear | None = None
+        if not into_altup:
+            self.proj = nn.Linear(d_model + value_dim, d_model, bias=False)
+            if zero_init_output:
+                nn.init.zeros_(self.proj.weight)
 
     def forward(self, h: torch.Tensor, table: ValueTable, indices: torch.Tensor,
-                weights: torch.Tensor) -> torch.Tensor:
+                weights: torch.Tensor) -> torch.Tensor | None:
         bag = self.bag(table, indices, weights).to(h.dtype)  # (B, T, d_v)
+        if self.proj is None:
+            self.pending_rows = bag
+            return None
         return self.proj(torch.cat([h, bag], dim=-1))  # (B, T, d)
 
     def flops_per_token(self, reads_per_token: int, value_dim: int, d_model: int) -> int:
-        return 2 * reads_per_token * value_dim + 2 * (d_model + value_dim) * d_model
+        projection = 0 if self.proj is None else 2 * (d_model + value_dim) * d_model
+        return 2 * reads_per_token * value_dim + projection

@@ -54,6 +54,33 @@ class ModelConfig:
             bad = [layer for layer in memory.layers if layer >= self.n_layers]
             require(not bad, f"model.memories[{i}].layers: {bad} out of range; this model has "
                              f"layers 0..{self.n_layers - 1}")
+        self._check_altup_concat()
+
+    def _check_altup_concat(self) -> None:
+        """Memories with concat_into = "altup" need AltUp memory blocks wide enough for them."""
+        widths = [m.value_dim or self.d_model for m in self.memories if m.concat_into == "altup"]
+        if not widths:
+            return
+        altup = self.altup
+        require(altup is not None and altup.mode == "blocks",
+                "model.memories.concat_into: 'altup' needs a [model.altup] table with "
+                "mode = 'blocks' and extra_blocks >= 1")
+        require(all(w % self.d_model == 0 for w in widths),
+                f"model.memories.value_dim: {widths} must be multiples of model.d_model="
+                f"{self.d_model} to fill whole AltUp memory blocks")
+        needed = sum(widths) // self.d_model
+        require(altup.extra_blocks >= needed,
+                f"model.altup.extra_blocks: {altup.extra_blocks} is too few for the concat "
+                f"memories' rows; they need {needed}")
+
+    def altup_block_offsets(self) -> dict[int, int]:
+        """memory index -> first AltUp memory block it writes (concat_into = "altup")."""
+        offsets, first = {}, 0
+        for i, memory in enumerate(self.memories):
+            if memory.concat_into == "altup":
+                offsets[i] = first
+                first += (memory.value_dim or self.d_model) // self.d_model
+        return offsets
 
     @property
     def ffn_hidden(self) -> int:
