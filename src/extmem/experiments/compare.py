@@ -72,7 +72,8 @@ def _usage(results: dict) -> dict[str, float]:
     if not layers:
         return {}
     return {key: sum(layer[key] for layer in layers) / len(layers)
-            for key in ("usage", "train_windowed_usage") if all(key in la for la in layers)}
+            for key in ("usage", "train_windowed_usage", "entropy")
+            if all(key in la for la in layers)}
 
 
 def summarize_variant(sweep: Sweep, out: Path, variant: str) -> dict:

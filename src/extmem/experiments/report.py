@@ -16,7 +16,9 @@ def _pm(stat: dict | None, digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
-def _delta(row: dict, metric: str) -> str:
+def _delta(row: dict, metric: str, baseline: str) -> str:
+    if row["variant"] == baseline:
+        return "baseline"
     comparison = row["vs_baseline"].get(metric)
     if comparison is None:
         return "-"
@@ -24,29 +26,35 @@ def _delta(row: dict, metric: str) -> str:
 
 
 COLUMNS = ("variant", "params core / tables", "core FLOPs/tok", "total FLOPs/tok", "tokens/s",
-           "val loss", "ppl", "bits/byte", "facts recalled", "usage / windowed",
+           "val loss", "ppl", "bits/byte", "facts recalled", "usage / windowed (entropy)",
            "Δ loss vs baseline", "Δ facts vs baseline")
 
 
-def _cells(row: dict) -> list[str]:
+def _cells(row: dict, baseline: str) -> list[str]:
     params, flops = row["params"], row["flops_per_token"]
     usage = row.get("memory_usage")
     return [row["variant"], f"{params['core']:,} / {params['memory_tables']:,}",
             f"{flops['core']:,}", f"{flops['total']:,}", f"{row['tokens_per_s']['mean']:,.0f}",
             _pm(row.get("val_loss")), _pm(row.get("val_ppl"), 3), _pm(row.get("val_bpb")),
             _pm(row.get("facts_recalled"), 3),
-            f"{usage['usage']:.3f} / {usage.get('train_windowed_usage', float('nan')):.3f}"
-            if usage else "-",
-            _delta(row, "val_loss"), _delta(row, "facts_recalled")]
+            f"{usage['usage']:.3f} / {usage.get('train_windowed_usage', float('nan')):.3f} "
+            f"(H={usage.get('entropy', float('nan')):.2f})" if usage else "-",
+            _delta(row, "val_loss", baseline), _delta(row, "facts_recalled", baseline)]
+
+
+TERMINAL_COLUMNS = ("variant", "params core / tables", "tokens/s", "val loss", "bits/byte",
+                    "facts recalled", "Δ loss vs baseline")  # the full table is in results.md
 
 
 def rich_table(results: dict) -> Table:
     table = Table(title=f"{results['sweep']} ({len(results['seeds'])} seed(s), "
-                        f"baseline {results['baseline']})")
-    for column in COLUMNS:
-        table.add_column(column, overflow="fold")
+                        f"baseline {results['baseline']}; full table in results.md)")
+    keep = [COLUMNS.index(c) for c in TERMINAL_COLUMNS]
+    for i in keep:
+        table.add_column(COLUMNS[i])
     for row in results["variants"]:
-        table.add_row(*_cells(row))
+        cells = _cells(row, results["baseline"])
+        table.add_row(*(cells[i] for i in keep))
     return table
 
 
@@ -56,7 +64,8 @@ def markdown(results: dict, command: str) -> str:
              "over seeds; Δ = variant − baseline with Welch's t-test and a 95% bootstrap "
              "interval (rough with few seeds).", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cells(row)) + " |" for row in results["variants"]]
+    lines += ["| " + " | ".join(_cells(row, results["baseline"])) + " |"
+              for row in results["variants"]]
     lines += ["", "Per-seed final validation loss:", ""]
     for row in results["variants"]:
         values = ", ".join(f"{v:.4f}" for v in row.get("val_loss", {}).get("values", []))
