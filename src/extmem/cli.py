@@ -155,9 +155,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from extmem.bench import PkmBenchConfig, run_pkm_bench, write_markdown
-    from extmem.config import apply_overrides, from_dict
-
     if args.name == "altup":
         from extmem.bench.altup import bench_command, print_table
         result = bench_command(args.set, None if args.no_write else Path(args.doc),
@@ -167,24 +164,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else:
             print_table(result)
         return 0
-    cfg = from_dict(PkmBenchConfig, apply_overrides({}, args.set))
-    result = run_pkm_bench(cfg, progress=not args.json)
-    if not args.no_write:
-        command = "extmem bench pkm" + "".join(f" --set {s}" for s in args.set)
-        write_markdown(result, Path(args.doc), command)
+    from extmem.bench.suite import bench_command as run_bench
+    from extmem.bench.suite import summary
+    result = run_bench(args.name, args.set, None if args.no_write else Path(args.doc),
+                       progress=not args.json)
     if args.json:
         _print_json(result)
     else:
-        from rich.console import Console
-        from rich.table import Table
-        table = Table(title="bench pkm (ms, median over repeats)")
-        for column in ("model", "infer", "train step", "params"):
-            table.add_column(column)
-        for name in ("memory", "ffn"):
-            row = result[name]
-            table.add_row(name, f"{row['infer_ms']['median']:.1f}",
-                          f"{row['train_ms']['median']:.1f}", f"{row['params']:,}")
-        Console().print(table)
+        print(summary(result))
         if not args.no_write:
             print(f"written to {args.doc}")
     return 0
@@ -304,8 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", help="performance benchmarks")
-    p.add_argument("name", choices=["pkm", "altup"],
-                   help="pkm: memory layer vs dense FFN; altup: AltUp vs dense-d / dense-2d step")
+    p.add_argument("name", choices=["pkm", "capacity", "model", "altup"],
+                   help="pkm: our PKM vs product-key-memory, gather floor and dense FFN; "
+                        "capacity: latency vs table rows per lookup; model: training tokens/s "
+                        "dense vs memory models; altup: AltUp vs dense-d / dense-2d step")
     p.add_argument("--doc", default="docs/benchmarks.md", help="Markdown file to update")
     p.add_argument("--no-write", action="store_true", help="do not update the Markdown file")
     common(p)

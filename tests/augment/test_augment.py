@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -68,10 +69,10 @@ def test_augmented_run_trains_and_resumes(dense_runs, tmp_path, capsys):
     assert main(["augment", str(dense_runs["causal"]), "--layers", "0,1", "--out", str(out)]) == 0
     assert "continue with: extmem train --resume" in capsys.readouterr().out
     first = run_json(capsys, "train", "--resume", "--out", str(out), "--quiet",
-                     "--set", "train.steps=3")
+                     "--set", "train.steps=3", "--set", "train.eval_every=0")
     assert first["steps"] == 3 and len(first["memory_usage"]) == 2
     second = run_json(capsys, "train", "--resume", "--out", str(out), "--quiet",
-                      "--set", "train.steps=5")
+                      "--set", "train.steps=5", "--set", "train.eval_every=0")
     assert second["steps"] == 5
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[0] == 1 and max(steps) == 5
@@ -109,7 +110,8 @@ def test_memory_from_a_toml_file(dense_runs, tmp_path, capsys):
 
 
 def test_default_memory_scales_the_paper_settings():
-    quickstart = read_toml("configs/quickstart.toml")["model"]["memories"][0]["product_keys"]
+    root = Path(__file__).resolve().parents[2]
+    quickstart = read_toml(root / "configs" / "quickstart.toml")["model"]["memories"][0]["product_keys"]
     pk = default_product_keys(128)
     assert (pk.n_keys, pk.heads, pk.topk, pk.key_dim) == (
         quickstart["n_keys"], quickstart["heads"], quickstart["topk"], quickstart["key_dim"])
@@ -137,3 +139,21 @@ def test_bad_input_is_one_line_and_writes_nothing(dense_runs, tmp_path, capsys):
     assert not out.exists()
     assert "already holds a run" in error_line(capsys, "augment", source, "--layers", "1",
                                                "--out", source)
+
+
+def test_data_offset_shifts_the_training_batches(tmp_path, monkeypatch):
+    from extmem.data import LMData
+    seen = []
+    original = LMData.train_batch
+
+    def recording(self, step, batch_size, seed):
+        seen.append(step)
+        return original(self, step, batch_size, seed)
+
+    monkeypatch.setattr(LMData, "train_batch", recording)
+    config = tmp_path / "dense.toml"
+    config.write_text(dense_toml())
+    assert main(["train", str(config), "--out", str(tmp_path / "r"), "--quiet",
+                 "--set", "train.steps=2", "--set", "train.eval_every=0",
+                 "--set", "train.data_offset=5"]) == 0
+    assert seen == [5, 6]

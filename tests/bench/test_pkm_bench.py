@@ -1,4 +1,4 @@
-"""`extmem bench pkm`: result structure, ratios, Markdown section handling, config validation.
+"""`extmem bench pkm` (ours vs product-key-memory): structure, ratios, Markdown, validation.
 
 No assertion here depends on how fast anything runs (speed lives in docs/benchmarks.md).
 """
@@ -13,7 +13,7 @@ from extmem.bench import PkmBenchConfig, run_pkm_bench, write_markdown
 from extmem.bench.markdown import replace_section
 from extmem.errors import ConfigError
 
-TINY = {"tokens": 64, "d_model": 32, "n_keys": 8, "topk": 4, "key_dim": 16, "heads": 2,
+TINY = {"tokens": 64, "d_model": 32, "n_keys": [8, 16], "topk": 4, "key_dim": 16, "heads": 2,
         "repeats": 1, "warmup": 0}
 
 
@@ -25,36 +25,42 @@ def result() -> dict:
 def test_result_structure_and_positive_timings(result: dict) -> None:
     json.dumps(result)  # JSON-serialisable as returned
     assert result["benchmark"] == "pkm"
-    assert result["config"]["tokens"] == 64
-    for name in ("memory", "ffn"):
-        for mode in ("infer_ms", "train_ms"):
-            summary = result[name][mode]
-            assert len(summary["samples"]) == 1
-            assert summary["median"] > 0 and summary["min"] > 0
-            assert summary["min"] <= summary["median"] <= summary["max"]
-        assert result[name]["params"] > 0
-        assert result[name]["flops_per_token"] > 0
-    assert result["memory"]["slots"] == 64
-    assert result["memory"]["table_params"] == 64 * 32
-    assert result["ffn"]["params"] == 2 * 32 * 128  # gelu d -> 4d -> d, no biases
+    assert [row["slots"] for row in result["sizes"]] == [64, 256]
+    for row in result["sizes"]:
+        for who in ("ours", "peer"):
+            for mode in ("infer_ms", "train_ms"):
+                summary = row[who][mode]
+                assert len(summary["samples"]) == 1
+                assert summary["min"] <= summary["median"] <= summary["max"]
+            assert row[who]["peak_rss_train_mb"] > 0
+        assert row["gather_floor"]["infer_ms"]["median"] > 0
+    for key in ("infer_speedup_vs_peer", "train_speedup_vs_peer", "infer_vs_gather_floor"):
+        assert result[key] > 0  # headline ratios at the largest size measured here
     env = result["environment"]
     for key in ("torch", "python", "platform", "cpu_count", "torch_threads"):
         assert env[key]
 
 
 def test_ratios_are_quotients_of_reported_numbers(result: dict) -> None:
-    mem, ffn, ratios = result["memory"], result["ffn"], result["ratios"]
-    for mode in ("infer", "train"):
-        for stat in ("median", "min"):
-            expected = mem[f"{mode}_ms"][stat] / ffn[f"{mode}_ms"][stat]
-            assert ratios[f"{mode}_{stat}"] == pytest.approx(expected)
+    row = result["sizes"][-1]
+    med = {w: {m: row[w][m]["median"] for m in ("infer_ms", "train_ms")}
+           for w in ("ours", "peer")}
+    ratios = row["ratios"]
+    assert ratios["infer_speedup_vs_peer"] == pytest.approx(
+        med["peer"]["infer_ms"] / med["ours"]["infer_ms"], rel=1e-2)
+    assert ratios["train_speedup_vs_peer"] == pytest.approx(
+        med["peer"]["train_ms"] / med["ours"]["train_ms"], rel=1e-2)
+    assert ratios["infer_vs_gather_floor"] == pytest.approx(
+        med["ours"]["infer_ms"] / row["gather_floor"]["infer_ms"]["median"], rel=1e-2)
+    assert result["infer_speedup_vs_peer"] == ratios["infer_speedup_vs_peer"]
 
 
 def test_threads_setting_is_restored() -> None:
     import torch
 
     before = torch.get_num_threads()
-    run_pkm_bench(PkmBenchConfig(**{**TINY, "threads": 1, "ffn": "swiglu"}), progress=False)
+    run_pkm_bench(PkmBenchConfig(**{**TINY, "threads": 1, "n_keys": [8], "peer": False,
+                                    "optimizer": "rowwise_adagrad"}), progress=False)
     assert torch.get_num_threads() == before
 
 
@@ -66,8 +72,7 @@ def test_markdown_keeps_other_sections_and_replaces_pkm(result: dict, tmp_path) 
     assert "keep me" in first and "## not a heading" in first
     assert first.count("## pkm") == 1
     assert "extmem bench pkm" in first
-    assert "not in this run" in first  # anchors labelled as measured elsewhere
-    assert "| memory (PKM, 64 slots" in first
+    assert "| 64 | " in first and "| 256 | " in first
 
     write_markdown(result, path, "extmem bench pkm --repeats 1")
     second = path.read_text()
@@ -109,10 +114,9 @@ def test_replace_section_does_not_match_longer_names() -> None:
     ("tokens", 0, "bench.pkm.tokens"),
     ("repeats", 0, "bench.pkm.repeats"),
     ("warmup", -1, "bench.pkm.warmup"),
-    ("topk", 9, "bench.pkm.topk"),
+    ("n_keys", [2], "bench.pkm.n_keys"),
     ("key_dim", 15, "bench.pkm.key_dim"),
-    ("d_model", 33, "bench.pkm.d_model"),
-    ("ffn", "relu", "bench.pkm.ffn"),
+    ("optimizer", "sgd", "bench.pkm.optimizer"),
     ("threads", -1, "bench.pkm.threads"),
     ("heads", 2.0, "bench.pkm.heads"),
     ("seed", True, "bench.pkm.seed"),

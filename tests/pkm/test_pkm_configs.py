@@ -10,7 +10,7 @@ from extmem.memory.config import MemoryConfig
 from extmem.train.augment_run import build_memories
 from extmem.train.config import RunConfig
 
-PKM = Path("configs/pkm")
+PKM = Path(__file__).resolve().parents[2] / "configs" / "pkm"
 
 
 def load(name: str) -> RunConfig:

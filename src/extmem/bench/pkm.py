@@ -1,27 +1,31 @@
-"""`extmem bench pkm`: product-key memory layer vs a dense FFN of the same width, on the CPU.
+"""`extmem bench pkm`: our product-key memory vs the `product-key-memory` PyPI package.
 
-One run builds both layers side by side and times, for each,
-(a) inference: forward in eval mode under `torch.no_grad`;
-(b) a training step: forward (train mode, usage counters on), loss = mean of squares,
-    backward, dense `torch.optim.AdamW` step, `zero_grad` -- dense Adam over the whole value
-    table, as in the product-key-memory anchor (REFERENCE.md section 8).
-Repetitions of the two layers are interleaved (and their order alternates every round) so that
-machine noise hits both alike; the median and minimum over repetitions are reported, with the
-ratios memory / FFN. The input is one sequence of `tokens` hidden states (1, tokens, d_model)
-that does not require a gradient (only the layers' parameters are trained).
+Issue 7's setting (REFERENCE.md section 8): CPU, one sequence of `tokens` hidden states
+(1, tokens, d), H=4 heads, top-32, key width 256 (two halves of 128), values d wide, at
+16K / 262K / 1M / 4M slots. For each size, one run times:
+- ours: `extmem.memory.Memory` (add readout) with a row-sparse table trained by lazy Adam
+  (`sparse_updates`; other parameters AdamW): inference (eval, no_grad) and a training step
+  (forward, backward of mean(out^2), optimizer step, zero_grad);
+- the peer: `product_key_memory.PKM` (needs the `bench` extra) with dense `torch.optim.AdamW`
+  over all its parameters, same operations;
+- the gather floor: `F.embedding_bag` forward with per-sample weights reading tokens x H*k
+  random rows of the same table (the bandwidth floor of the read pattern);
+and once, the dense GELU FFN d -> 4d -> d (inference and training step, AdamW).
+Subjects run one after another (at 4M slots both do not fit in memory at once); each
+subject's peak RSS during its training steps is read from VmHWM after resetting it
+(/proc/self/clear_refs), so peaks are per subject. Ratios: `infer_speedup_vs_peer` = peer /
+ours, `train_speedup_vs_peer` = peer / ours, `infer_vs_gather_floor` = ours / floor (medians).
 """
 
 from __future__ import annotations
 
-import contextlib
+import gc
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+import torch.nn.functional as F
 from torch import nn
 
 from extmem.bench.markdown import update_section
@@ -30,143 +34,163 @@ from extmem.errors import ConfigError
 from extmem.memory import Memory, MemoryConfig, ProductKeyConfig
 from extmem.model.config import ModelConfig
 from extmem.model.transformer import FeedForward
+from extmem.train.sparse_optim import LazyAdam, OptimizerSet, RowwiseAdagrad
 
-FFN_KINDS = ("gelu", "swiglu")
-
-# REFERENCE.md section 8: the product-key-memory PyPI package (MIT) measured on this machine
-# class, CPU, 4096 tokens, d=256, H=4, k=32, dense Adam. Not measured by this benchmark.
-ANCHORS = {
-    "source": "REFERENCE.md section 8",
-    "note": "measured elsewhere on this machine class, not in this run",
-    "setting": "CPU, 4096 tokens, d=256, heads=4, topk=32, dense Adam",
-    "rows": [
-        {"model": "product-key-memory (PyPI), 16K slots", "infer_ms": 204.0, "train_ms": 364.0},
-        {"model": "product-key-memory (PyPI), 262K slots", "infer_ms": 275.0, "train_ms": 857.0},
-        {"model": "product-key-memory (PyPI), 1M slots", "infer_ms": 382.0, "train_ms": 2093.0},
-        {"model": "dense FFN d->4d->d", "infer_ms": None, "train_ms": 75.0},
-    ],
-}
+OPTIMIZERS = ("lazy_adam", "rowwise_adagrad", "adamw")
+TARGET_SIZE = 1024  # n_keys of the 1M-slot target setting
 
 
 @dataclass
 class PkmBenchConfig:
-    """Defaults are the anchor setting: Lample's PKM (H=4, k=32, 512^2 = 262,144 slots, key
-    width 256) at d=256 over 4096 tokens, against a GELU FFN d -> 4d -> d (the anchor's FFN)."""
-
-    tokens: int = 4096      # hidden states per forward, shaped (1, tokens, d_model)
-    d_model: int = 256      # layer width; the memory's values are d_model wide (no projection)
-    heads: int = 4          # product-key query heads
-    topk: int = 32          # slots read per head
-    key_dim: int = 256      # query width per head (two halves of key_dim // 2)
-    n_keys: int = 512       # sub-keys per half: n_keys**2 slots
-    ffn: str = "gelu"       # dense baseline: "gelu" (d -> 4d -> d) or "swiglu" (8/3 d hidden)
-    repeats: int = 5        # timed repetitions per model and mode
-    warmup: int = 2         # untimed rounds first (allocations, AdamW state, caches)
+    tokens: int = 4096
+    d_model: int = 256
+    heads: int = 4
+    topk: int = 32
+    key_dim: int = 256
+    n_keys: list[int] = field(default_factory=lambda: [128, 512, 1024, 2048])  # 16K..4M slots
+    optimizer: str = "lazy_adam"  # ours: table optimizer (adamw = dense table gradient)
+    peer: bool = True       # time product-key-memory (skipped with a note if not installed)
+    repeats: int = 3
+    warmup: int = 1
     threads: int = 0        # torch intra-op threads; 0 keeps torch's default
-    seed: int = 0           # initialisation and input
+    seed: int = 0
 
     def __post_init__(self) -> None:
-        minimum = {"tokens": 1, "d_model": 2, "heads": 1, "topk": 1, "key_dim": 2, "n_keys": 1,
-                   "repeats": 1, "warmup": 0, "threads": 0, "seed": 0}
-        for name, low in minimum.items():
+        for name, low in {"tokens": 1, "d_model": 2, "heads": 1, "topk": 1, "key_dim": 2,
+                          "repeats": 1, "warmup": 0, "threads": 0, "seed": 0}.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"bench.pkm.{name}: expected an integer, got {value!r}")
-            if value < low:
-                raise ConfigError(f"bench.pkm.{name}: {value} must be >= {low}")
-        if self.d_model % 2:
-            raise ConfigError(f"bench.pkm.d_model: {self.d_model} must be even (the dense FFN "
-                              "baseline is built from ModelConfig, whose rotary heads need it)")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"bench.pkm.{name}: {value!r} must be an integer >= {low}")
         if self.key_dim % 2:
-            raise ConfigError(f"bench.pkm.key_dim: {self.key_dim} must be even (the query is "
-                              "split into two halves)")
-        if self.topk > self.n_keys:
-            raise ConfigError(f"bench.pkm.topk: {self.topk} is impossible with n_keys="
-                              f"{self.n_keys}; allowed 1 <= topk <= n_keys")
-        if self.ffn not in FFN_KINDS:
-            raise ConfigError(f"bench.pkm.ffn: {self.ffn!r} is not allowed; choose one of "
-                              f"{', '.join(repr(k) for k in FFN_KINDS)}")
-
-    @property
-    def slots(self) -> int:
-        return self.n_keys * self.n_keys
+            raise ConfigError(f"bench.pkm.key_dim: {self.key_dim} must be even")
+        if not self.n_keys or any(n < self.topk for n in self.n_keys):
+            raise ConfigError(f"bench.pkm.n_keys: {self.n_keys} must be non-empty, each >= "
+                              f"topk={self.topk}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"bench.pkm.optimizer: {self.optimizer!r} is not allowed; choose "
+                              f"one of {', '.join(OPTIMIZERS)}")
 
 
-def build_memory(cfg: PkmBenchConfig) -> Memory:
-    pk = ProductKeyConfig(n_keys=cfg.n_keys, heads=cfg.heads, topk=cfg.topk, key_dim=cfg.key_dim)
-    return Memory(MemoryConfig(value_dim=cfg.d_model, product_keys=pk), cfg.d_model)
+def peer_available() -> bool:
+    try:
+        import product_key_memory  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def _ffn_model_config(cfg: PkmBenchConfig) -> ModelConfig:
-    # n_heads=1: only the FFN is built; d_ff=0 picks 4d (gelu) or 8/3 d (swiglu)
-    return ModelConfig(d_model=cfg.d_model, n_heads=1, ffn=cfg.ffn)  # type: ignore[arg-type]
+def _peer_version() -> str | None:
+    try:
+        from importlib.metadata import version
+        return version("product-key-memory")
+    except Exception:  # noqa: BLE001 - metadata lookup only
+        return None
 
 
-def build_ffn(cfg: PkmBenchConfig) -> FeedForward:
-    return FeedForward(_ffn_model_config(cfg))
+def build_ours(cfg: PkmBenchConfig, n_keys: int) -> tuple[nn.Module, object]:
+    pk = ProductKeyConfig(n_keys=n_keys, heads=cfg.heads, topk=cfg.topk, key_dim=cfg.key_dim)
+    sparse = cfg.optimizer != "adamw"
+    memory = Memory(MemoryConfig(value_dim=cfg.d_model, product_keys=pk, sparse_updates=sparse),
+                    cfg.d_model)
+    table = [memory.table.weight]
+    rest = [p for n, p in memory.named_parameters() if n != "table.weight"]
+    if not sparse:
+        return memory, torch.optim.AdamW(memory.parameters())
+    table_opt = (LazyAdam(table, lr=1e-3) if cfg.optimizer == "lazy_adam"
+                 else RowwiseAdagrad(table, lr=1e-2))
+    return memory, OptimizerSet({cfg.optimizer: table_opt, "adamw": torch.optim.AdamW(rest)})
 
 
-def _ffn_hidden(cfg: PkmBenchConfig) -> int:
-    return _ffn_model_config(cfg).ffn_hidden
+def build_peer(cfg: PkmBenchConfig, n_keys: int) -> tuple[nn.Module, object]:
+    from product_key_memory import PKM
+    peer = PKM(dim=cfg.d_model, heads=cfg.heads, num_keys=n_keys, topk=cfg.topk,
+               dim_head=cfg.key_dim // 2)
+    return peer, torch.optim.AdamW(peer.parameters())
 
 
-def _ffn_flops_per_token(ffn: FeedForward) -> int:
-    # every Linear is one multiply-add per weight per token; activations are not counted
-    return sum(2 * m.weight.numel() for m in ffn.modules() if isinstance(m, nn.Linear))
+def build_ffn(cfg: PkmBenchConfig) -> tuple[nn.Module, object]:
+    ffn = FeedForward(ModelConfig(d_model=cfg.d_model, n_heads=1, ffn="gelu"))
+    return ffn, torch.optim.AdamW(ffn.parameters())
 
 
-class _Subject:
-    """One timed layer: its module, optimizer and the two timed operations."""
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
-    def __init__(self, name: str, module: nn.Module, x: torch.Tensor) -> None:
-        self.name, self.module, self.x = name, module, x
-        self.optimizer = torch.optim.AdamW(module.parameters())  # dense Adam, the anchor's
-        self.infer_ms: list[float] = []
-        self.train_ms: list[float] = []
 
-    def infer(self) -> None:
-        self.module.eval()
+def _vm_hwm_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
+def time_subject(module: nn.Module, optimizer: object, x: torch.Tensor,
+                 cfg: PkmBenchConfig) -> dict:
+    """Inference and training-step timings (ms) and the peak RSS (MiB) of the training steps."""
+    def infer() -> None:
+        module.eval()
         with torch.no_grad():
-            self.module(self.x)
+            module(x)
 
-    def train_step(self) -> None:
-        self.module.train()
-        loss = self.module(self.x).square().mean()
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+    def train_step() -> None:
+        module.train()
+        module(x).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
-
-class _Progress:
-    """Progress on stderr (a transient rich bar plus one header line), or nothing."""
-
-    def __init__(self, bar: Progress | None, total: int) -> None:
-        self._bar = bar
-        self._task = bar.add_task("bench pkm", total=total) if bar is not None else None
-
-    def step(self, description: str) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, description=description)
-
-    def log(self, message: str) -> None:
-        if self._bar is not None:
-            self._bar.console.print(message)
+    for _ in range(cfg.warmup):
+        infer()
+        train_step()
+    infer_ms = [time_ms(infer) for _ in range(cfg.repeats)]
+    exact = _reset_peak()
+    train_ms = [time_ms(train_step) for _ in range(cfg.repeats)]
+    return {"infer_ms": summarize(infer_ms), "train_ms": summarize(train_ms),
+            "peak_rss_train_mb": round(_vm_hwm_mb(), 1), "peak_is_per_subject": exact}
 
 
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[_Progress]:
-    if not enabled:
-        yield _Progress(None, total)
-        return
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=Console(stderr=True), transient=True,
-                   refresh_per_second=2)  # light: the refresh thread shares the CPU being timed
-    with bar:
-        yield _Progress(bar, total)
+def time_gather(weight: torch.Tensor, cfg: PkmBenchConfig) -> dict:
+    g = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randint(0, weight.shape[0], (cfg.tokens, cfg.heads * cfg.topk), generator=g)
+    w = torch.rand(cfg.tokens, cfg.heads * cfg.topk, generator=g)
+    with torch.no_grad():
+        def run() -> None:
+            F.embedding_bag(idx, weight, mode="sum", per_sample_weights=w)
+        for _ in range(cfg.warmup):
+            run()
+        return {"infer_ms": summarize([time_ms(run) for _ in range(cfg.repeats)])}
+
+
+def _free() -> None:
+    gc.collect()
+
+
+def _fits(state_bytes: int, row: dict, who: str) -> bool:
+    """Skip a subject whose persistent state would not fit in available memory (the OOM
+    killer ends the whole run otherwise); records why in `row["skipped"]`."""
+    try:
+        avail = next(int(line.split()[1]) * 1024 for line in
+                     Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return True
+    need = state_bytes * 1.2 + (2 << 30)  # + transients of a step (measured ~1-2 GiB)
+    if need <= avail:
+        return True
+    row.setdefault("skipped", {})[who] = (f"needs ~{need / 2**30:.1f} GiB (state "
+                                          f"{state_bytes / 2**30:.1f} GiB + step transients), "
+                                          f"{avail / 2**30:.1f} GiB available")
+    return False
 
 
 def run_pkm_bench(cfg: PkmBenchConfig, progress: bool = True) -> dict:
-    """Time the memory layer and the dense FFN in one run; return a JSON-serialisable dict."""
+    """All sizes, ours vs peer vs gather floor, plus the dense FFN, in one run."""
     previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -176,126 +200,147 @@ def run_pkm_bench(cfg: PkmBenchConfig, progress: bool = True) -> dict:
         torch.set_num_threads(previous_threads)
 
 
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        import sys
+        print(message, file=sys.stderr, flush=True)
+
+
 def _run(cfg: PkmBenchConfig, progress: bool) -> dict:
     started = time.perf_counter()
     env = environment()
-    rss_start = peak_rss_mb()
     torch.manual_seed(cfg.seed)
-    memory = build_memory(cfg)
-    ffn = build_ffn(cfg)
     x = torch.randn(1, cfg.tokens, cfg.d_model)  # (B=1, T=tokens, d)
-    subjects = [_Subject("memory", memory, x), _Subject("ffn", ffn, x)]
-
-    rounds = cfg.warmup + cfg.repeats
-    with _progress(progress, total=rounds * 4) as bar:
-        bar.log(f"bench pkm: {cfg.slots:,} slots, {cfg.tokens} tokens, d={cfg.d_model}, "
-                f"{torch.get_num_threads()} threads, {cfg.warmup} warmup + {cfg.repeats} timed "
-                "rounds")
-        for r in range(rounds):
-            timed = r >= cfg.warmup
-            order = subjects if r % 2 == 0 else subjects[::-1]  # alternate who goes first
-            label = f"round {r + 1}/{rounds}" + ("" if timed else " (warmup)")
-            for mode in ("infer", "train"):
-                for s in order:
-                    ms = time_ms(s.infer if mode == "infer" else s.train_step)
-                    if timed:
-                        (s.infer_ms if mode == "infer" else s.train_ms).append(ms)
-                    bar.step(f"{label} {mode} {s.name}")
-
-    results = {}
-    for s in subjects:
-        results[s.name] = {"infer_ms": summarize(s.infer_ms), "train_ms": summarize(s.train_ms),
-                           "params": sum(p.numel() for p in s.module.parameters())}
-    results["memory"].update({
-        "slots": memory.num_slots,
-        "table_params": memory.table.weight.numel(),
-        "reads_per_token": memory.reads_per_token(),
-        "flops_per_token": memory.flops_per_token(),
-    })
-    results["ffn"].update({
-        "kind": cfg.ffn,
-        "hidden": _ffn_hidden(cfg),
-        "flops_per_token": _ffn_flops_per_token(ffn),
-    })
-    ratios = {}
-    for mode in ("infer_ms", "train_ms"):
-        for stat in ("median", "min"):
-            ratios[f"{mode.removesuffix('_ms')}_{stat}"] = (
-                results["memory"][mode][stat] / results["ffn"][mode][stat])
-    env["torch_threads"] = torch.get_num_threads()  # as used in the run
+    peer_ok = cfg.peer and peer_available()
+    ffn, ffn_opt = build_ffn(cfg)
+    _log(progress, "bench pkm: dense FFN")
+    ffn_result = time_subject(ffn, ffn_opt, x, cfg)
+    del ffn, ffn_opt
+    sizes = []
+    for n in cfg.n_keys:
+        row: dict = {"n_keys": n, "slots": n * n}
+        _log(progress, f"bench pkm: {n * n:,} slots: ours")
+        try:
+            table_bytes = n * n * cfg.d_model * 4
+            if not _fits(4 * table_bytes, row, "ours"):  # table, m, v + row buffers/grad
+                sizes.append({**row, "ratios": _ratios(row)})
+                continue
+            module, opt = build_ours(cfg, n)
+            row["ours"] = time_subject(module, opt, x, cfg)
+            row["gather_floor"] = time_gather(module.table.weight.detach(), cfg)
+            del module, opt
+            _free()
+            # values, dense grad, exp_avg, exp_avg_sq + AdamW's foreach temporaries (~2 more
+            # table-sized tensors: a 4M-slot peer step was OOM-killed at 23 GiB RSS here)
+            if peer_ok and _fits(6 * table_bytes, row, "peer"):
+                _log(progress, f"bench pkm: {n * n:,} slots: product-key-memory")
+                module, opt = build_peer(cfg, n)
+                row["peer"] = time_subject(module, opt, x, cfg)
+                del module, opt
+                _free()
+        except (MemoryError, RuntimeError) as exc:  # out of memory at the largest sizes
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            _free()
+        row["ratios"] = _ratios(row)
+        sizes.append(row)
+    headline = next((r for r in sizes if r["n_keys"] == TARGET_SIZE and "error" not in r),
+                    sizes[-1])
+    env["torch_threads"] = torch.get_num_threads()
     env["load_average_end"] = environment()["load_average"]
+    env["product_key_memory"] = _peer_version()
     return {
         "benchmark": "pkm",
         "config": asdict(cfg),
         "environment": env,
         "input_shape": list(x.shape),
-        "memory": results["memory"],
-        "ffn": results["ffn"],
-        "ratios": ratios,  # memory / FFN
-        "peak_rss_mb": {"before_build": round(rss_start, 1), "end": round(peak_rss_mb(), 1)},
+        "ffn": ffn_result,
+        "sizes": sizes,
+        "headline_slots": headline["slots"],
+        **headline["ratios"],
+        "peer_measured": peer_ok,
         "wall_s": round(time.perf_counter() - started, 2),
-        "anchors": ANCHORS,
     }
+
+
+def _median(row: dict, who: str, mode: str) -> float | None:
+    entry = row.get(who)
+    return None if entry is None else entry[mode]["median"]
+
+
+def _ratios(row: dict) -> dict:
+    ours_i, ours_t = _median(row, "ours", "infer_ms"), _median(row, "ours", "train_ms")
+    peer_i, peer_t = _median(row, "peer", "infer_ms"), _median(row, "peer", "train_ms")
+    floor = _median(row, "gather_floor", "infer_ms")
+    out: dict = {"infer_speedup_vs_peer": None, "train_speedup_vs_peer": None,
+                 "infer_vs_gather_floor": None, "peak_train_rss_vs_peer": None}
+    if ours_i and peer_i:
+        out["infer_speedup_vs_peer"] = round(peer_i / ours_i, 3)
+    if ours_t and peer_t:
+        out["train_speedup_vs_peer"] = round(peer_t / ours_t, 3)
+    if ours_i and floor:
+        out["infer_vs_gather_floor"] = round(ours_i / floor, 3)
+    if "ours" in row and "peer" in row:
+        out["peak_train_rss_vs_peer"] = round(row["ours"]["peak_rss_train_mb"]
+                                              / row["peer"]["peak_rss_train_mb"], 3)
+    return out
 
 
 # --------------------------------------------------------------------------- Markdown report
 
 
-def _ms(summary: dict) -> str:
-    return f"{summary['median']:.1f} / {summary['min']:.1f}"
+def _ms(entry: dict | None, mode: str) -> str:
+    return "-" if entry is None else f"{entry[mode]['median']:.0f} / {entry[mode]['min']:.0f}"
 
 
-def _anchor_ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def render_markdown(result: dict, command: str) -> str:
-    """The `## pkm` section for one result of `run_pkm_bench`."""
-    cfg, env, mem, ffn, ratios = (result["config"], result["environment"], result["memory"],
-                                  result["ffn"], result["ratios"])
-    d = cfg["d_model"]
-    ffn_shape = f"{d}->{ffn['hidden']}->{d}"
-    intro = (
-        "Product-key memory layer (`extmem.memory.Memory`, add readout, values d_model wide) "
-        f"against a dense {ffn['kind']} FFN of the same width ({ffn_shape}), measured in one run "
-        "with their repetitions interleaved. Inference = forward in eval mode under "
-        "`torch.no_grad`; train step = forward + backward of mean(out^2) + dense "
-        "`torch.optim.AdamW` step + `zero_grad`. Input: one sequence of hidden states "
-        f"{tuple(result['input_shape'])}. Times are wall-clock ms, median / min over "
-        f"{cfg['repeats']} repetitions after {cfg['warmup']} warmup rounds."
-    )
-    environment_line = "Environment: " + ", ".join([
-        f"torch {env['torch']}", f"Python {env['python']}", f"{env['platform']}",
-        f"{env['cpu_count']} CPUs", f"{env['torch_threads']} torch threads",
-        f"load average (1/5/15 min) {env['load_average']} at start",
-        f"{env.get('load_average_end')} at end", f"{env['date_utc']}",
-    ]) + (f"; process peak RSS {result['peak_rss_mb']['end']:.0f} MiB; run took "
-          f"{result['wall_s']} s. On a shared machine, absolute times move with other work; "
-          "the ratios, taken from interleaved repetitions, are the steadier figure.")
-    mem_name = f"memory (PKM, {mem['slots']:,} slots, heads={cfg['heads']}, topk={cfg['topk']})"
-    rows = [
-        (mem_name, _ms(mem["infer_ms"]), _ms(mem["train_ms"]), f"{mem['params']:,}",
-         f"{mem['flops_per_token']:,}"),
-        (f"dense FFN ({ffn['kind']}, {ffn_shape})", _ms(ffn["infer_ms"]), _ms(ffn["train_ms"]),
-         f"{ffn['params']:,}", f"{ffn['flops_per_token']:,}"),
-        ("ratio memory / FFN", f"{ratios['infer_median']:.2f} / {ratios['infer_min']:.2f}",
-         f"{ratios['train_median']:.2f} / {ratios['train_min']:.2f}", "", ""),
-    ]
-    anchor_intro = (f"Anchor numbers for reference ({ANCHORS['source']}): "
-                    f"**{ANCHORS['note']}** ({ANCHORS['setting']}).")
+    cfg, env = result["config"], result["environment"]
     lines = [
-        "## pkm", "", intro, "", "Command:", "", "```", command, "```", "",
-        "Config: " + ", ".join(f"`{k}={v}`" for k, v in cfg.items()), "",
-        environment_line, "",
-        "| model | infer ms median / min | train step ms median / min | params | FLOPs/token |",
-        "|---|---|---|---|---|",
-        *("| " + " | ".join(row) + " |" for row in rows),
-        "", anchor_intro, "",
-        "| anchor (not this run) | infer ms | train step ms |",
-        "|---|---|---|",
-        *(f"| {row['model']} | {_anchor_ms(row['infer_ms'])} | {_anchor_ms(row['train_ms'])} |"
-          for row in ANCHORS["rows"]),
+        "## pkm", "",
+        "Our product-key memory (row-sparse table, `" + cfg["optimizer"] + "` on the table, AdamW "
+        "elsewhere) against `product-key-memory` " + str(env.get("product_key_memory")) +
+        " (dense AdamW, as installed by most users), the embedding-bag gather floor of the "
+        "same read pattern and a dense GELU FFN d -> 4d -> d, all in one run. Inference = "
+        "forward in eval mode under `torch.no_grad`; train step = forward + backward of "
+        "mean(out^2) + optimizer step + `zero_grad`. Input (1, "
+        f"{cfg['tokens']}, {cfg['d_model']}); heads={cfg['heads']}, topk={cfg['topk']}, key "
+        f"width {cfg['key_dim']}, fp32. Times are wall-clock ms, median / min over "
+        f"{cfg['repeats']} repetitions after {cfg['warmup']} warmup. Peak RSS: VmHWM of the "
+        "process during the subject's training steps (reset before them; one subject alive).",
+        "", "Command:", "", "```", command, "```", "",
+        "Environment: " + ", ".join([
+            f"torch {env['torch']}", f"Python {env['python']}", str(env["platform"]),
+            f"{env['cpu_count']} CPUs", f"{env['torch_threads']} torch threads",
+            f"load average (1/5/15 min) {env['load_average']} at start, "
+            f"{env.get('load_average_end')} at end", str(env["date_utc"])]) +
+        f"; run took {result['wall_s']} s. No GPU on this machine: no GPU timings.", "",
+        "| slots | ours infer | peer infer | gather floor | ours train | peer train | "
+        "infer speedup | train speedup | infer / floor | peak RSS ours / peer MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    for row in result["sizes"]:
+        r = row["ratios"]
+        peak = "-"
+        if "ours" in row:
+            peer_peak = row["peer"]["peak_rss_train_mb"] if "peer" in row else None
+            peak = f"{row['ours']['peak_rss_train_mb']:.0f} / " + (
+                "-" if peer_peak is None else f"{peer_peak:.0f}")
+        lines.append(
+            f"| {row['slots']:,} | {_ms(row.get('ours'), 'infer_ms')} | "
+            f"{_ms(row.get('peer'), 'infer_ms')} | {_ms(row.get('gather_floor'), 'infer_ms')} | "
+            f"{_ms(row.get('ours'), 'train_ms')} | {_ms(row.get('peer'), 'train_ms')} | "
+            f"{_ratio(r['infer_speedup_vs_peer'])} | {_ratio(r['train_speedup_vs_peer'])} | "
+            f"{_ratio(r['infer_vs_gather_floor'])} | {peak} |")
+        if "error" in row:
+            lines.append(f"| {row['slots']:,} | not measured: {row['error']} |||||||||")
+        for who, why in row.get("skipped", {}).items():
+            lines.append(f"| {row['slots']:,} | {who} not measured: {why} |||||||||")
+    ffn = result["ffn"]
+    lines += ["", f"Dense FFN (gelu, {cfg['d_model']}->{4 * cfg['d_model']}->{cfg['d_model']}): "
+              f"infer {_ms(ffn, 'infer_ms')} ms, train step {_ms(ffn, 'train_ms')} ms.", ""]
     return "\n".join(lines) + "\n"
 
 

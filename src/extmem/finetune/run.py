@@ -37,6 +37,7 @@ from extmem.train.config import TrainConfig
 from extmem.train.optim import build_optimizer, lr_factor, set_lr
 from extmem.train.run_dir import MetricsLog, write_json
 from extmem.train.session import load_trained
+from extmem.train.sparse_optim import clip_grad_norm
 
 FINETUNE_DIR = "finetune"
 
@@ -127,7 +128,7 @@ def train_classifier(model: SequenceClassifier, data: TaskData, train_ids: list[
         aux = model.body.aux_loss()  # router balance losses, if any memory has one
         (loss if aux is None else loss + aux).backward()
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            clip_grad_norm(trainable, cfg.grad_clip)  # dense and row-sparse grads
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         window += float(loss.detach())

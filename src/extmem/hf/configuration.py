@@ -30,6 +30,11 @@ class ExtmemConfig(PretrainedConfig):
                                     else tie_word_embeddings)
         super().__init__(**kwargs)
 
+    def __eq__(self, other: object) -> bool:  # all attributes, `model` included (not only
+        return PretrainedConfig.__eq__(self, other)  # the dataclass fields HF declares)
+
+    __hash__ = None  # mutable, like every HF config
+
     @property
     def model_config(self) -> ModelConfig:
         """Our dataclass config (a fresh object: edit `config.model` to change it)."""

@@ -159,6 +159,12 @@ class MemoryConfig:
     # into AltUp memory blocks (model.altup.extra_blocks) so it widens the token at no extra
     # layer compute (the first source paper's motivation for AltUp)
     concat_into: Literal["projection", "altup"] = "projection"
+    # Row-sparse table gradients (docs/performance.md): only rows read this step get a
+    # gradient; train the table with a lazy optimizer (train.param_groups optimizer =
+    # "lazy_adam" or "rowwise_adagrad"). Off by default: dense AdamW is the reference.
+    sparse_updates: bool = False
+    # Storage of the value table; "bfloat16" halves the bytes per read (sums stay fp32).
+    table_dtype: Literal["float32", "bfloat16"] = "float32"
     product_keys: ProductKeyConfig = field(default_factory=ProductKeyConfig)
     token: TokenLookupConfig = field(default_factory=TokenLookupConfig)
     ngram: NgramLookupConfig = field(default_factory=NgramLookupConfig)
@@ -178,6 +184,12 @@ class MemoryConfig:
                 f"memory.value_dim: {self.value_dim} cannot be set with readout = 'experts' "
                 "(rows hold expert weights; set experts.hidden instead)")
         _dropout_ok("memory", "value_dropout", self.value_dropout)
+        require(self.table_dtype in ("float32", "bfloat16"),
+                f"memory.table_dtype: {self.table_dtype!r} is not allowed; choose 'float32' "
+                "or 'bfloat16'")
+        require(not (self.sparse_updates and self.readout == "experts"),
+                "memory.sparse_updates: not supported with readout = 'experts' (expert rows "
+                "are gathered as weights, which gives a dense gradient)")
         require(self.concat_into == "projection" or self.readout == "concat",
                 f"memory.concat_into: {self.concat_into!r} needs readout = 'concat' "
                 f"(this memory's readout is {self.readout!r})")

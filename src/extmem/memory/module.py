@@ -52,7 +52,8 @@ def row_width(cfg: MemoryConfig, d_model: int) -> int:
 
 
 def build_table(cfg: MemoryConfig, d_model: int, num_rows: int) -> ValueTable:
-    table = ValueTable(num_rows, row_width(cfg, d_model))
+    dtype = torch.bfloat16 if cfg.table_dtype == "bfloat16" else torch.float32
+    table = ValueTable(num_rows, row_width(cfg, d_model), sparse=cfg.sparse_updates, dtype=dtype)
     if cfg.readout == "experts":
         init_expert_table(table, d_model, cfg.experts.hidden, cfg.zero_init_output)
     return table

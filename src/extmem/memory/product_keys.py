@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from extmem.memory.config import ProductKeyConfig
+from extmem.memory.topk import topk
+
+SCORE_CHUNK = 1 << 26  # floats of sub-key scores per chunk (256 MiB in fp32): bounds memory
 
 
 class MaskedBatchNorm(nn.Module):
@@ -82,7 +85,48 @@ class ProductKeyLookup(nn.Module):
         return q.view(*h.shape[:-1], cfg.heads, cfg.key_dim)
 
     def search(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact top-k over n^2 slots from queries (..., H, key_dim) -> scores, indices (..., H, k)."""
+        """Exact top-k over n^2 slots from queries (..., H, key_dim) -> scores, indices (..., H, k).
+
+        Fast path (docs/performance.md): one batched matmul scores both halves of every head
+        at once, one top-k call takes the best k sub-keys of all 2H (head, half) rows, and the
+        k*k candidate pairs are pruned to the ~k ln k pairs (i, j) with (i+1)(j+1) <= k before
+        the final top-k: the per-half lists are sorted, so pair (i, j) is beaten by the
+        (i+1)(j+1) - 1 pairs (i' <= i, j' <= j) and cannot be in the top k otherwise.
+        Same scores and slots as `search_reference` (up to the order of exact ties).
+        """
+        cfg = self.cfg
+        k, n, heads, half = cfg.topk, cfg.n_keys, cfg.heads, cfg.key_dim // 2
+        lead = q.shape[:-2]
+        qs = q.reshape(-1, 2 * heads, half).transpose(0, 1)  # (2H, M, half), (head, half) rows
+        keys = self.sub_keys.reshape(2 * heads, n, half).transpose(1, 2)  # (2H, half, n)
+        # score in token chunks of <= SCORE_CHUNK floats: the (2H, chunk, n) scores stay
+        # cache-sized and reuse freed memory instead of page-faulting a fresh (2H, M, n) tensor
+        step = max(1, SCORE_CHUNK // (2 * heads * n))
+        parts = [topk(torch.bmm(qs[:, i:i + step], keys), k)  # (2H, chunk, k) x 2
+                 for i in range(0, qs.shape[1], step)]
+        top = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts], 1)
+        idx = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts], 1)
+        top, idx = top.unflatten(0, (heads, 2)), idx.unflatten(0, (heads, 2))  # (H, 2, M, k)
+        first, second = self._candidate_pairs(k, q.device)  # (C,) each
+        cand = top[:, 0].index_select(-1, first) + top[:, 1].index_select(-1, second)  # (H, M, C)
+        best, pos = cand.topk(k, dim=-1)  # (H, M, k)
+        rows = idx[:, 0].gather(-1, first[pos])  # (H, M, k)
+        cols = idx[:, 1].gather(-1, second[pos])  # (H, M, k)
+        slots = rows * n + cols
+        return (best.transpose(0, 1).reshape(*lead, heads, k),
+                slots.transpose(0, 1).reshape(*lead, heads, k))
+
+    def _candidate_pairs(self, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (i, j) in the two sorted top-k lists with (i+1)(j+1) <= k: (C,) each."""
+        cached = getattr(self, "_pairs", None)
+        if cached is None or cached[0].device != device:
+            grid = torch.arange(1, k + 1, device=device)
+            keep = (grid.unsqueeze(1) * grid.unsqueeze(0) <= k).nonzero()  # (C, 2), at build
+            self._pairs = cached = (keep[:, 0].contiguous(), keep[:, 1].contiguous())
+        return cached
+
+    def search_reference(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The straightforward search (per-half einsum, all k*k pairs): tests compare to it."""
         cfg = self.cfg
         k, n, half = cfg.topk, cfg.n_keys, cfg.key_dim // 2
         q1, q2 = q[..., :half], q[..., half:]  # (..., H, half) each

@@ -39,7 +39,7 @@ class UsageCounters(nn.Module):
         flat = indices.reshape(-1)
         self.counts.index_add_(0, flat, torch.ones_like(flat))
         self.weight.index_add_(0, flat, weights.reshape(-1).float())
-        self.last_step.index_fill_(0, flat, int(self.step))
+        self.last_step.index_fill_(0, flat, self.step)  # 0-dim tensor value: no host sync
 
     def reset(self) -> None:
         self.counts.zero_()

@@ -1,6 +1,10 @@
 """Value storage: a table of N rows read as a weighted embedding bag.
 
 Shared by every lookup (REFERENCE.md section 3, "add"): out = sum_{h,j} w_hj * V[idx_hj].
+Options (docs/performance.md): `sparse` gives the table a row-sparse gradient (only the rows
+read this step; `extmem.memory.sparse`), for the lazy optimizers of `extmem.train.sparse_optim`;
+`dtype=torch.bfloat16` halves the bytes gathered per read (the bag sums in fp32 inside ATen's
+CPU kernel and is returned in the table dtype, then cast by the caller).
 """
 
 from __future__ import annotations
@@ -9,14 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from extmem.memory.sparse import sparse_bag
+
 
 class ValueTable(nn.Module):
     """N rows of width d_v; `read` gathers and sums rows weighted per (token, head, slot)."""
 
-    def __init__(self, num_rows: int, dim: int) -> None:
+    def __init__(self, num_rows: int, dim: int, sparse: bool = False,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
+        self.sparse = sparse
         # Lample/XLM init: N(0, d_v^-1/2)
-        self.weight = nn.Parameter(torch.randn(num_rows, dim) * dim ** -0.5)
+        # (in place: no second table-sized temporary, which matters at 2^24 rows)
+        self.weight = nn.Parameter(torch.empty(num_rows, dim, dtype=dtype).normal_(0, dim ** -0.5))
 
     @property
     def num_rows(self) -> int:
@@ -26,6 +35,10 @@ class ValueTable(nn.Module):
         """indices, weights (B, T, H, k) -> weighted sum of rows (B, T, d_v)."""
         lead = indices.shape[:-2]
         bags = indices.reshape(-1, indices.shape[-2] * indices.shape[-1])  # (B*T, H*k)
-        out = F.embedding_bag(bags, self.weight, mode="sum",
-                              per_sample_weights=weights.reshape(bags.shape).to(self.weight.dtype))
+        per_read = weights.reshape(bags.shape).to(self.weight.dtype)  # (B*T, H*k)
+        if self.sparse and self.weight.requires_grad and torch.is_grad_enabled():
+            out = sparse_bag(self.weight, bags, per_read)
+        else:
+            out = F.embedding_bag(bags, self.weight, mode="sum", per_sample_weights=per_read)
+        out = out.to(torch.promote_types(out.dtype, weights.dtype))  # bf16 table: fp32 out
         return out.view(*lead, self.weight.shape[1])  # (B, T, d_v)

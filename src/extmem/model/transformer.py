@@ -149,6 +149,7 @@ class Block(nn.Module):
                             table=shared_tables.get(i) if mem_cfg.share_table else None)
             if mem_cfg.share_table:
                 shared_tables.setdefault(i, memory.table)
+            memory.altup_first_block = cfg.altup_block_offsets().get(i)  # concat_into = "altup"
             self.memories.append(memory)
         has_input = any(m.placement == "input" for _, m in placed)
         self.input_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if has_input else None
@@ -163,7 +164,8 @@ class Block(nn.Module):
             if (memory.cfg.placement == "input") != placement_input:
                 continue
             out = memory(h, input_ids=input_ids, padding_mask=padding_mask, past_ids=past_ids)
-            update = out if update is None else update + out
+            if out is not None:  # None: a concat memory that writes into AltUp blocks
+                update = out if update is None else update + out
         return update
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor | None,

@@ -86,8 +86,10 @@ def plot_staleness(report: dict[str, Any], arrays: dict[str, dict[str, torch.Ten
                edgecolor="white", label="selected at least once")
         ax.bar([hi + width], [train["never_selected"]], width=width, align="edge",
                color="tab:red", label="never selected")
+        ax.set_yscale("log")  # stale tails of a few slots stay visible next to the bulk
+        ax.set_ylim(0.5 / slots, 1.5)
         ax.set_xlabel(f"steps since last selected (at step {step})")
-        ax.set_ylabel("fraction of slots")
+        ax.set_ylabel("fraction of slots (log scale)")
         ax.set_title(f"{name}\nwindowed usage {train['windowed_usage']:.2f}, "
                      f"never selected {train['never_selected']:.2f}", fontsize=10)
         ax.legend(fontsize=8)

@@ -4,6 +4,9 @@ Layout: RUN/checkpoints/step-N/{model,optimizer,rng}.safetensors + state.json. T
 is assembled under a temporary name and renamed into place, so a run killed at any moment
 leaves either a complete checkpoint or none. state.json carries a format version, the step,
 and a SHA-256 of every file, checked on load (a truncated or corrupted file is an error).
+Version 2 adds `optimizers` (param group -> optimizer kind: adamw, lazy_adam, rowwise_adagrad);
+optimizer tensors stay keyed "param name::state key" (lazy Adam: step, exp_avg, exp_avg_sq;
+row-wise Adagrad: step, sum). Version 1 checkpoints (AdamW only) still load.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from torch import nn
 
 from extmem.errors import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: before per-group optimizer kinds (all AdamW)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -96,6 +100,26 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
         optimizer.state[param][field] = value.to(param.device) if field != "step" else value
 
 
+def _optimizer_kinds(optimizer: torch.optim.Optimizer) -> dict[str, str]:
+    """Param group name -> optimizer kind (an OptimizerSet knows; a bare optimizer is AdamW)."""
+    kinds = getattr(optimizer, "kinds", None)
+    if callable(kinds):
+        return kinds()
+    return {g.get("name", str(i)): "adamw" for i, g in enumerate(optimizer.param_groups)}
+
+
+def _check_optimizer_kinds(path: Path, state: dict, optimizer: torch.optim.Optimizer) -> None:
+    saved = state.get("optimizers")  # absent in version 1: every group was AdamW
+    current = _optimizer_kinds(optimizer)
+    for group, kind in current.items():
+        before = "adamw" if saved is None else saved.get(group, kind)
+        if before != kind:
+            raise CheckpointError(
+                f"checkpoint {path}: param group {group!r} was trained with {before!r} but the "
+                f"config now asks for {kind!r} (train.param_groups[{group}].optimizer); its "
+                "optimizer state cannot be carried over")
+
+
 def _rng_tensors() -> dict[str, torch.Tensor]:
     out = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -127,7 +151,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module,
     files = {name: _sha256(tmp / name)
              for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors")}
     state = {"format_version": FORMAT_VERSION, "step": step, "time": time.time(),
-             "files": files, **(extra or {})}
+             "files": files, "optimizers": _optimizer_kinds(optimizer), **(extra or {})}
     (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
     for path in tmp.iterdir():  # make the contents durable before the rename publishes them
         with path.open("rb") as f:
@@ -172,9 +196,9 @@ def read_state(path: Path) -> dict:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {path}: unreadable state.json ({exc})") from None
     version = state.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(f"checkpoint {path}: format version {version!r} is not supported; "
-                              f"this extmem reads version {FORMAT_VERSION}")
+                              f"this extmem reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     for name, digest in state.get("files", {}).items():
         file = path / name
         if not file.is_file():
@@ -191,6 +215,7 @@ def load_checkpoint(path: Path, model: nn.Module,
     state = read_state(path)
     load_model_weights(model, path / "model.safetensors")
     if optimizer is not None:
+        _check_optimizer_kinds(path, state, optimizer)
         _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")))
     if restore_rng:
         _restore_rng(load_file(str(path / "rng.safetensors")))

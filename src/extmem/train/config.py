@@ -9,19 +9,24 @@ from extmem.config import require
 from extmem.data.config import DataConfig
 from extmem.model.config import ModelConfig
 
+OPTIMIZERS = ("adamw", "lazy_adam", "rowwise_adagrad")
+
 
 @dataclass
 class ParamGroupConfig:
     """Parameters whose dotted names match any glob in `patterns` (first matching group wins).
 
     `lr` / `weight_decay` left unset take train.lr / train.weight_decay. The learning-rate
-    schedule scales every group alike.
+    schedule scales every group alike. `optimizer`: "adamw" (dense), or for row-sparse memory
+    tables (memory.sparse_updates) "lazy_adam" / "rowwise_adagrad", which update only the
+    rows read in the step (docs/performance.md).
     """
 
     name: str
     patterns: list[str]
     lr: float | None = None
     weight_decay: float | None = None
+    optimizer: Literal["adamw", "lazy_adam", "rowwise_adagrad"] = "adamw"
 
     def __post_init__(self) -> None:
         require(bool(self.name), "train.param_groups.name: must not be empty")
@@ -30,6 +35,9 @@ class ParamGroupConfig:
                 f"train.param_groups[{self.name}].lr: {self.lr} must be > 0")
         require(self.weight_decay is None or self.weight_decay >= 0,
                 f"train.param_groups[{self.name}].weight_decay: {self.weight_decay} must be >= 0")
+        require(self.optimizer in OPTIMIZERS,
+                f"train.param_groups[{self.name}].optimizer: {self.optimizer!r} is not allowed; "
+                f"choose one of {', '.join(repr(o) for o in OPTIMIZERS)}")
 
 
 def default_param_groups() -> list[ParamGroupConfig]:
@@ -68,6 +76,8 @@ class TrainConfig:
     # dense source's last step, so a continued run sees new data (as a scratch run would).
     data_offset: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # torch.compile the model's dense parts (memories run eagerly: torch.compiler.disable)
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_batch_size", "log_every", "usage_window"):

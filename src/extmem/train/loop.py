@@ -31,6 +31,7 @@ from extmem.train.run_dir import (
     write_json,
 )
 from extmem.train.session import build_model, load_run_data, resolve_device, with_vocab
+from extmem.train.sparse_optim import clip_grad_norm
 
 
 class TrainingInterrupted(Exception):
@@ -49,11 +50,12 @@ class TrainOptions:
 
 
 def _group_table(rows: list[dict]) -> Table:
-    table = Table(title="parameter groups (AdamW)")
-    for column in ("group", "patterns", "tensors", "params", "lr", "weight_decay"):
+    table = Table(title="parameter groups")
+    for column in ("group", "patterns", "optimizer", "tensors", "params", "lr", "weight_decay"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(row["group"], row["patterns"], str(row["tensors"]), f"{row['params']:,}",
+        table.add_row(row["group"], row["patterns"], row.get("optimizer", "adamw"),
+                      str(row["tensors"]), f"{row['params']:,}",
                       f"{row['lr']:g}", f"{row['weight_decay']:g}")
     return table
 
@@ -79,6 +81,11 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
     cfg = with_vocab(cfg, data.lm.vocab_size)
     model = build_model(cfg, device)
     optimizer, groups = build_optimizer(model, tc)
+    if tc.compile:
+        from extmem.train.compile import compile_model
+        forward_model = compile_model(model)  # dense parts compiled, memories eager
+    else:
+        forward_model = model
     start = 0
     if checkpoint is not None:
         start = load_checkpoint(checkpoint, model, optimizer, restore_rng=True).step
@@ -115,11 +122,11 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
             inputs, targets = data.lm.train_batch(data_step, tc.batch_size, tc.seed)
             inputs, targets = inputs.to(device), targets.to(device)
             with autocast:
-                loss, _ = batch_loss(model, inputs, targets, data.lm, tc.seed, data_step,
-                                     tc.mask_prob)
+                loss, _ = batch_loss(forward_model, inputs, targets, data.lm, tc.seed,
+                                     data_step, tc.mask_prob)
                 aux = model.aux_loss()  # router balance / z-loss, already weighted
             (loss if aux is None else loss + aux).backward()
-            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            grad_norm = (clip_grad_norm(model.parameters(), tc.grad_clip)  # sparse-aware
                          if tc.grad_clip else None)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -1,8 +1,10 @@
-"""AdamW with parameter groups declared by name pattern, and the warmup + cosine schedule.
+"""Optimizers per parameter group declared by name pattern, and the warmup + cosine schedule.
 
 REFERENCE.md section 7: memory value tables want their own group (higher LR, no weight decay).
 Every trainable parameter lands in exactly one group: the first group whose patterns match,
-else the implicit `default` group.
+else the implicit `default` group. Each group names its optimizer (AdamW by default; lazy Adam
+or row-wise Adagrad for row-sparse tables, `extmem.train.sparse_optim`); the groups of one
+kind share one optimizer and all are driven as one `OptimizerSet`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import math
 import torch
 from torch import nn
 
+from extmem.errors import ConfigError
+from extmem.memory.table import ValueTable
 from extmem.train.config import TrainConfig
+from extmem.train.sparse_optim import LazyAdam, OptimizerSet, RowwiseAdagrad
 
 
 def assign_groups(model: nn.Module, cfg: TrainConfig) -> dict[str, list[tuple[str, nn.Parameter]]]:
@@ -32,26 +37,49 @@ def assign_groups(model: nn.Module, cfg: TrainConfig) -> dict[str, list[tuple[st
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.AdamW, list[dict]]:
-    """AdamW over the named groups; returns the optimizer and a table describing the groups."""
+def _sparse_tables(model: nn.Module) -> set[int]:
+    """ids of the parameters that receive row-sparse gradients."""
+    return {id(m.weight) for m in model.modules() if isinstance(m, ValueTable) and m.sparse}
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[OptimizerSet, list[dict]]:
+    """One optimizer per kind over the named groups; returns the set and a table of groups."""
     settings = {g.name: g for g in cfg.param_groups}
-    param_groups, table = [], []
+    sparse = _sparse_tables(model)
+    by_kind: dict[str, list[dict]] = {}
+    table = []
     for name, members in assign_groups(model, cfg).items():
         if not members:
             continue
         spec = settings.get(name)
+        kind = spec.optimizer if spec is not None else "adamw"
+        if kind == "adamw":
+            for pname, param in members:
+                if id(param) in sparse:
+                    raise ConfigError(
+                        f"train.param_groups[{name}].optimizer: 'adamw' cannot take the "
+                        f"row-sparse gradient of {pname} (memory.sparse_updates = true); use "
+                        "'lazy_adam' or 'rowwise_adagrad' for that group")
         lr = spec.lr if spec is not None and spec.lr is not None else cfg.lr
         wd = (spec.weight_decay if spec is not None and spec.weight_decay is not None
               else cfg.weight_decay)
-        param_groups.append({"params": [p for _, p in members], "lr": lr, "base_lr": lr,
-                             "weight_decay": wd, "name": name,
-                             "param_names": [n for n, _ in members]})
+        by_kind.setdefault(kind, []).append(
+            {"params": [p for _, p in members], "lr": lr, "base_lr": lr, "weight_decay": wd,
+             "name": name, "param_names": [n for n, _ in members]})
         table.append({"group": name, "tensors": len(members),
                       "params": sum(p.numel() for _, p in members), "lr": lr,
-                      "weight_decay": wd,
+                      "weight_decay": wd, "optimizer": kind,
                       "patterns": ", ".join(spec.patterns) if spec else "(everything else)"})
-    optimizer = torch.optim.AdamW(param_groups, betas=(cfg.beta1, cfg.beta2))
-    return optimizer, table
+    betas = (cfg.beta1, cfg.beta2)
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    for kind, groups in by_kind.items():
+        if kind == "adamw":
+            optimizers[kind] = torch.optim.AdamW(groups, betas=betas)
+        elif kind == "lazy_adam":
+            optimizers[kind] = LazyAdam(groups, betas=betas)
+        else:
+            optimizers[kind] = RowwiseAdagrad(groups)
+    return OptimizerSet(optimizers), table
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -64,6 +92,6 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
 
 
-def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer | OptimizerSet, factor: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor

@@ -1,0 +1,208 @@
+"""`extmem bench capacity`: inference latency of each lookup type as the table grows.
+
+Issue 7: "capacity without latency". For table sizes 2^14 .. 2^24 rows (or the largest that
+fits in memory), one value table of d-wide fp32 rows is built per size and shared by one
+`Memory` per lookup type (product keys with n = sqrt(N) sub-keys per half, token ids, hashed
+n-grams, LSH buckets, learned router); each memory's forward (eval, no_grad, add readout) over
+(1, tokens, d) hidden states is timed. `latency_growth` = latency at the largest size /
+latency at the smallest, per lookup; the headline is product keys. The router scores all N
+entries per token (O(N) by design), so it is timed only up to `router_max_rows`.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from extmem.bench.markdown import update_section
+from extmem.bench.timing import environment, summarize, time_ms
+from extmem.errors import ConfigError
+from extmem.memory import (
+    LshLookupConfig,
+    Memory,
+    MemoryConfig,
+    NgramLookupConfig,
+    ProductKeyConfig,
+    RouterLookupConfig,
+    TokenLookupConfig,
+    ValueTable,
+)
+
+LOOKUPS = ("product_keys", "token", "ngram", "lsh", "router")
+
+
+@dataclass
+class CapacityBenchConfig:
+    tokens: int = 4096
+    d_model: int = 256
+    log2_rows: list[int] = field(default_factory=lambda: [14, 16, 18, 20, 22, 24])  # even
+    lookups: list[str] = field(default_factory=lambda: list(LOOKUPS))
+    heads: int = 4              # product keys / LSH heads
+    topk: int = 32              # product keys
+    key_dim: int = 256          # product keys
+    router_max_rows: int = 1 << 16
+    repeats: int = 3
+    warmup: int = 1
+    seed: int = 0
+    plot: str = "docs/capacity.png"  # "" for no plot
+
+    def __post_init__(self) -> None:
+        if not self.log2_rows or any(e < 4 or e % 2 for e in self.log2_rows):
+            raise ConfigError(f"bench.capacity.log2_rows: {self.log2_rows} must be even "
+                              "exponents >= 4 (product keys need N = n^2)")
+        bad = [name for name in self.lookups if name not in LOOKUPS]
+        if bad or not self.lookups:
+            raise ConfigError(f"bench.capacity.lookups: {bad or self.lookups} not allowed; "
+                              f"choose from {', '.join(LOOKUPS)}")
+        for name in ("tokens", "d_model", "heads", "topk", "key_dim", "repeats"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"bench.capacity.{name}: must be >= 1")
+        if self.topk > 2 ** (min(self.log2_rows) // 2):
+            raise ConfigError(f"bench.capacity.topk: {self.topk} exceeds the sub-keys of the "
+                              "smallest table")
+
+
+def memory_config(name: str, rows: int, cfg: CapacityBenchConfig) -> MemoryConfig:
+    n = math.isqrt(rows)
+    if name == "product_keys":
+        return MemoryConfig(lookup=name, value_dim=cfg.d_model, product_keys=ProductKeyConfig(
+            n_keys=n, heads=cfg.heads, topk=cfg.topk, key_dim=cfg.key_dim))
+    if name == "token":
+        return MemoryConfig(lookup=name, value_dim=cfg.d_model, token=TokenLookupConfig(rows=rows))
+    if name == "ngram":
+        return MemoryConfig(lookup=name, value_dim=cfg.d_model, ngram=NgramLookupConfig(rows=rows))
+    if name == "lsh":
+        bits = int(math.log2(rows // cfg.heads))
+        return MemoryConfig(lookup=name, value_dim=cfg.d_model,
+                            lsh=LshLookupConfig(bits=bits, heads=cfg.heads))
+    return MemoryConfig(lookup=name, value_dim=cfg.d_model,
+                        router=RouterLookupConfig(entries=rows, topk=cfg.topk))
+
+
+def _available_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def run_capacity_bench(cfg: CapacityBenchConfig, progress: bool = True) -> dict:
+    started = time.perf_counter()
+    env = environment()
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(1, cfg.tokens, cfg.d_model, generator=g)  # (1, T, d)
+    vocab = 1 << 20
+    ids = torch.randint(0, vocab, (1, cfg.tokens), generator=g)  # (1, T)
+    rows_out, skipped = [], []
+    for exp in cfg.log2_rows:
+        rows = 1 << exp
+        need = rows * cfg.d_model * 4 + rows * 24  # table + usage counters
+        avail = _available_bytes()
+        if avail is not None and need * 1.15 + (1 << 30) > avail:
+            skipped.append({"rows": rows, "reason": f"needs ~{need / 2**30:.1f} GiB, "
+                            f"{avail / 2**30:.1f} GiB available"})
+            break
+        if progress:
+            import sys
+            print(f"bench capacity: 2^{exp} rows", file=sys.stderr, flush=True)
+        torch.manual_seed(cfg.seed)
+        table = ValueTable(rows, cfg.d_model)
+        entry: dict = {"rows": rows, "log2_rows": exp, "latency_ms": {}}
+        for name in cfg.lookups:
+            if name == "router" and rows > cfg.router_max_rows:
+                continue
+            memory = Memory(memory_config(name, rows, cfg), cfg.d_model, vocab_size=vocab,
+                            table=table).eval()
+            with torch.no_grad():
+                def run(memory: Memory = memory) -> None:
+                    memory(x, input_ids=ids)
+                for _ in range(cfg.warmup):
+                    run()
+                entry["latency_ms"][name] = summarize([time_ms(run) for _ in range(cfg.repeats)])
+            del memory
+        rows_out.append(entry)
+        del table
+        gc.collect()
+    growth = {}
+    for name in cfg.lookups:
+        series = [(r["rows"], r["latency_ms"][name]["median"]) for r in rows_out
+                  if name in r["latency_ms"]]
+        if len(series) >= 2:
+            growth[name] = {"from_rows": series[0][0], "to_rows": series[-1][0],
+                            "ratio": round(series[-1][1] / series[0][1], 3)}
+    env["load_average_end"] = environment()["load_average"]
+    result = {"benchmark": "capacity", "config": asdict(cfg), "environment": env,
+              "sizes": rows_out, "skipped": skipped, "growth": growth,
+              "latency_growth": growth.get("product_keys", {}).get("ratio"),
+              "wall_s": round(time.perf_counter() - started, 2)}
+    if cfg.plot:
+        result["plot"] = plot_capacity(result, Path(cfg.plot))
+    return result
+
+
+def plot_capacity(result: dict, path: Path) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name in result["config"]["lookups"]:
+        pts = [(r["log2_rows"], r["latency_ms"][name]["median"]) for r in result["sizes"]
+               if name in r["latency_ms"]]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+    ax.set_xlabel("table rows (log2)")
+    ax.set_ylabel("inference latency, ms (median)")
+    ax.set_yscale("log")
+    cfg = result["config"]
+    ax.set_title(f"bench capacity: {cfg['tokens']} tokens, d={cfg['d_model']}, CPU fp32")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def render_markdown(result: dict, command: str) -> str:
+    cfg, env = result["config"], result["environment"]
+    names = cfg["lookups"]
+    lines = [
+        "## capacity", "",
+        f"Inference latency (ms, median over {cfg['repeats']}) of one memory forward (eval, "
+        f"no_grad, add readout) over (1, {cfg['tokens']}, {cfg['d_model']}) hidden states, as "
+        "the fp32 value table grows. Product keys: heads="
+        f"{cfg['heads']}, topk={cfg['topk']}, key width {cfg['key_dim']}, n = sqrt(rows) "
+        "sub-keys per half. The router is O(rows) by design and is timed up to "
+        f"{cfg['router_max_rows']:,} rows.", "",
+        "Command:", "", "```", command, "```", "",
+        f"Environment: torch {env['torch']}, {env['cpu_count']} CPUs, {env['torch_threads']} "
+        f"torch threads, load average {env['load_average']} at start, "
+        f"{env.get('load_average_end')} at end, {env['date_utc']}; run took {result['wall_s']} s.",
+        "", "| rows | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+    ]
+    for r in result["sizes"]:
+        cells = [f"{r['latency_ms'][n]['median']:.1f}" if n in r["latency_ms"] else "-"
+                 for n in names]
+        lines.append(f"| 2^{r['log2_rows']} | " + " | ".join(cells) + " |")
+    lines += ["", "latency growth (largest / smallest table): " + ", ".join(
+        f"{n} {g['ratio']:.2f}x ({g['from_rows']:,} -> {g['to_rows']:,})"
+        for n, g in result["growth"].items()) + "."]
+    for s in result["skipped"]:
+        lines.append(f"Not measured: {s['rows']:,} rows ({s['reason']}).")
+    if result.get("plot"):
+        lines += ["", f"![capacity curve]({Path(result['plot']).name})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(result: dict, path: Path, command: str) -> None:
+    update_section(Path(path), "capacity", render_markdown(result, command))

@@ -1,0 +1,73 @@
+"""Row-sparse weighted embedding bag: gradients only for the table rows read in the step.
+
+REFERENCE.md section 7: a dense gradient for a large table costs a table-sized tensor and an
+optimizer pass over every row per step. `sparse_bag` computes the same forward as
+`F.embedding_bag(mode="sum", per_sample_weights=w)`, but its backward returns the table
+gradient as a *coalesced* sparse COO tensor holding one row per distinct row read (sorted
+indices, duplicates summed), so the step's cost follows the rows read, not the table size.
+
+Backward, for R = bags * reads_per_bag reads of U distinct rows:
+- d out / d w: per-read dot product <V[idx_r], g[bag_r]>, by ATen's own embedding-bag
+  per-sample-weight backward (no (R, d) tensor is materialised);
+- d out / d V: sort the reads by row, then one embedding bag over the *output gradient*
+  (B*T, d) with the reads of each distinct row as a bag: values[u] = sum_r w_r g[bag_r].
+  The gathered table is the small output gradient (cache resident), so this costs about one
+  pass over the U touched rows.
+Unlike `F.embedding_bag(..., sparse=True)` (which emits R uncoalesced rows, i.e. H*k rows per
+token, that must be sorted and summed later), the gradient is already coalesced.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_SUM = 0  # ATen embedding-bag mode id for "sum"
+
+
+class _RowSparseBag(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, bags: torch.Tensor,  # type: ignore[override]
+                weights: torch.Tensor) -> torch.Tensor:
+        # weight (N, d); bags (n, r) int64; weights (n, r) -> out (n, d)
+        out = F.embedding_bag(bags, weight, mode="sum", per_sample_weights=weights)
+        ctx.save_for_backward(weight, bags, weights)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        weight, bags, weights = ctx.saved_tensors
+        n, r = bags.shape
+        flat = bags.reshape(-1)  # (R,)
+        grad_out = grad_out.contiguous()
+        grad_weight = grad_weights = None
+        if ctx.needs_input_grad[2]:
+            offset2bag = torch.arange(n, device=flat.device).repeat_interleave(r)  # (R,)
+            offsets = torch.arange(0, n * r, r, device=flat.device)  # (n,)
+            grad_weights = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad_out.to(weight.dtype), weight, flat, offsets, offset2bag, _SUM, -1)
+            grad_weights = grad_weights.view(n, r).to(weights.dtype)
+        if ctx.needs_input_grad[0]:
+            grad_weight = row_sparse_grad(grad_out, bags, weights, weight.shape[0])
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_weight, None, grad_weights
+
+
+def row_sparse_grad(grad_out: torch.Tensor, bags: torch.Tensor, weights: torch.Tensor,
+                    num_rows: int) -> torch.Tensor:
+    """Coalesced sparse (num_rows, d) gradient of sum_r w_r V[idx_r] per bag, given g (n, d)."""
+    r = bags.shape[1]
+    flat = bags.reshape(-1)  # (R,)
+    rows_sorted, order = flat.sort()  # (R,)
+    rows, counts = torch.unique_consecutive(rows_sorted, return_counts=True)  # (U,)
+    offsets = counts.cumsum(0) - counts  # (U,) start of each distinct row's reads
+    bag_of_read = order // r  # (R,) which output row read it
+    values = F.embedding_bag(bag_of_read, grad_out, offsets=offsets, mode="sum",
+                             per_sample_weights=weights.reshape(-1)[order].to(grad_out.dtype))
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, (num_rows, grad_out.shape[1]),
+                                   is_coalesced=True, check_invariants=False)  # (N, d), U rows
+
+
+def sparse_bag(weight: torch.Tensor, bags: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted bag of rows, weight (N, d), bags and weights (n, r) -> (n, d), row-sparse grad."""
+    return _RowSparseBag.apply(weight, bags, weights)

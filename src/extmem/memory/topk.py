@@ -1,0 +1,69 @@
+"""Top-k over the last dimension, with an optional fused CPU kernel (numba).
+
+`torch.topk` on CPU costs ~15 us per row of 1024 floats (a general nth_element + sort); the
+product-key search runs it on tokens x 2H rows, where it is the largest single cost of a
+lookup (docs/performance.md). With numba installed (`pip install extmem[fast]`), CPU fp32
+inputs use a one-pass insertion top-k per row, parallel over rows (~2x faster measured here).
+Values are then gathered from the input with `torch.gather`, so gradients are unchanged.
+Ties: both return one of the tied positions; which one may differ. NaN scores are not
+expected (torch.topk ranks NaN first; the kernel skips them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:  # optional: the `fast` extra
+    import numba as _numba
+except ImportError:  # pragma: no cover - depends on the environment
+    _numba = None
+
+_KERNEL = None
+MIN_ROWS = 256  # below this, dispatch overhead beats the gain: use torch.topk
+
+
+def _kernel():
+    global _KERNEL
+    if _KERNEL is None:
+        @_numba.njit(parallel=True, cache=True, nogil=True)
+        def topk_rows(x, k, out_i):  # x (R, n) float32 -> out_i (R, k) int64, best first
+            rows, n = x.shape
+            for r in _numba.prange(rows):
+                vals = np.empty(k, np.float32)  # this row's best values, descending
+                idxs = out_i[r]
+                cnt = 0
+                for j in range(n):
+                    v = x[r, j]
+                    if cnt < k:
+                        p = cnt
+                        cnt += 1
+                    elif v > vals[k - 1]:
+                        p = k - 1
+                    else:
+                        continue
+                    while p > 0 and vals[p - 1] < v:
+                        vals[p] = vals[p - 1]
+                        idxs[p] = idxs[p - 1]
+                        p -= 1
+                    vals[p] = v
+                    idxs[p] = j
+        _KERNEL = topk_rows
+    return _KERNEL
+
+
+def fused_available() -> bool:
+    return _numba is not None
+
+
+def topk(x: torch.Tensor, k: int, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the k largest along the last dim, sorted descending, like torch.topk."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    if (not fused or _numba is None or x.device.type != "cpu" or x.dtype != torch.float32
+            or rows < MIN_ROWS or k > x.shape[-1]):
+        return x.topk(k, dim=-1)
+    flat = x.detach().reshape(-1, x.shape[-1]).contiguous()  # (R, n)
+    idx = torch.empty(flat.shape[0], k, dtype=torch.int64)
+    _kernel()(flat.numpy(), k, idx.numpy())
+    idx = idx.view(*x.shape[:-1], k)
+    return x.gather(-1, idx), idx

@@ -1,0 +1,65 @@
+"""`extmem bench capacity` and `extmem bench model` at tiny sizes: structure, ratios, Markdown.
+
+No assertion depends on speed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from extmem.bench.capacity import CapacityBenchConfig, run_capacity_bench
+from extmem.bench.capacity import write_markdown as write_capacity
+from extmem.bench.model import ModelBenchConfig, run_model_bench
+from extmem.bench.model import write_markdown as write_model
+from extmem.cli import main
+from extmem.errors import ConfigError
+
+
+def test_capacity_bench_structure_growth_and_plot(tmp_path) -> None:
+    cfg = CapacityBenchConfig(tokens=32, d_model=16, log2_rows=[8, 10], topk=4, key_dim=8,
+                              repeats=1, warmup=0, router_max_rows=256,
+                              plot=str(tmp_path / "capacity.png"))
+    result = run_capacity_bench(cfg, progress=False)
+    json.dumps(result)
+    assert [r["rows"] for r in result["sizes"]] == [256, 1024]
+    assert set(result["sizes"][0]["latency_ms"]) == {"product_keys", "token", "ngram", "lsh",
+                                                      "router"}
+    assert "router" not in result["sizes"][1]["latency_ms"]  # O(N) lookup capped
+    pk = [r["latency_ms"]["product_keys"]["median"] for r in result["sizes"]]
+    assert result["latency_growth"] == pytest.approx(pk[1] / pk[0], rel=1e-2)
+    assert (tmp_path / "capacity.png").stat().st_size > 0
+    doc = tmp_path / "b.md"
+    doc.write_text("# B\n\n## altup\n\nkeep\n")
+    write_capacity(result, doc, "extmem bench capacity")
+    text = doc.read_text()
+    assert "## capacity" in text and "keep" in text and "capacity.png" in text
+
+
+def test_model_bench_structure_and_ratios(tmp_path) -> None:
+    cfg = ModelBenchConfig(d_model=16, n_layers=2, n_heads=2, vocab_size=32, batch_size=2,
+                           seq_len=8, big_n_keys=8, repeats=1, warmup=0)
+    result = run_model_bench(cfg, progress=False)
+    json.dumps(result)
+    models = result["models"]
+    assert set(models) == {"dense", "quickstart", "pkm_1m_sparse", "pkm_1m_dense"}
+    ratio = result["throughput_vs_dense"]["pkm_1m_sparse_vs_dense"]
+    assert ratio == pytest.approx(models["pkm_1m_sparse"]["tokens_per_s"]
+                                  / models["dense"]["tokens_per_s"], rel=1e-2)
+    write_model(result, tmp_path / "b.md", "extmem bench model")
+    assert "| pkm_1m_sparse |" in (tmp_path / "b.md").read_text()
+
+
+def test_bench_cli_json_and_bad_config(capsys, tmp_path) -> None:
+    assert main(["bench", "capacity", "--json", "--no-write", "--set", "tokens=8",
+                 "--set", "d_model=8", "--set", "log2_rows=[4, 6]", "--set", "topk=2",
+                 "--set", "key_dim=4", "--set", "repeats=1", "--set", "warmup=0",
+                 "--set", "lookups=[\"product_keys\", \"token\"]", "--set", "plot=\"\""]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["latency_growth"] > 0
+    with pytest.raises(ConfigError, match="bench.capacity.log2_rows"):
+        CapacityBenchConfig(log2_rows=[15])
+    with pytest.raises(ConfigError, match="bench.model.models"):
+        ModelBenchConfig(models=["huge"])
+    assert main(["bench", "model", "--no-write", "--set", "models=[\"nope\"]"]) == 2
