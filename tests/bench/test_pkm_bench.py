@@ -11,10 +11,15 @@ import pytest
 
 from extmem.bench import PkmBenchConfig, run_pkm_bench, write_markdown
 from extmem.bench.markdown import replace_section
+from extmem.bench.pkm import peer_available
 from extmem.errors import ConfigError
 
 TINY = {"tokens": 64, "d_model": 32, "n_keys": [8, 16], "topk": 4, "key_dim": 16, "heads": 2,
         "repeats": 1, "warmup": 0}
+
+
+needs_peer = pytest.mark.skipif(not peer_available(), reason="product-key-memory is not "
+                                "installed: pip install -c constraints.txt -e '.[bench]'")
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +27,17 @@ def result() -> dict:
     return run_pkm_bench(PkmBenchConfig(**TINY), progress=False)
 
 
+def test_without_the_peer_ours_and_the_floor_are_still_measured() -> None:
+    result = run_pkm_bench(PkmBenchConfig(**{**TINY, "n_keys": [8], "peer": False}),
+                           progress=False)
+    row = result["sizes"][0]
+    assert "peer" not in row and row["ours"]["infer_ms"]["median"] > 0
+    assert row["ratios"]["infer_speedup_vs_peer"] is None
+    assert row["ratios"]["infer_vs_gather_floor"] == pytest.approx(
+        row["ours"]["infer_ms"]["median"] / row["gather_floor"]["infer_ms"]["median"], rel=1e-2)
+
+
+@needs_peer
 def test_result_structure_and_positive_timings(result: dict) -> None:
     json.dumps(result)  # JSON-serialisable as returned
     assert result["benchmark"] == "pkm"
@@ -41,6 +57,7 @@ def test_result_structure_and_positive_timings(result: dict) -> None:
         assert env[key]
 
 
+@needs_peer
 def test_ratios_are_quotients_of_reported_numbers(result: dict) -> None:
     row = result["sizes"][-1]
     med = {w: {m: row[w][m]["median"] for m in ("infer_ms", "train_ms")}
