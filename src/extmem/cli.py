@@ -75,32 +75,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_trained(run_dir: Path, overrides: list[str], checkpoint: str | None):
-    """Config, data and model restored from a run directory's checkpoint."""
-    from extmem.errors import CheckpointError
-    from extmem.train.checkpoint import latest_checkpoint, load_checkpoint
-    from extmem.train.run_dir import load_run_config
-    from extmem.train.session import build_model, load_run_data, resolve_device, with_vocab
-
-    cfg = load_run_config(run_dir, overrides)
-    path = run_dir / "checkpoints" / checkpoint if checkpoint else latest_checkpoint(run_dir)
-    if path is None or not path.is_dir():
-        raise CheckpointError(f"{run_dir}: no complete checkpoint found "
-                              f"({'no ' + checkpoint if checkpoint else 'train it first'})")
-    data = load_run_data(cfg, run_dir)
-    cfg = with_vocab(cfg, data.lm.vocab_size)
-    model = build_model(cfg, resolve_device(cfg.train.device))
-    loaded = load_checkpoint(path, model)
-    return cfg, data, model, loaded
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from extmem.data import Corpus, build_lm_data
     from extmem.data.files import load_files
     from extmem.evaluate import evaluate
+    from extmem.train.session import load_trained
 
     run_dir = Path(args.run_dir)
-    cfg, data, model, loaded = _load_trained(run_dir, args.set, args.checkpoint)
+    run = load_trained(run_dir, args.set, args.checkpoint)
+    cfg, data, model = run.cfg, run.data, run.model
     lm, probes = data.lm, data.corpus.probes
     if args.data:  # evaluate every document of these files (no split), no fact probes
         docs = load_files(args.data, cfg.data.text_field)
@@ -108,20 +91,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
                            cfg.data)
         probes = []
     tc = cfg.train
-    results = {"run_dir": str(run_dir), "checkpoint": loaded.path.name, "steps": loaded.step,
+    results = {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name, "steps": run.step,
                **evaluate(model, lm, probes, tc.eval_batch_size, tc.eval_tokens, tc.mask_prob,
                           tc.usage_window)}
     if args.json:
         _print_json(results)
     else:
-        _summary_table(results, f"evaluated {run_dir} at {loaded.path.name}")
+        _summary_table(results, f"evaluated {run_dir} at {run.checkpoint.name}")
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from extmem.generate import sample
+    from extmem.train.session import load_trained
 
-    _, data, model, _ = _load_trained(Path(args.run_dir), args.set, args.checkpoint)
+    run = load_trained(Path(args.run_dir), args.set, args.checkpoint)
+    data, model = run.data, run.model
     prompt_ids = data.tokenizer.encode(args.prompt).ids
     new = sample(model, prompt_ids, args.max_new_tokens, args.temperature, args.top_k,
                  args.seed, stop_id=data.lm.eos_id if args.stop_at_eos else None)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from extmem.altup import AltUpConfig
 from extmem.bench.markdown import update_section
-from extmem.bench.timing import environment, peak_rss_mb, summarize, time_ms
+from extmem.bench.timing import environment, peak_rss_mb, summarize, time_ms, torch_threads
 from extmem.config import apply_overrides, from_dict
 from extmem.errors import ConfigError
 from extmem.model import ModelConfig, Transformer, flops_per_token, parameter_counts
@@ -120,13 +120,8 @@ def _log(progress: bool, message: str) -> None:
 
 def run_altup_bench(cfg: AltUpBenchConfig, progress: bool = True) -> dict:
     """Time every model's training step in one run; return a JSON-serialisable dict."""
-    previous_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _run(cfg, progress)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(cfg: AltUpBenchConfig, progress: bool) -> dict:

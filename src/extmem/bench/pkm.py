@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from extmem.bench.markdown import update_section
-from extmem.bench.timing import environment, peak_rss_mb, summarize, time_ms
+from extmem.bench.timing import environment, peak_rss_mb, summarize, time_ms, torch_threads
 from extmem.errors import ConfigError
 from extmem.memory import Memory, MemoryConfig, ProductKeyConfig
 from extmem.model.config import ModelConfig
@@ -191,13 +191,8 @@ def _fits(state_bytes: int, row: dict, who: str) -> bool:
 
 def run_pkm_bench(cfg: PkmBenchConfig, progress: bool = True) -> dict:
     """All sizes, ours vs peer vs gather floor, plus the dense FFN, in one run."""
-    previous_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _run(cfg, progress)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _log(progress: bool, message: str) -> None:

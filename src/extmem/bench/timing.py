@@ -7,13 +7,14 @@ report the median (typical) and the minimum (least disturbed) over repetitions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 
 import torch
@@ -56,3 +57,15 @@ def environment() -> dict[str, object]:
         "load_average": load,  # 1/5/15 min load when the run started: other work on the machine
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run with `threads` intra-op threads (0: leave torch's setting), then restore it."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
