@@ -8,11 +8,7 @@ import sys
 import pytest
 
 from extmem.cli import main
-
-
-def run_json(capsys, *argv: str) -> dict:
-    assert main([*argv, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
+from tests.cli_helpers import error_line, run_json
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +74,6 @@ def test_default_run_dir_never_overwrites(tmp_path, tiny_config, monkeypatch):
         assert main(["train", str(tiny_config), "--quiet", "--set", "train.steps=1"]) == 0
     assert (tmp_path / "runs" / "tiny" / "results.json").exists()
     assert (tmp_path / "runs" / "tiny-2" / "results.json").exists()
-
-
-def error_line(capsys, *argv: str) -> str:
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 @pytest.mark.parametrize("override,fragment", [

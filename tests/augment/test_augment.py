@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from tests.cli_helpers import error_line, run_json
 
 from extmem.cli import main
 from extmem.config import read_toml
@@ -16,18 +17,6 @@ from extmem.model.augment import default_memory, default_product_keys
 def dense_toml() -> str:
     from tests.conftest import TINY_TOML
     return re.sub(r"\[\[model\.memories\]\].*?(?=\[data\])", "", TINY_TOML, flags=re.S)
-
-
-def run_json(capsys, *argv: str) -> dict:
-    assert main([*argv, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
-
-
-def error_line(capsys, *argv: str) -> str:
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 @pytest.fixture(scope="module")

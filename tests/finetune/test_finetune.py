@@ -5,6 +5,7 @@ import json
 import sys
 
 import pytest
+from tests.cli_helpers import error_line, run_json
 
 from extmem.cli import main
 from extmem.errors import DataError
@@ -16,18 +17,6 @@ from extmem.finetune.wordnet import LEXNAMES, load_supersenses, parse_data_line
 NOUN_LINE = ("02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 001 @ 02083346 n 0000 "
              "| a member of the genus Canis; \"the dog barked all night\"  \n")
 VERB_LINE = "01835496 38 v 01 travel 0 000 01 + 02 00 | change location; move  \n"
-
-
-def run_json(capsys, *argv: str) -> dict:
-    assert main([*argv, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
-
-
-def error_line(capsys, *argv: str) -> str:
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 @pytest.fixture(scope="module")

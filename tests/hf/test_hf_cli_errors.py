@@ -2,14 +2,7 @@
 
 import sys
 
-from extmem.cli import main
-
-
-def error_line(capsys, *argv: str) -> str:
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+from tests.cli_helpers import error_line
 
 
 def test_unknown_format(tmp_path, capsys):

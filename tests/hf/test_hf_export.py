@@ -9,6 +9,7 @@ pytest.importorskip("transformers",
                     reason='the hf extra is not installed: pip install -c constraints.txt -e ".[hf]"')
 
 import torch
+from tests.cli_helpers import error_line
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
@@ -146,13 +147,6 @@ def test_masked_lm_export_loads_with_identical_logits(tmp_path):
         assert torch.equal(hf(ids, attention_mask=mask).logits, model(ids, mask == 0))
     with pytest.raises(ValueError, match="AutoModelForMaskedLM"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
-
-
-def error_line(capsys, *argv: str) -> str:
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 def test_export_refuses_a_non_empty_out(causal_export, capsys):
