@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+from tests.cli_helpers import error_line, run_json
 
 from extmem.cli import main
 from extmem.data.batches import LMData
@@ -100,3 +101,47 @@ def test_statistics_against_hand_computation():
     low, high = bootstrap_interval([1, 2, 3], [4, 5, 6])
     assert -5 <= low <= high <= -1  # resampled means lie within the groups' ranges
     assert bootstrap_interval([2, 2], [1, 1]) == (1.0, 1.0)
+
+
+INIT_SWEEP = """
+name = "init"
+base = "tiny.toml"
+seeds = [0]
+baseline = "dense"
+steps = 4
+
+[[variants]]
+name = "dense"
+set = ["model.memories=[]"]
+steps = 2
+
+[[variants]]
+name = "pkm-from-dense"
+init_from = "dense"
+steps = 2
+set = ["model.memories.0.zero_init_output=true"]   # starts as the dense model
+"""
+
+
+def test_dense_init_variant_continues_its_source(tiny_config, tmp_path, capsys):
+    sweep = tiny_config.parent / "init.toml"
+    sweep.write_text(INIT_SWEEP)
+    out = tmp_path / "out"
+    results = run_json(capsys, "compare", str(sweep), "--out", str(out), "--quiet",
+                       "--set", "train.eval_every=1")
+    dense, pkm = results["variants"]
+    assert dense["steps"] == 2 and "source_steps" not in dense
+    assert pkm["steps"] == 4 and pkm["source_steps"] == 2 and pkm["init_from"] == "dense"
+    assert pkm["tokens"] == 2 * dense["tokens"]
+    assert pkm["params"]["memory_tables"] > 0 and dense["params"]["memory_tables"] == 0
+    assert pkm["curve"]["steps"] == [3, 4]   # continues the source's step count
+    augment = json.loads((out / "pkm-from-dense" / "seed-0" / "augment.json").read_text())
+    assert augment["source_step"] == 2 and augment["data_offset"] == 2
+    assert augment["val_loss_augmented"] == pytest.approx(augment["val_loss_dense"])
+
+
+def test_init_from_must_name_an_earlier_variant(tiny_config, capsys):
+    sweep = tiny_config.parent / "bad.toml"
+    sweep.write_text(INIT_SWEEP.replace('init_from = "dense"', 'init_from = "nope"'))
+    line = error_line(capsys, "compare", str(sweep), "--out", str(sweep.parent / "o"))
+    assert "init_from" in line and "'nope'" in line

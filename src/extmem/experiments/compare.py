@@ -16,9 +16,10 @@ from pathlib import Path
 from rich.console import Console
 
 from extmem.experiments.stats import bootstrap_interval, mean_std, significance_note, welch_t_test
-from extmem.experiments.sweep import Sweep
+from extmem.experiments.sweep import Sweep, added_memories
+from extmem.train.augment_run import AUGMENT_FILE, augment_run
 from extmem.train.loop import TrainOptions, train
-from extmem.train.run_dir import RESULTS_FILE, read_metrics
+from extmem.train.run_dir import CONFIG_FILE, RESULTS_FILE, load_run_config, read_metrics
 
 METRICS = ("val_loss", "val_ppl", "val_bpb", "facts_recalled")
 
@@ -49,15 +50,33 @@ def run_sweep(sweep: Sweep, out: Path, quiet: bool = False) -> dict:
             if _finished(run_dir, cfg.train.steps):
                 console.print(f"[{done}/{total}] {variant} seed {seed}: finished, skipped")
                 continue
-            resume = (run_dir / "config.toml").exists()
+            resume = (run_dir / CONFIG_FILE).exists()
+            init_from = sweep.variant(variant).init_from
+            if init_from and not resume:
+                console.print(f"[{done}/{total}] {variant} seed {seed}: adding memory to "
+                              f"{init_from} seed {seed}")
+                augment_run(run_dir_for(out, init_from, seed), run_dir,
+                            overrides=[f"train.steps={cfg.train.steps}"],
+                            memories=added_memories(sweep, variant, seed))
+                resume = True
+            if init_from:
+                cfg = load_run_config(run_dir)  # the augmented config (data offset, memories)
             console.print(f"[{done}/{total}] {variant} seed {seed}: "
                           f"{'resuming' if resume else 'training'} -> {run_dir}")
             train(cfg, run_dir, TrainOptions(resume=resume, quiet=quiet))
     return summarize(sweep, out)
 
 
+def source_steps(run_dir: Path) -> int:
+    """Steps a dense-init run's source trained before the memory was added (0 = scratch)."""
+    path = run_dir / AUGMENT_FILE
+    return int(json.loads(path.read_text(encoding="utf-8"))["source_step"]) if path.is_file() else 0
+
+
 def _curve(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["val_loss"] for r in read_metrics(run_dir)
+    """Validation loss by total step (a dense-init run's steps continue its source's)."""
+    offset = source_steps(run_dir)
+    return {offset + r["step"]: r["val_loss"] for r in read_metrics(run_dir)
             if r.get("split") == "val" and r.get("val_loss") is not None}
 
 
@@ -80,9 +99,14 @@ def summarize_variant(sweep: Sweep, out: Path, variant: str) -> dict:
     seeds = list(sweep.runs[variant])
     results = [json.loads((run_dir_for(out, variant, s) / RESULTS_FILE).read_text())
                for s in seeds]
+    offset = source_steps(run_dir_for(out, variant, seeds[0]))
     row: dict = {"variant": variant, "seeds": seeds, "params": results[0]["params"],
                  "flops_per_token": results[0]["flops_per_token"],
-                 "steps": results[0]["steps"], "tokens": results[0]["tokens"]}
+                 "steps": offset + results[0]["steps"],
+                 "tokens": results[0]["tokens"] * (offset + results[0]["steps"]) // results[0]["steps"]}
+    if offset:
+        row["init_from"] = sweep.variant(variant).init_from
+        row["source_steps"] = offset
     for metric in METRICS:
         values = [r[metric] for r in results if r.get(metric) is not None]
         if values:

@@ -17,6 +17,12 @@ name = "pkm"
 base = "../design/product_keys-add.toml"   # optional: its own base config
 [variants.patch.train]                     # optional: a table deep-merged into the config
 lr = 2e-3
+
+[[variants]]
+name = "pkm-from-dense"
+init_from = "dense"            # optional: start from this variant's final checkpoint (same
+steps = 150                    # seed) with this variant's extra memories added (extmem
+set = ['model.memories=[...]'] # augment), then train `steps` more (default: the sweep budget)
 ```
 Every variant's config is resolved and validated before anything runs.
 """
@@ -24,6 +30,7 @@ Every variant's config is resolved and validated before anything runs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +46,15 @@ class VariantConfig:
     base: str = ""                      # "" = the sweep's base
     set: list[str] = field(default_factory=list)
     patch: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0                      # 0 = the sweep's budget
+    init_from: str = ""                 # "" = from scratch; else a variant to augment (seed 2)
 
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
                 f"variants.name: {self.name!r} must be a non-empty name without '/'")
+        require(self.steps >= 0, f"variants.steps: {self.steps} must be >= 0")
+        require(self.init_from != self.name,
+                f"variants.init_from: variant {self.name!r} cannot start from itself")
 
 
 @dataclass
@@ -70,6 +82,10 @@ class SweepConfig:
             self.baseline = names[0]
         require(self.baseline in names,
                 f"sweep.baseline: {self.baseline!r} is not a variant; choose one of {names}")
+        for i, variant in enumerate(self.variants):
+            require(not variant.init_from or variant.init_from in names[:i],
+                    f"variants.init_from: {variant.init_from!r} (in {variant.name!r}) must name "
+                    f"a variant listed before it; choose one of {names[:i]}")
         require(self.core_flops_tolerance >= 0,
                 f"sweep.core_flops_tolerance: {self.core_flops_tolerance} must be >= 0")
 
@@ -89,6 +105,9 @@ class Sweep:
     path: Path
     runs: dict[str, dict[int, RunConfig]]   # variant -> seed -> resolved config
 
+    def variant(self, name: str) -> VariantConfig:
+        return next(v for v in self.cfg.variants if v.name == name)
+
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read a sweep file and resolve + validate every (variant, seed) config."""
@@ -107,9 +126,30 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
             except ConfigError as exc:
                 raise ConfigError(f"sweep variant {variant.name!r}: {exc}") from None
             tokens_per_step = run.train.batch_size * run.data.seq_len
-            if cfg.tokens:
+            if variant.steps:
+                run.train.steps = variant.steps
+            elif cfg.tokens:
                 run.train.steps = max(1, cfg.tokens // tokens_per_step)
             elif cfg.steps:
                 run.train.steps = cfg.steps
             runs[variant.name][seed] = run
+        if variant.init_from:
+            _check_augmentable(variant, runs[variant.init_from][cfg.seeds[0]],
+                               runs[variant.name][cfg.seeds[0]])
     return Sweep(cfg=cfg, path=path, runs=runs)
+
+
+def _check_augmentable(variant: VariantConfig, source: RunConfig, target: RunConfig) -> None:
+    """A dense-init variant = its source's model and data plus memories; nothing else."""
+    extra = target.model.memories[len(source.model.memories):]
+    same_model = dataclasses.replace(target.model, memories=source.model.memories) == source.model
+    require(same_model and target.data == source.data and bool(extra)
+            and target.model.memories[:len(source.model.memories)] == source.model.memories,
+            f"variants.init_from: {variant.name!r} must be {variant.init_from!r}'s model and data "
+            "with memories appended (and nothing else changed)")
+
+
+def added_memories(sweep: Sweep, variant: str, seed: int) -> list:
+    """The memories a dense-init variant adds to its source's model."""
+    source = sweep.runs[sweep.variant(variant).init_from][seed]
+    return sweep.runs[variant][seed].model.memories[len(source.model.memories):]

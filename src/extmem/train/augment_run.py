@@ -160,12 +160,15 @@ def _prepare_out(out: Path) -> Path:
 
 def augment_run(source: Path, out: Path, memory_path: Path | None = None,
                 layers: list[int] | None = None, placement: str | None = None,
-                overrides: list[str] | None = None) -> dict[str, Any]:
-    """Write the augmented run directory `out`; returns what augment.json holds."""
+                overrides: list[str] | None = None,
+                memories: list[MemoryConfig] | None = None) -> dict[str, Any]:
+    """Write the augmented run directory `out`; returns what augment.json holds.
+    `memories` (already validated) take the place of `memory_path` / `layers` / `placement`."""
     run_dir, checkpoint = resolve_source(source)
     source_cfg = load_run_config(run_dir)
     source_step = int(read_state(checkpoint)["step"])
-    memories = build_memories(source_cfg.model, memory_path, layers, placement)
+    if memories is None:
+        memories = build_memories(source_cfg.model, memory_path, layers, placement)
     cfg = _new_config(source_cfg, memories, source_step, overrides or [])
     _refuse_existing(out)
     if not (run_dir / TOKENIZER_FILE).is_file():
