@@ -47,10 +47,12 @@ def _summary_table(results: dict, title: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from extmem.config import apply_overrides, from_dict, read_toml
+    from extmem.distributed.context import init_distributed
     from extmem.errors import ConfigError
     from extmem.train.config import RunConfig
     from extmem.train.loop import TrainOptions, train
     from extmem.train.run_dir import CONFIG_FILE, fresh_run_dir, load_run_config
+    from extmem.train.session import resolve_device
 
     if args.config is None and not (args.resume and args.out):
         raise ConfigError("train: give a CONFIG.toml, or --resume --out RUN_DIR to continue a run")
@@ -60,6 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = load_run_config(Path(args.out), args.set)
         default_dir = Path(args.out)
+    ctx = init_distributed(resolve_device(cfg.train.device))  # under torchrun: join the group
     if args.out:
         run_dir = Path(args.out)
         if (run_dir / CONFIG_FILE).exists() and not args.resume:
@@ -67,7 +70,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                               "it, or choose another --out")
     else:
         run_dir = default_dir if args.resume else fresh_run_dir(default_dir)
-    results = train(cfg, run_dir, TrainOptions(resume=args.resume, quiet=args.quiet))
+    run_dir = ctx.from_main(run_dir)  # every rank writes the run rank 0 chose
+    try:
+        results = train(cfg, run_dir, TrainOptions(resume=args.resume, quiet=args.quiet))
+    finally:
+        ctx.close()
+    if not ctx.is_main:
+        return 0
     if args.json:
         _print_json(results)
     else:

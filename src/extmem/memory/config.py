@@ -144,7 +144,9 @@ class MemoryConfig:
     table, unless `share_table` (Meta 2024 shared values): then the layers share one table,
     serialised once. `value_dim = 0` means the model width (for `experts`, the row width is
     fixed by the expert shape). `zero_init_output` makes a newly added memory leave the model
-    unchanged at step 0 (seed 2: initialise from a dense model).
+    unchanged at step 0 (seed 2: initialise from a dense model). `table_storage` keeps the
+    value tables in host memory or a memory-mapped file instead of on the model's device
+    (`extmem.memory.host_table`).
     """
 
     layers: list[int] = field(default_factory=lambda: [0])
@@ -165,6 +167,12 @@ class MemoryConfig:
     sparse_updates: bool = False
     # Storage of the value table; "bfloat16" halves the bytes per read (sums stay fp32).
     table_dtype: Literal["float32", "bfloat16"] = "float32"
+    # Where the table lives (extmem.memory.host_table, Engram / Gemma 3n style): "device" moves
+    # with the model; "host" stays in CPU memory and rows are fetched per read; "mmap" is host
+    # memory backed by `table_file` (recreated at build; "" = a file in a temporary directory),
+    # so only the parts read are resident, as page cache the kernel can reclaim.
+    table_storage: Literal["device", "host", "mmap"] = "device"
+    table_file: str = ""
     product_keys: ProductKeyConfig = field(default_factory=ProductKeyConfig)
     token: TokenLookupConfig = field(default_factory=TokenLookupConfig)
     ngram: NgramLookupConfig = field(default_factory=NgramLookupConfig)
@@ -187,6 +195,18 @@ class MemoryConfig:
         require(self.table_dtype in ("float32", "bfloat16"),
                 f"memory.table_dtype: {self.table_dtype!r} is not allowed; choose 'float32' "
                 "or 'bfloat16'")
+        require(self.table_storage in ("device", "host", "mmap"),
+                f"memory.table_storage: {self.table_storage!r} is not allowed; choose 'device', "
+                "'host' or 'mmap'")
+        require(self.table_storage == "device" or self.readout != "experts",
+                f"memory.table_storage: {self.table_storage!r} is not supported with readout = "
+                "'experts' (expert rows are gathered on the model's device); use 'device'")
+        require(not self.table_file or self.table_storage == "mmap",
+                f"memory.table_file: {self.table_file!r} needs table_storage = 'mmap' "
+                f"(this memory's is {self.table_storage!r})")
+        require(not self.table_file or len(self.layers) == 1 or self.share_table,
+                f"memory.table_file: one file cannot hold the separate tables of layers "
+                f"{self.layers}; set share_table = true or leave table_file empty")
         require(not (self.sparse_updates and self.readout == "experts"),
                 "memory.sparse_updates: not supported with readout = 'experts' (expert rows "
                 "are gathered as weights, which gives a dense gradient)")

@@ -18,6 +18,7 @@ from torch import nn
 
 from extmem.memory.config import MemoryConfig
 from extmem.memory.experts import ExpertsReadout, expert_row_width, init_expert_table
+from extmem.memory.host_table import HostValueTable
 from extmem.memory.lsh import LshLookup
 from extmem.memory.product_keys import ProductKeyLookup
 from extmem.memory.readout import AddReadout, ConcatReadout, GatedReadout, MemoryPlusReadout
@@ -53,7 +54,12 @@ def row_width(cfg: MemoryConfig, d_model: int) -> int:
 
 def build_table(cfg: MemoryConfig, d_model: int, num_rows: int) -> ValueTable:
     dtype = torch.bfloat16 if cfg.table_dtype == "bfloat16" else torch.float32
-    table = ValueTable(num_rows, row_width(cfg, d_model), sparse=cfg.sparse_updates, dtype=dtype)
+    width = row_width(cfg, d_model)
+    if cfg.table_storage == "device":
+        table = ValueTable(num_rows, width, sparse=cfg.sparse_updates, dtype=dtype)
+    else:  # host memory or a mapped file, rows gathered on the CPU (extmem.memory.host_table)
+        table = HostValueTable(num_rows, width, sparse=cfg.sparse_updates, dtype=dtype,
+                               storage=cfg.table_storage, file=cfg.table_file)
     if cfg.readout == "experts":
         init_expert_table(table, d_model, cfg.experts.hidden, cfg.zero_init_output)
     return table

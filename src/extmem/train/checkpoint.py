@@ -30,6 +30,7 @@ from extmem.errors import CheckpointError
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: before per-group optimizer kinds (all AdamW)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+DCP_DIR = "dcp"  # torchrun checkpoints: torch.distributed.checkpoint files in step-N/dcp/
 
 
 def _sha256(path: Path) -> str:
@@ -77,13 +78,15 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
     model.load_state_dict(saved, strict=False)
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def optimizer_tensors(optimizer: torch.optim.Optimizer, cpu: bool = True) -> dict[str, torch.Tensor]:
+    """"param name::state key" -> tensor, for every tensor in the optimizer state."""
     out = {}
     for group in optimizer.param_groups:
         for name, param in zip(group["param_names"], group["params"], strict=False):
             for key, value in optimizer.state.get(param, {}).items():
                 if torch.is_tensor(value):
-                    out[f"{name}::{key}"] = value.detach().contiguous().cpu()
+                    value = value.detach().contiguous()
+                    out[f"{name}::{key}"] = value.cpu() if cpu else value
     return out
 
 
@@ -100,7 +103,7 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
         optimizer.state[param][field] = value.to(param.device) if field != "step" else value
 
 
-def _optimizer_kinds(optimizer: torch.optim.Optimizer) -> dict[str, str]:
+def optimizer_kinds(optimizer: torch.optim.Optimizer) -> dict[str, str]:
     """Param group name -> optimizer kind (an OptimizerSet knows; a bare optimizer is AdamW)."""
     kinds = getattr(optimizer, "kinds", None)
     if callable(kinds):
@@ -110,7 +113,7 @@ def _optimizer_kinds(optimizer: torch.optim.Optimizer) -> dict[str, str]:
 
 def _check_optimizer_kinds(path: Path, state: dict, optimizer: torch.optim.Optimizer) -> None:
     saved = state.get("optimizers")  # absent in version 1: every group was AdamW
-    current = _optimizer_kinds(optimizer)
+    current = optimizer_kinds(optimizer)
     for group, kind in current.items():
         before = "adamw" if saved is None else saved.get(group, kind)
         if before != kind:
@@ -120,7 +123,7 @@ def _check_optimizer_kinds(path: Path, state: dict, optimizer: torch.optim.Optim
                 "optimizer state cannot be carried over")
 
 
-def _rng_tensors() -> dict[str, torch.Tensor]:
+def rng_tensors() -> dict[str, torch.Tensor]:
     out = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -146,16 +149,24 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(unique_state_dict(model), str(tmp / "model.safetensors"))
-    save_file(_optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
-    save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+    save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
+    save_file(rng_tensors(), str(tmp / "rng.safetensors"))
     files = {name: _sha256(tmp / name)
              for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors")}
     state = {"format_version": FORMAT_VERSION, "step": step, "time": time.time(),
-             "files": files, "optimizers": _optimizer_kinds(optimizer), **(extra or {})}
+             "files": files, "optimizers": optimizer_kinds(optimizer), **(extra or {})}
+    return publish_checkpoint(run_dir, tmp, final, state, keep)
+
+
+def publish_checkpoint(run_dir: Path, tmp: Path, final: Path, state: dict, keep: int) -> Path:
+    """Write state.json into the finished `tmp` directory, make it durable, rename it to
+    `final` (replacing an older copy of the same step) and prune to the newest `keep`."""
     (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
-    for path in tmp.iterdir():  # make the contents durable before the rename publishes them
+    for path in (p for p in tmp.rglob("*") if p.is_file()):  # durable before the rename
         with path.open("rb") as f:
             os.fsync(f.fileno())
+    root = final.parent
+    step = state["step"]
     if final.exists():  # same step written again (e.g. interrupt right after a checkpoint)
         trash = root / f".old-step-{step}-{os.getpid()}"
         final.rename(trash)
@@ -209,16 +220,55 @@ def read_state(path: Path) -> dict:
     return state
 
 
+def is_distributed_checkpoint(path: Path) -> bool:
+    return (path / DCP_DIR).is_dir()
+
+
+def load_model_state(path: Path, model: nn.Module) -> dict:
+    """Verify the checkpoint and load its model weights into the full (unsharded) model,
+    whichever way it was written (one process: safetensors; torchrun: DCP). Returns state."""
+    state = read_state(path)
+    if is_distributed_checkpoint(path):
+        from extmem.distributed.checkpoint import load_dcp_model
+        load_dcp_model(path, model)
+    else:
+        load_model_weights(model, path / "model.safetensors")
+    return state
+
+
+def load_optimizer_state(path: Path, state: dict, optimizer: torch.optim.Optimizer,
+                         localize=None) -> None:
+    """Restore the optimizer; `localize(name, tensor)` cuts a full tensor to this rank's shard."""
+    _check_optimizer_kinds(path, state, optimizer)
+    if is_distributed_checkpoint(path):
+        from extmem.distributed.checkpoint import load_dcp_optimizer
+        tensors = load_dcp_optimizer(path)
+    else:
+        tensors = load_file(str(path / "optimizer.safetensors"))
+    if localize is not None:
+        tensors = {key: localize(key.partition("::")[0], value) for key, value in tensors.items()}
+    _load_optimizer(optimizer, tensors)
+
+
+def restore_rng_state(path: Path, rank: int = 0) -> bool:
+    """Restore this rank's RNG if the checkpoint has it (same world size); returns whether."""
+    file = path / (f"rng-rank{rank}.safetensors" if is_distributed_checkpoint(path)
+                   else "rng.safetensors")
+    if not file.is_file():
+        return False
+    _restore_rng(load_file(str(file)))
+    return True
+
+
 def load_checkpoint(path: Path, model: nn.Module,
                     optimizer: torch.optim.Optimizer | None = None,
                     restore_rng: bool = False) -> LoadedCheckpoint:
-    state = read_state(path)
-    load_model_weights(model, path / "model.safetensors")
+    """One process: model (and optimizer, RNG) from a checkpoint of any layout."""
+    state = load_model_state(path, model)
     if optimizer is not None:
-        _check_optimizer_kinds(path, state, optimizer)
-        _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")))
+        load_optimizer_state(path, state, optimizer)
     if restore_rng:
-        _restore_rng(load_file(str(path / "rng.safetensors")))
+        restore_rng_state(path)
     return LoadedCheckpoint(path=path, step=int(state["step"]), state=state)
 
 

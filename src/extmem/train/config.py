@@ -78,6 +78,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # torch.compile the model's dense parts (memories run eagerly: torch.compiler.disable)
     compile: bool = False
+    # under torchrun: how memory tables are split across processes (docs/distributed.md)
+    table_sharding: Literal["rows", "columns", "replicate"] = "rows"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_batch_size", "log_every", "usage_window"):

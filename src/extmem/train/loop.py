@@ -17,9 +17,24 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from extmem.distributed.checkpoint import localizer, save_distributed_checkpoint
+from extmem.distributed.context import init_distributed, rank_device
+from extmem.distributed.parallel import (
+    NullWriter,
+    check_distributed_config,
+    data_parallel,
+    replica_divergence,
+)
+from extmem.distributed.tables import shard_tables
 from extmem.evaluate import evaluate
 from extmem.model import flops_per_token, parameter_counts
-from extmem.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from extmem.train.checkpoint import (
+    latest_checkpoint,
+    load_model_state,
+    load_optimizer_state,
+    restore_rng_state,
+    save_checkpoint,
+)
 from extmem.train.config import RunConfig
 from extmem.train.objective import batch_loss
 from extmem.train.optim import build_optimizer, lr_factor, set_lr
@@ -72,45 +87,76 @@ def _flat(prefix: str, value: object, out: dict) -> dict:
 def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) -> dict:
     """Train (or resume) the run in `run_dir`; returns the results dict (also results.json)."""
     options = options or TrainOptions()
-    console = Console(stderr=True, quiet=options.quiet)
-    device = resolve_device(cfg.train.device)
     tc = cfg.train
+    ctx = init_distributed(resolve_device(tc.device))  # one process unless under torchrun
+    device = rank_device(resolve_device(tc.device), ctx)
+    console = Console(stderr=True, quiet=options.quiet or not ctx.is_main)
+    check_distributed_config(cfg, ctx)
 
     checkpoint = latest_checkpoint(run_dir) if options.resume else None
+    if not ctx.is_main:
+        ctx.barrier()  # rank 0 builds (and caches) the tokenizer first
     data = load_run_data(cfg, run_dir if options.resume else None)
+    if ctx.is_main:
+        ctx.barrier()
     cfg = with_vocab(cfg, data.lm.vocab_size)
     model = build_model(cfg, device)
+    accounting = {"params": parameter_counts(model),  # the whole model, before sharding
+                  "flops_per_token": flops_per_token(model, cfg.data.seq_len)}
+    start, state = 0, None
+    if checkpoint is not None:
+        state = load_model_state(checkpoint, model)  # full weights, any layout
+        start = int(state["step"])
+    sharded = shard_tables(model, tc.table_sharding, ctx) if ctx.enabled else {}
     optimizer, groups = build_optimizer(model, tc)
+    if checkpoint is not None:
+        load_optimizer_state(checkpoint, state, optimizer, localizer(sharded) if sharded else None)
+        restore_rng_state(checkpoint, ctx.rank)
+        console.print(f"resuming {run_dir} from {checkpoint.name}")
     if tc.compile:
         from extmem.train.compile import compile_model
         forward_model = compile_model(model)  # dense parts compiled, memories eager
     else:
         forward_model = model
-    start = 0
-    if checkpoint is not None:
-        start = load_checkpoint(checkpoint, model, optimizer, restore_rng=True).step
-        console.print(f"resuming {run_dir} from {checkpoint.name}")
+    if ctx.enabled:
+        forward_model = data_parallel(forward_model, model, sharded, device)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_run_config(run_dir, cfg)
-    if not (run_dir / TOKENIZER_FILE).exists():
-        data.tokenizer.save(str(run_dir / TOKENIZER_FILE))
-    accounting = {"params": parameter_counts(model),
-                  "flops_per_token": flops_per_token(model, cfg.data.seq_len)}
-    write_json(run_dir / "accounting.json", accounting)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_run_config(run_dir, cfg)
+        if not (run_dir / TOKENIZER_FILE).exists():
+            data.tokenizer.save(str(run_dir / TOKENIZER_FILE))
+        write_json(run_dir / "accounting.json", accounting)
+    ctx.barrier()
     console.print(_group_table(groups))
     console.print(f"params {accounting['params']}  flops/token {accounting['flops_per_token']}")
+    if ctx.enabled:
+        console.print(f"{ctx.world_size} processes: batch {tc.batch_size} split "
+                      f"{tc.batch_size // ctx.world_size} per rank; tables sharded by "
+                      f"{tc.table_sharding} ({len(sharded)} tables)")
 
     from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1)
-    log = MetricsLog(run_dir, resume_step=start if options.resume else None)
+    writer = (SummaryWriter(str(run_dir / "tb"), purge_step=start + 1) if ctx.is_main
+              else NullWriter())
+    log = MetricsLog(run_dir, resume_step=start if options.resume else None) if ctx.is_main else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16)
     tokens_per_step = tc.batch_size * cfg.data.seq_len
+    rows = slice(ctx.rank * tc.batch_size // ctx.world_size,
+                 (ctx.rank + 1) * tc.batch_size // ctx.world_size)  # this rank's batch rows
+
+    def checkpoint_now(at: int) -> None:
+        extra = {"tokens": at * tokens_per_step}
+        if ctx.enabled:
+            save_distributed_checkpoint(run_dir, at, model, optimizer, sharded, ctx, extra,
+                                        keep=tc.keep_checkpoints)
+        else:
+            save_checkpoint(run_dir, at, model, optimizer, extra, keep=tc.keep_checkpoints)
+
     last_eval: dict = {}
     step = start
     model.train()
     bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", file=sys.stderr,
-               disable=options.quiet, dynamic_ncols=True, mininterval=0.5)
+               disable=options.quiet or not ctx.is_main, dynamic_ncols=True, mininterval=0.5)
     window_loss, window_aux, window_steps, window_start = 0.0, 0.0, 0, time.perf_counter()
     started = time.perf_counter()
     try:
@@ -120,20 +166,20 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
             model.set_memory_step(step)
             data_step = step + tc.data_offset  # augmented runs continue their source's data
             inputs, targets = data.lm.train_batch(data_step, tc.batch_size, tc.seed)
-            inputs, targets = inputs.to(device), targets.to(device)
+            inputs, targets = inputs[rows].to(device), targets[rows].to(device)  # (B/W, T)
             with autocast:
                 loss, _ = batch_loss(forward_model, inputs, targets, data.lm, tc.seed,
                                      data_step, tc.mask_prob)
                 aux = model.aux_loss()  # router balance / z-loss, already weighted
             (loss if aux is None else loss + aux).backward()
-            grad_norm = (clip_grad_norm(model.parameters(), tc.grad_clip)  # sparse-aware
+            grad_norm = (clip_grad_norm(model.parameters(), tc.grad_clip,  # sparse-aware
+                                        sharded={id(t.weight) for t in sharded.values()})
                          if tc.grad_clip else None)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            loss_value = float(loss.detach())
-            window_loss += loss_value
-            window_aux += 0.0 if aux is None else float(aux.detach())
+            window_loss += ctx.mean(float(loss.detach()))
+            window_aux += 0.0 if aux is None else ctx.mean(float(aux.detach()))
             window_steps += 1
             bar.update(1)
             if step % tc.log_every == 0 or step == tc.steps:
@@ -146,7 +192,8 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
                     record["grad_norm"] = float(grad_norm)
                 if window_aux:
                     record["aux_loss"] = window_aux / window_steps
-                log.write(record)
+                if log is not None:
+                    log.write(record)
                 for key, value in _flat("train", record, {}).items():
                     if not key.endswith(("/step", "/tokens")):
                         writer.add_scalar(key, value, step)
@@ -156,7 +203,8 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
             if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
                 last_eval = evaluate(model, data.lm, data.corpus.probes, tc.eval_batch_size,
                                      tc.eval_tokens, tc.mask_prob, tc.usage_window)
-                log.write({"step": step, "split": "val", **last_eval})
+                if log is not None:
+                    log.write({"step": step, "split": "val", **last_eval})
                 for key, value in _flat("val", last_eval, {}).items():
                     writer.add_scalar(key, value, step)
                 for name, memory in model.memory_modules():  # staleness of read slots, in steps
@@ -165,13 +213,11 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
                     if ages.numel():
                         writer.add_histogram(f"val/memory_usage/{name}/train_staleness", ages, step)
             if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == tc.steps:
-                save_checkpoint(run_dir, step, model, optimizer, {"tokens": step * tokens_per_step},
-                                keep=tc.keep_checkpoints)
+                checkpoint_now(step)
     except KeyboardInterrupt:
         bar.close()
         if step > start:
-            save_checkpoint(run_dir, step, model, optimizer, {"tokens": step * tokens_per_step},
-                            keep=tc.keep_checkpoints)
+            checkpoint_now(step)
         writer.close()
         raise TrainingInterrupted(run_dir, step) from None
     bar.close()
@@ -182,7 +228,12 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
     results = {"run_dir": str(run_dir), "steps": step, "tokens": step * tokens_per_step,
                "train_seconds_this_session": time.perf_counter() - started,
                **last_eval, **accounting}
-    write_json(run_dir / RESULTS_FILE, results)
+    if ctx.enabled:
+        results["world_size"] = ctx.world_size
+        results["replica_max_abs_diff"] = replica_divergence(model, sharded)
+    if ctx.is_main:
+        write_json(run_dir / RESULTS_FILE, results)
+    ctx.barrier()
     return results
 
 

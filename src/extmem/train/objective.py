@@ -21,7 +21,8 @@ def batch_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, da
     inputs, targets (B, T). Causal: predict targets (next tokens). Masked-LM: mask the
     inputs, predict the original ids at masked positions.
     """
-    if model.cfg.causal:
+    causal = getattr(model, "module", model).cfg.causal  # the model itself or its DDP wrapper
+    if causal:
         logits = model(inputs)  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         return loss, targets.numel()

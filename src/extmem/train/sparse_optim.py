@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, MutableMapping
 
 import torch
+import torch.distributed
 
 
 def coalesced(grad: torch.Tensor) -> torch.Tensor:
@@ -212,28 +213,38 @@ class OptimizerSet:
 
 
 @torch.no_grad()
-def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float,
+                   sharded: set[int] | frozenset[int] = frozenset()) -> torch.Tensor:
     """Scale all gradients (dense and sparse) so their global L2 norm is <= max_norm.
 
-    Returns the norm before clipping, as a tensor (no host sync). Sparse gradients are
-    coalesced first (duplicate rows summed), so their norm is the true gradient's norm.
+    Returns the norm before clipping, as a tensor (no host sync on one process). Sparse
+    gradients are coalesced first (duplicate rows summed), so their norm is the true
+    gradient's norm. `sharded` holds the ids of parameters that are one rank's shard of a
+    table (torchrun): their squared norms are summed over ranks (the rest is replicated).
     """
     params = [p for p in params if p.grad is not None]
     if not params:
         return torch.zeros(())
-    dense = [p.grad for p in params if not p.grad.is_sparse]
-    norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in dense]
+    norms, shard_norms = [], []
     for p in params:
         if p.grad.is_sparse:
             p.grad = coalesced(p.grad)
-            norms.append(torch.linalg.vector_norm(p.grad.values(), dtype=torch.float32))
+        g = p.grad.values() if p.grad.is_sparse else p.grad
+        norm = torch.linalg.vector_norm(g, dtype=torch.float32)
+        (shard_norms if id(p) in sharded else norms).append(norm)
     device = params[0].grad.device
-    total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+    total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms])) if norms \
+        else torch.zeros((), device=device)
+    if sharded and torch.distributed.is_initialized():
+        shard_sq = torch.stack([n.to(device) for n in shard_norms]).square().sum() \
+            if shard_norms else torch.zeros((), device=device)
+        torch.distributed.all_reduce(shard_sq)
+        total = (total.square() + shard_sq).sqrt()
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for p in params:
         if p.grad.is_sparse:
             g = p.grad
-            p.grad = torch.sparse_coo_tensor(g.indices(), g.values() * coef.to(g.dtype), g.shape,
+            p.grad = torch.sparse_coo_tensor(g.indices(), g.values() * coef.to(g.device, g.dtype), g.shape,
                                              is_coalesced=True, check_invariants=False)
         else:
             p.grad.mul_(coef.to(p.grad.device, p.grad.dtype))

@@ -1,0 +1,76 @@
+"""Data parallelism for the dense core (DDP) beside sharded memory tables.
+
+The dense parameters are replicated and their gradients averaged by
+`torch.nn.parallel.DistributedDataParallel`; the sharded tables are excluded from DDP (each
+rank owns its shard; `extmem.distributed.tables` averages their gradients itself). Every rank
+takes rows [r*B/W, (r+1)*B/W) of the global batch of the step, so W processes see the same
+tokens per step as one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from extmem.distributed.context import DistContext
+from extmem.distributed.tables import ShardedValueTable
+from extmem.errors import ConfigError
+
+
+class NullWriter:
+    """TensorBoard writer stand-in for ranks other than 0 (only rank 0 writes logs)."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def add_histogram(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def check_distributed_config(cfg, ctx: DistContext) -> None:
+    """Refuse configs that cannot run on this many processes, in one line each."""
+    if not ctx.enabled:
+        return
+    tc = cfg.train
+    if tc.batch_size % ctx.world_size:
+        raise ConfigError(f"train.batch_size: {tc.batch_size} must be divisible by the number "
+                          f"of processes ({ctx.world_size}); each takes an equal share")
+    if tc.table_sharding == "columns":
+        for group in tc.param_groups:
+            if group.optimizer == "rowwise_adagrad":
+                raise ConfigError(
+                    f"train.param_groups[{group.name}].optimizer: 'rowwise_adagrad' keeps one "
+                    "accumulator per row, which column shards cannot share; use "
+                    "table_sharding = 'rows' or optimizer = 'lazy_adam'")
+
+
+def data_parallel(forward_model: nn.Module, model: nn.Module,
+                  sharded: dict[str, ShardedValueTable], device: torch.device) -> nn.Module:
+    """DDP over `forward_model` (the model or its compiled view) without the sharded tables."""
+    prefix = "" if forward_model is model else "_orig_mod."
+    ignore = [prefix + name for name in sharded]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(forward_model, ignore)
+    return DistributedDataParallel(
+        forward_model, device_ids=[device.index] if device.type == "cuda" else None,
+        forward_sync_buffers=False,     # usage counters are kept identical by construction
+        find_unused_parameters=False)
+
+
+@torch.no_grad()
+def replica_divergence(model: nn.Module, sharded: dict[str, ShardedValueTable]) -> float:
+    """Largest |p - p on rank 0| over the replicated parameters, on every rank (0.0 = DDP kept
+    every replica identical). Collective."""
+    worst = torch.zeros((), dtype=torch.float64)
+    for name, param in model.named_parameters():
+        if name in sharded:
+            continue
+        reference = param.detach().clone()
+        torch.distributed.broadcast(reference, src=0)
+        worst = torch.maximum(worst, (param.detach() - reference).abs().max().double().cpu())
+    worst = worst.to(next(model.parameters()).device)
+    torch.distributed.all_reduce(worst, op=torch.distributed.ReduceOp.MAX)
+    return float(worst)
