@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from extmem.experiments.capacity import capacity_figures
 from extmem.experiments.stats import bootstrap_interval, mean_std, significance_note, welch_t_test
 from extmem.experiments.sweep import Sweep, added_memories
 from extmem.train.augment_run import AUGMENT_FILE, augment_run
@@ -112,6 +113,13 @@ def summarize_variant(sweep: Sweep, out: Path, variant: str) -> dict:
         if values:
             mean, std = mean_std(values)
             row[metric] = {"mean": mean, "std": std, "values": values}
+    recalled = row.get("facts_recalled", {}).get("values", [])
+    capacity = capacity_figures(sweep.runs[variant][seeds[0]], recalled, row["params"])
+    if capacity is not None:
+        row["capacity"] = capacity
+    group = sweep.variant(variant).group
+    if group:
+        row["group"] = group
     speed = [_tokens_per_s(run_dir_for(out, variant, s)) for s in seeds]
     row["tokens_per_s"] = dict(zip(("mean", "std"), mean_std(speed), strict=True))
     usages = [_usage(r) for r in results]

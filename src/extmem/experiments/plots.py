@@ -54,3 +54,34 @@ def plot_quality(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def has_capacity_chart(results: dict) -> bool:
+    return any("group" in row and "capacity" in row for row in results["variants"])
+
+
+def plot_capacity(results: dict, path: Path) -> None:
+    """Per model family (`group`): facts recalled and knowledge bits against the facts offered."""
+    groups: dict[str, list[dict]] = {}
+    for row in results["variants"]:
+        if "group" in row and "capacity" in row:
+            groups.setdefault(row["group"], []).append(row)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for group, rows in groups.items():
+        rows = sorted(rows, key=lambda r: r["capacity"]["facts"])
+        facts = [r["capacity"]["facts"] for r in rows]
+        for ax, values in ((axes[0], [r["facts_recalled"] for r in rows]),
+                           (axes[1], [r["capacity"]["bits"] for r in rows])):
+            ax.errorbar(facts, [v["mean"] for v in values], yerr=[v["std"] for v in values],
+                        marker="o", capsize=3, label=group)
+    axes[0].set_ylabel("facts recalled (fraction of held-out probes)")
+    axes[1].set_ylabel("knowledge stored (chance-corrected bits)")
+    for ax in axes:
+        ax.set_xlabel("facts in the corpus")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{results['sweep']}: where each model stops recalling facts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from extmem.experiments.plots import plot_curves, plot_quality
+from extmem.experiments.plots import has_capacity_chart, plot_capacity, plot_curves, plot_quality
 from extmem.train.run_dir import write_json
 
 
@@ -70,9 +70,23 @@ def markdown(results: dict, command: str) -> str:
     for row in results["variants"]:
         values = ", ".join(f"{v:.4f}" for v in row.get("val_loss", {}).get("values", []))
         lines.append(f"- {row['variant']}: {values}")
+    if any("capacity" in row for row in results["variants"]):
+        lines += ["", "Knowledge stored (capacity meter; chance-corrected bits of facts "
+                  "recalled, see extmem.experiments.capacity):", "",
+                  "| variant | facts | facts recalled | knowledge bits | bits / core param | "
+                  "bits / param (total) |", "|---|---|---|---|---|---|"]
+        for row in results["variants"]:
+            cap = row.get("capacity")
+            if cap:
+                lines.append(f"| {row['variant']} | {cap['facts']:,} | "
+                             f"{_pm(row.get('facts_recalled'), 3)} | {_pm(cap['bits'], 0)} | "
+                             f"{_pm(cap['bits_per_core_param'], 5)} | "
+                             f"{_pm(cap['bits_per_param'], 5)} |")
     if results["warnings"]:
         lines += ["", "Warnings:", ""] + [f"- {w}" for w in results["warnings"]]
     lines += ["", "![validation curves](curves.png)", "", "![quality](quality.png)", ""]
+    if has_capacity_chart(results):
+        lines += ["![capacity](capacity.png)", ""]
     return "\n".join(lines)
 
 
@@ -80,6 +94,8 @@ def write_report(results: dict, out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(results, out / "curves.png")
     plot_quality(results, out / "quality.png")
+    if has_capacity_chart(results):
+        plot_capacity(results, out / "capacity.png")
     write_json(out / "results.json", results)
     tmp = out / "results.md.tmp"
     tmp.write_text(markdown(results, command), encoding="utf-8")

@@ -48,6 +48,8 @@ class VariantConfig:
     patch: dict[str, Any] = field(default_factory=dict)
     steps: int = 0                      # 0 = the sweep's budget
     init_from: str = ""                 # "" = from scratch; else a variant to augment (seed 2)
+    group: str = ""                     # model family for the capacity chart (same model,
+                                        # different data: e.g. facts n_entities)
 
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
