@@ -3,9 +3,9 @@
 import math
 
 import pytest
+from tests.cli_helpers import run_json
 
 from extmem.experiments.capacity import knowledge_bits
-from tests.cli_helpers import run_json
 
 
 def test_knowledge_bits_by_hand():
