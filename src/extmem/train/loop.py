@@ -7,6 +7,7 @@ model, optimizer, RNG state and the step.
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from dataclasses import dataclass
@@ -231,6 +232,8 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
     if ctx.enabled:
         results["world_size"] = ctx.world_size
         results["replica_max_abs_diff"] = replica_divergence(model, sharded)
+        del forward_model  # release DDP's reducer (its threads) before the group is destroyed
+        gc.collect()
     if ctx.is_main:
         write_json(run_dir / RESULTS_FILE, results)
     ctx.barrier()
