@@ -218,3 +218,32 @@ def test_fused_topk_matches_torch_topk_values_indices_and_grad(monkeypatch) -> N
     (g,) = torch.autograd.grad(values.sin().sum(), x)
     (ref_g,) = torch.autograd.grad(ref_values.sin().sum(), x)
     assert torch.equal(g, ref_g)
+
+
+def test_fused_lazy_adam_matches_the_torch_path(monkeypatch) -> None:
+    from extmem.memory import topk as topk_module
+    from extmem.train import fused_rows
+
+    if not topk_module.fused_available():
+        pytest.skip("numba is not installed (the `fast` extra): the fused row update is off")
+    monkeypatch.setattr(topk_module, "_owns_all_cores", lambda: True)  # whatever the threads
+    torch.manual_seed(0)
+    fused = torch.nn.Parameter(torch.randn(300, 16))
+    plain = torch.nn.Parameter(fused.detach().clone())
+    opts = [LazyAdam([p], lr=0.05, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+            for p in (fused, plain)]
+    opts[1].fused = False
+    assert fused_rows.available(fused)
+    for step in range(4):
+        rows = torch.randperm(300, generator=torch.Generator().manual_seed(step))[:120].sort()[0]
+        grad = _sparse_grad(300, rows.tolist(), 16, step)
+        before = fused.detach().clone()
+        for p, opt in zip((fused, plain), opts, strict=True):
+            p.grad = grad.clone()
+            opt.step()
+        torch.testing.assert_close(fused.detach(), plain.detach(), rtol=1e-5, atol=1e-6)
+        untouched = torch.ones(300, dtype=torch.bool)
+        untouched[rows] = False
+        assert torch.equal(fused.detach()[untouched], before[untouched])
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(opts[0].state[fused][key], opts[1].state[plain][key])

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator, MutableMapping
 import torch
 import torch.distributed
 
+from extmem.train import fused_rows
+
 
 def coalesced(grad: torch.Tensor) -> torch.Tensor:
     """A coalesced view of a sparse gradient, without a sort when it already is one.
@@ -84,6 +86,7 @@ class LazyAdam(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps,
                                   "weight_decay": weight_decay})
         self._scratch = _RowScratch()
+        self.fused = True  # CPU fp32 + numba: extmem.train.fused_rows (same update)
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -102,6 +105,10 @@ class LazyAdam(torch.optim.Optimizer):
                 state["step"] += 1
                 step = float(state["step"])  # CPU scalar: no device sync
                 rows, g = touched_rows(p, p.grad)  # (U,), (U, d)
+                if self.fused and fused_rows.available(p):  # one in-place pass per row
+                    fused_rows.lazy_adam_rows(p, state["exp_avg"], state["exp_avg_sq"], rows, g,
+                                              lr, beta1, beta2, eps, wd, step)
+                    continue
                 g = g.float()
                 n = rows.shape[0]
                 m = _gather(state["exp_avg"], rows, self._scratch.get(p, "m", n))  # (U, d)
