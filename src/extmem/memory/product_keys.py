@@ -15,9 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from extmem.memory.config import ProductKeyConfig
-from extmem.memory.topk import topk
-
-SCORE_CHUNK = 1 << 26  # floats of sub-key scores per chunk (256 MiB in fp32): bounds memory
+from extmem.memory.score_topk import score_topk
 
 
 class MaskedBatchNorm(nn.Module):
@@ -98,14 +96,8 @@ class ProductKeyLookup(nn.Module):
         k, n, heads, half = cfg.topk, cfg.n_keys, cfg.heads, cfg.key_dim // 2
         lead = q.shape[:-2]
         qs = q.reshape(-1, 2 * heads, half).transpose(0, 1)  # (2H, M, half), (head, half) rows
-        keys = self.sub_keys.reshape(2 * heads, n, half).transpose(1, 2)  # (2H, half, n)
-        # score in token chunks of <= SCORE_CHUNK floats: the (2H, chunk, n) scores stay
-        # cache-sized and reuse freed memory instead of page-faulting a fresh (2H, M, n) tensor
-        step = max(1, SCORE_CHUNK // (2 * heads * n))
-        parts = [topk(torch.bmm(qs[:, i:i + step], keys), k)  # (2H, chunk, k) x 2
-                 for i in range(0, qs.shape[1], step)]
-        top = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts], 1)
-        idx = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts], 1)
+        keys = self.sub_keys.reshape(2 * heads, n, half)  # (2H, n, half)
+        top, idx = score_topk(qs, keys, k)  # (2H, M, k) x 2, sparse backward
         top, idx = top.unflatten(0, (heads, 2)), idx.unflatten(0, (heads, 2))  # (H, 2, M, k)
         first, second = self._candidate_pairs(k, q.device)  # (C,) each
         cand = top[:, 0].index_select(-1, first) + top[:, 1].index_select(-1, second)  # (H, M, C)
