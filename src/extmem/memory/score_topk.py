@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from extmem.memory.sparse import row_sparse_grad
 from extmem.memory.topk import topk
 
-SCORE_CHUNK = 1 << 26  # floats of sub-key scores per chunk (256 MiB in fp32): bounds memory
+SCORE_CHUNK = 1 << 20  # floats of sub-key scores per chunk (4 MiB in fp32): cache-sized, bounds memory
 
 
 class _ScoreTopK(torch.autograd.Function):

@@ -11,7 +11,6 @@ expected (torch.topk ranks NaN first; the kernel skips them).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 try:  # optional: the `fast` extra
@@ -27,10 +26,10 @@ def _kernel():
     global _KERNEL
     if _KERNEL is None:
         @_numba.njit(parallel=True, cache=True, nogil=True)
-        def topk_rows(x, k, out_i):  # x (R, n) float32 -> out_i (R, k) int64, best first
+        def topk_rows(x, k, out_i, out_v):  # x (R, n) float32 -> (R, k) int64 / float32
             rows, n = x.shape
             for r in _numba.prange(rows):
-                vals = np.empty(k, np.float32)  # this row's best values, descending
+                vals = out_v[r]  # this row's best values, descending (no per-row malloc)
                 idxs = out_i[r]
                 cnt = 0
                 for j in range(n):
@@ -71,6 +70,7 @@ def topk(x: torch.Tensor, k: int, fused: bool = True) -> tuple[torch.Tensor, tor
         return x.topk(k, dim=-1)
     flat = x.detach().reshape(-1, x.shape[-1]).contiguous()  # (R, n)
     idx = torch.empty(flat.shape[0], k, dtype=torch.int64)
-    _kernel()(flat.numpy(), k, idx.numpy())
+    best = torch.empty(flat.shape[0], k, dtype=torch.float32)  # (R, k) scratch of the kernel
+    _kernel()(flat.numpy(), k, idx.numpy(), best.numpy())
     idx = idx.view(*x.shape[:-1], k)
     return x.gather(-1, idx), idx
