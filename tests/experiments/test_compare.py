@@ -120,6 +120,12 @@ name = "pkm-from-dense"
 init_from = "dense"
 steps = 2
 set = ["model.memories.0.zero_init_output=true"]   # starts as the dense model
+
+[[variants]]
+name = "dense-restart"
+init_from = "dense"
+steps = 2
+set = ["model.memories=[]"]                          # no memory: the restart control
 """
 
 
@@ -129,7 +135,8 @@ def test_dense_init_variant_continues_its_source(tiny_config, tmp_path, capsys):
     out = tmp_path / "out"
     results = run_json(capsys, "compare", str(sweep), "--out", str(out), "--quiet",
                        "--set", "train.eval_every=1")
-    dense, pkm = results["variants"]
+    dense, pkm, restart = results["variants"]
+    assert restart["steps"] == 4 and restart["params"] == dense["params"]
     assert dense["steps"] == 2 and "source_steps" not in dense
     assert pkm["steps"] == 4 and pkm["source_steps"] == 2 and pkm["init_from"] == "dense"
     assert pkm["tokens"] == 2 * dense["tokens"]

@@ -142,13 +142,14 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
 
 
 def _check_augmentable(variant: VariantConfig, source: RunConfig, target: RunConfig) -> None:
-    """A dense-init variant = its source's model and data plus memories; nothing else."""
-    extra = target.model.memories[len(source.model.memories):]
+    """A dense-init variant = its source's model and data plus memories; nothing else. With
+    no memory added it is a plain continuation (fresh optimizer and schedule): the control for
+    the restart itself."""
     same_model = dataclasses.replace(target.model, memories=source.model.memories) == source.model
-    require(same_model and target.data == source.data and bool(extra)
+    require(same_model and target.data == source.data
             and target.model.memories[:len(source.model.memories)] == source.model.memories,
             f"variants.init_from: {variant.name!r} must be {variant.init_from!r}'s model and data "
-            "with memories appended (and nothing else changed)")
+            "with memories appended, or unchanged (and nothing else changed)")
 
 
 def added_memories(sweep: Sweep, variant: str, seed: int) -> list:

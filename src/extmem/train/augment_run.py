@@ -118,7 +118,7 @@ def build_memories(model_cfg: Any, memory_path: Path | None, layers: list[int] |
 
 def _new_config(cfg: RunConfig, memories: list[MemoryConfig], source_step: int,
                 overrides: list[str]) -> RunConfig:
-    model = add_memories(cfg.model, memories)
+    model = add_memories(cfg.model, memories) if memories else cfg.model  # none: a restart
     train = dataclasses.replace(cfg.train, data_offset=cfg.train.data_offset + source_step)
     data = to_dict(RunConfig(model=model, data=cfg.data, train=train))
     return from_dict(RunConfig, apply_overrides(data, overrides))
