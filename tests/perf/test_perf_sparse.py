@@ -209,7 +209,7 @@ def test_fused_topk_matches_torch_topk_values_indices_and_grad(monkeypatch) -> N
 
     if not topk_module.fused_available():
         pytest.skip("numba is not installed (the `fast` extra): the fused top-k is off")
-    monkeypatch.setattr(topk_module, "_owns_all_cores", lambda: True)  # whatever the threads
+    monkeypatch.setattr(topk_module, "owns_all_cores", lambda: True)  # whatever the threads
     torch.manual_seed(0)
     x = torch.randn(3, 200, 50, requires_grad=True)  # 600 rows >= MIN_ROWS: the fused kernel
     values, idx = topk_module.topk(x, 7)
@@ -226,7 +226,7 @@ def test_fused_lazy_adam_matches_the_torch_path(monkeypatch) -> None:
 
     if not topk_module.fused_available():
         pytest.skip("numba is not installed (the `fast` extra): the fused row update is off")
-    monkeypatch.setattr(topk_module, "_owns_all_cores", lambda: True)  # whatever the threads
+    monkeypatch.setattr(topk_module, "owns_all_cores", lambda: True)  # whatever the threads
     torch.manual_seed(0)
     fused = torch.nn.Parameter(torch.randn(300, 16))
     plain = torch.nn.Parameter(fused.detach().clone())

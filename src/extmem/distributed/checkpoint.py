@@ -17,6 +17,7 @@ checkpoint starts an N-rank run.
 
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -37,11 +38,11 @@ from extmem.errors import CheckpointError
 from extmem.train.checkpoint import (
     DCP_DIR,
     FORMAT_VERSION,
-    _sha256,
     optimizer_kinds,
     optimizer_tensors,
     publish_checkpoint,
     rng_tensors,
+    sha256_file,
     unique_state_dict,
 )
 
@@ -72,8 +73,8 @@ def _is_shard_shaped(tensor: torch.Tensor, table: ShardedValueTable) -> bool:
 
 
 def _state(model: nn.Module, optimizer, sharded: dict[str, ShardedValueTable]) -> dict:
-    weights = {name: tensor for name, tensor in model.state_dict().items()}
-    weights = {name: weights[name] for name in unique_state_dict(model)}
+    full = model.state_dict()  # tensors in place (no CPU copies): DCP writes them directly
+    weights = {name: full[name] for name in unique_state_dict(model)}
     for name, table in sharded.items():
         weights[name] = _as_dtensor(table.weight.detach(), table)
     optim = {}
@@ -92,7 +93,6 @@ def save_distributed_checkpoint(run_dir: Path, step: int, model: nn.Module, opti
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}-dist"
     if ctx.is_main:
-        import shutil
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     ctx.barrier()
@@ -100,7 +100,7 @@ def save_distributed_checkpoint(run_dir: Path, step: int, model: nn.Module, opti
     save_file(rng_tensors(), str(tmp / f"rng-rank{ctx.rank}.safetensors"))
     ctx.barrier()
     if ctx.is_main:
-        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         state = {"format_version": FORMAT_VERSION, "step": step, "time": time.time(),
                  "files": files, "optimizers": optimizer_kinds(optimizer),
                  "world_size": ctx.world_size,

@@ -51,7 +51,7 @@ def _kernel():
     return _KERNEL
 
 
-def _owns_all_cores() -> bool:
+def owns_all_cores() -> bool:
     """numba's thread pool spans every core; when torch was given fewer (OMP_NUM_THREADS=1
     under torchrun or in parallel sweeps) its spinning workers starve the other processes
     (measured: a 2-process step 5x slower), so the kernel is used only then."""
@@ -62,11 +62,16 @@ def fused_available() -> bool:
     return _numba is not None
 
 
+def numba_module():
+    """The numba module when the `fast` extra is installed, else None (shared by every kernel)."""
+    return _numba
+
+
 def topk(x: torch.Tensor, k: int, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of the k largest along the last dim, sorted descending, like torch.topk."""
     rows = x.numel() // max(x.shape[-1], 1)
     if (not fused or _numba is None or x.device.type != "cpu" or x.dtype != torch.float32
-            or rows < MIN_ROWS or k > x.shape[-1] or not _owns_all_cores()):
+            or rows < MIN_ROWS or k > x.shape[-1] or not owns_all_cores()):
         return x.topk(k, dim=-1)
     flat = x.detach().reshape(-1, x.shape[-1]).contiguous()  # (R, n)
     idx = torch.empty(flat.shape[0], k, dtype=torch.int64)

@@ -33,7 +33,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 DCP_DIR = "dcp"  # torchrun checkpoints: torch.distributed.checkpoint files in step-N/dcp/
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -151,7 +151,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module,
     save_file(unique_state_dict(model), str(tmp / "model.safetensors"))
     save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
     save_file(rng_tensors(), str(tmp / "rng.safetensors"))
-    files = {name: _sha256(tmp / name)
+    files = {name: sha256_file(tmp / name)
              for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors")}
     state = {"format_version": FORMAT_VERSION, "step": step, "time": time.time(),
              "files": files, "optimizers": optimizer_kinds(optimizer), **(extra or {})}
@@ -214,7 +214,7 @@ def read_state(path: Path) -> dict:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"checkpoint {path}: {name} is missing")
-        if _sha256(file) != digest:
+        if sha256_file(file) != digest:
             raise CheckpointError(f"checkpoint {path}: {name} is truncated or corrupted "
                                   "(SHA-256 does not match state.json)")
     return state

@@ -17,21 +17,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from extmem.memory import topk as _topk
+from extmem.memory import topk
 
 _KERNEL = None
 
 
 def available(param: torch.Tensor) -> bool:
-    return (_topk._numba is not None and param.device.type == "cpu"
+    return (topk.fused_available() and param.device.type == "cpu"
             and param.dtype == torch.float32 and param.is_contiguous() and param.dim() == 2
-            and _topk._owns_all_cores())
+            and topk.owns_all_cores())
 
 
 def _kernel():
     global _KERNEL
     if _KERNEL is None:
-        numba = _topk._numba
+        numba = topk.numba_module()
 
         @numba.njit(parallel=True, cache=True, nogil=True)
         def lazy_adam_rows(p, m, v, rows, g, w1, b2, w2, bc2, eps, decay, step_size):

@@ -18,7 +18,7 @@ gradients together (the foreach path of torch's clip_grad_norm_ fails on sparse 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 
 import torch
 import torch.distributed
@@ -71,6 +71,16 @@ class _RowScratch:
         return buf[:rows]
 
 
+def _stepped_state(state: dict, init: Callable[[], dict]) -> dict:
+    """A parameter's optimizer state: created by `init()` (plus a step counter) on its first
+    step, then its step counter advanced by one."""
+    if not state:
+        state["step"] = torch.zeros((), dtype=torch.float32)
+        state.update(init())
+    state["step"] += 1
+    return state
+
+
 def _gather(src: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """src[rows] into `out` (float32)."""
     if src.dtype == out.dtype:
@@ -97,12 +107,9 @@ class LazyAdam(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-                state["step"] += 1
+                state = _stepped_state(self.state[p], lambda p=p: {
+                    "exp_avg": torch.zeros_like(p, dtype=torch.float32),
+                    "exp_avg_sq": torch.zeros_like(p, dtype=torch.float32)})
                 step = float(state["step"])  # CPU scalar: no device sync
                 rows, g = touched_rows(p, p.grad)  # (U,), (U, d)
                 if self.fused and fused_rows.available(p):  # one in-place pass per row
@@ -142,11 +149,8 @@ class RowwiseAdagrad(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
-                state["step"] += 1
+                state = _stepped_state(self.state[p], lambda p=p: {
+                    "sum": torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)})
                 rows, g = touched_rows(p, p.grad)  # (U,), (U, d...)
                 g = g.float().flatten(1)  # (U, D)
                 acc = state["sum"].index_select(0, rows).add_(g.square().mean(1))  # (U,)
