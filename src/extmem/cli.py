@@ -339,9 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from extmem.allocator import enabled_by_environment, reuse_freed_memory
     from extmem.train.loop import TrainingInterrupted
 
     args = build_parser().parse_args(argv)
+    if enabled_by_environment():
+        reuse_freed_memory()  # large step buffers reused, not page-faulted anew (allocator.py)
     try:
         return args.func(args)
     except ExtmemError as exc:

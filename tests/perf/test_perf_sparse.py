@@ -247,3 +247,46 @@ def test_fused_lazy_adam_matches_the_torch_path(monkeypatch) -> None:
         assert torch.equal(fused.detach()[untouched], before[untouched])
     for key in ("exp_avg", "exp_avg_sq"):
         torch.testing.assert_close(opts[0].state[fused][key], opts[1].state[plain][key])
+
+
+def test_fused_read_weight_grad_matches_aten(monkeypatch) -> None:
+    from extmem.memory import topk as topk_module
+    from extmem.memory.read_weight_grad import fused_available, read_weight_grad
+
+    if not topk_module.fused_available():
+        pytest.skip("numba is not installed (the `fast` extra): the fused weight gradient is off")
+    monkeypatch.setattr(topk_module, "owns_all_cores", lambda: True)  # whatever the threads
+    weight, idx, _ = _bag_inputs(n_rows=50, dim=33, bags=11, reads=7)
+    grad_out = torch.randn(11, 33, generator=torch.Generator().manual_seed(3))
+    assert fused_available(weight)
+    fused = read_weight_grad(weight, idx, grad_out)
+    aten = read_weight_grad(weight, idx, grad_out, fused=False)
+    by_hand = torch.einsum("brd,bd->br", weight[idx], grad_out)  # (bags, reads)
+    assert fused.shape == (11, 7)
+    torch.testing.assert_close(fused, by_hand, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(aten, by_hand, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_score_topk_subkey_gradient_fused_and_portable_match_autograd(monkeypatch, fused) -> None:
+    from extmem.memory import subkey_grad
+    from extmem.memory import topk as topk_module
+    from extmem.memory.score_topk import score_topk
+
+    if fused and not topk_module.fused_available():
+        pytest.skip("numba is not installed (the `fast` extra): the fused sub-key gradient is off")
+    monkeypatch.setattr(topk_module, "owns_all_cores", lambda: fused)
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(4, 300, 6, generator=g)  # (B, M, half)
+    keys = torch.randn(4, 40, 6, generator=g)  # (B, n, half)
+    upstream = torch.randn(4, 300, 5, generator=g)  # (B, M, k)
+    qa, ka = q.clone().requires_grad_(), keys.clone().requires_grad_()
+    qb, kb = q.clone().requires_grad_(), keys.clone().requires_grad_()
+    values, idx = score_topk(qa, ka, 5)
+    ref_values, ref_idx = torch.bmm(qb, kb.transpose(1, 2)).topk(5, dim=-1)
+    assert torch.equal(idx, ref_idx)
+    (values * upstream).sum().backward()
+    (ref_values * upstream).sum().backward()
+    assert subkey_grad.fused_available(q, keys) == fused
+    torch.testing.assert_close(ka.grad, kb.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(qa.grad, qb.grad, rtol=1e-5, atol=1e-5)

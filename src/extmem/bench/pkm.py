@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from extmem.allocator import release_free_memory
 from extmem.bench.markdown import update_section
 from extmem.bench.timing import environment, peak_rss_mb, summarize, time_ms, torch_threads
 from extmem.errors import ConfigError
@@ -168,7 +169,10 @@ def time_gather(weight: torch.Tensor, cfg: PkmBenchConfig) -> dict:
 
 
 def _free() -> None:
+    """Collect the last subject and hand its freed heap back to the OS, so that the next
+    subject's peak RSS starts from live memory only (the CLI keeps freed memory otherwise)."""
     gc.collect()
+    release_free_memory()
 
 
 def _fits(state_bytes: int, row: dict, who: str) -> bool:
@@ -211,6 +215,7 @@ def _run(cfg: PkmBenchConfig, progress: bool) -> dict:
     _log(progress, "bench pkm: dense FFN")
     ffn_result = time_subject(ffn, ffn_opt, x, cfg)
     del ffn, ffn_opt
+    _free()
     sizes = []
     for n in cfg.n_keys:
         row: dict = {"n_keys": n, "slots": n * n}

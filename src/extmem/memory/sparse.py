@@ -7,8 +7,8 @@ gradient as a *coalesced* sparse COO tensor holding one row per distinct row rea
 indices, duplicates summed), so the step's cost follows the rows read, not the table size.
 
 Backward, for R = bags * reads_per_bag reads of U distinct rows:
-- d out / d w: per-read dot product <V[idx_r], g[bag_r]>, by ATen's own embedding-bag
-  per-sample-weight backward (no (R, d) tensor is materialised);
+- d out / d w: per-read dot product <V[idx_r], g[bag_r]> (`read_weight_grad`: a fused numba
+  kernel on CPU, else ATen's embedding-bag per-sample-weight backward; no (R, d) tensor);
 - d out / d V: sort the reads by row, then one embedding bag over the *output gradient*
   (B*T, d) with the reads of each distinct row as a bag: values[u] = sum_r w_r g[bag_r].
   The gathered table is the small output gradient (cache resident), so this costs about one
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_SUM = 0  # ATen embedding-bag mode id for "sum"
+from extmem.memory.read_weight_grad import read_weight_grad
 
 
 class _RowSparseBag(torch.autograd.Function):
@@ -37,16 +37,10 @@ class _RowSparseBag(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         weight, bags, weights = ctx.saved_tensors
-        n, r = bags.shape
-        flat = bags.reshape(-1)  # (R,)
         grad_out = grad_out.contiguous()
         grad_weight = grad_weights = None
         if ctx.needs_input_grad[2]:
-            offset2bag = torch.arange(n, device=flat.device).repeat_interleave(r)  # (R,)
-            offsets = torch.arange(0, n * r, r, device=flat.device)  # (n,)
-            grad_weights = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad_out.to(weight.dtype), weight, flat, offsets, offset2bag, _SUM, -1)
-            grad_weights = grad_weights.view(n, r).to(weights.dtype)
+            grad_weights = read_weight_grad(weight, bags, grad_out).to(weights.dtype)
         if ctx.needs_input_grad[0]:
             grad_weight = row_sparse_grad(grad_out, bags, weights, weight.shape[0])
             grad_weight = grad_weight.to(weight.dtype)
