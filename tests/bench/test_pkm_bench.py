@@ -141,3 +141,24 @@ def test_replace_section_does_not_match_longer_names() -> None:
 def test_config_validation_names_the_field(field: str, value: object, words: str) -> None:
     with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
         PkmBenchConfig(**{**TINY, field: value})
+
+
+def test_timed_rounds_interleave_subjects_and_reverse_the_order() -> None:
+    from extmem.bench.pkm import timed_rounds
+
+    calls: list[str] = []
+    subjects = {name: {op: (lambda name=name, op=op: calls.append(f"{name}.{op[:5]}"))
+                       for op in ops}
+                for name, ops in {"a": ("infer_ms", "train_ms"), "b": ("infer_ms", "train_ms"),
+                                  "floor": ("infer_ms",)}.items()}
+    timings = timed_rounds(subjects, PkmBenchConfig(**{**TINY, "repeats": 2}))
+    assert calls == ["a.infer", "b.infer", "floor.infer", "a.train", "b.train",
+                     "floor.infer", "b.infer", "a.infer", "b.train", "a.train"]
+    assert set(timings["floor"]) == {"infer_ms"}
+    assert len(timings["a"]["train_ms"]["samples"]) == 2
+
+
+@needs_peer
+def test_small_sizes_time_ours_and_the_peer_side_by_side(result: dict) -> None:
+    assert all(row["interleaved"] for row in result["sizes"])
+    assert all(row[who]["peak_is_per_subject"] for row in result["sizes"] for who in ("ours", "peer"))

@@ -11,16 +11,21 @@ Issue 7's setting (REFERENCE.md section 8): CPU, one sequence of `tokens` hidden
 - the gather floor: `F.embedding_bag` forward with per-sample weights reading tokens x H*k
   random rows of the same table (the bandwidth floor of the read pattern);
 and once, the dense GELU FFN d -> 4d -> d (inference and training step, AdamW).
-Subjects run one after another (at 4M slots both do not fit in memory at once); each
-subject's peak RSS during its training steps is read from VmHWM after resetting it
-(/proc/self/clear_refs), so peaks are per subject. Ratios: `infer_speedup_vs_peer` = peer /
-ours, `train_speedup_vs_peer` = peer / ours, `infer_vs_gather_floor` = ours / floor (medians).
+Subjects are timed side by side: after warmup, each of `repeats` rounds runs every subject's
+inference and then every subject's training step, in an order reversed every other round, so
+that drift in the machine's speed reaches all of them alike. Where ours and the peer do not
+fit in memory together (4M slots), they are timed one after the other. Each subject's peak RSS
+is that of one training step taken while it is the only subject alive: VmHWM after handing
+free heap back and resetting it (/proc/self/clear_refs). Ratios: `infer_speedup_vs_peer` =
+peer / ours, `train_speedup_vs_peer` = peer / ours, `infer_vs_gather_floor` = ours / floor
+(medians).
 """
 
 from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,8 +56,8 @@ class PkmBenchConfig:
     n_keys: list[int] = field(default_factory=lambda: [128, 512, 1024, 2048])  # 16K..4M slots
     optimizer: str = "lazy_adam"  # ours: table optimizer (adamw = dense table gradient)
     peer: bool = True       # time product-key-memory (skipped with a note if not installed)
-    repeats: int = 3
-    warmup: int = 1
+    repeats: int = 5
+    warmup: int = 2
     threads: int = 0        # torch intra-op threads; 0 keeps torch's default
     seed: int = 0
 
@@ -132,9 +137,12 @@ def _vm_hwm_mb() -> float:
     return peak_rss_mb()
 
 
-def time_subject(module: nn.Module, optimizer: object, x: torch.Tensor,
-                 cfg: PkmBenchConfig) -> dict:
-    """Inference and training-step timings (ms) and the peak RSS (MiB) of the training steps."""
+Ops = dict[str, Callable[[], None]]  # "infer_ms" / "train_ms" -> one call of that operation
+
+
+def subject_ops(module: nn.Module, optimizer: object, x: torch.Tensor) -> Ops:
+    """Inference (eval, no_grad) and one training step (forward, backward of mean(out^2),
+    optimizer step, zero_grad) of a module."""
     def infer() -> None:
         module.eval()
         with torch.no_grad():
@@ -146,26 +154,53 @@ def time_subject(module: nn.Module, optimizer: object, x: torch.Tensor,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(cfg.warmup):
-        infer()
-        train_step()
-    infer_ms = [time_ms(infer) for _ in range(cfg.repeats)]
-    exact = _reset_peak()
-    train_ms = [time_ms(train_step) for _ in range(cfg.repeats)]
-    return {"infer_ms": summarize(infer_ms), "train_ms": summarize(train_ms),
-            "peak_rss_train_mb": round(_vm_hwm_mb(), 1), "peak_is_per_subject": exact}
+    return {"infer_ms": infer, "train_ms": train_step}
 
 
-def time_gather(weight: torch.Tensor, cfg: PkmBenchConfig) -> dict:
+def gather_ops(weight: torch.Tensor, cfg: PkmBenchConfig) -> Ops:
+    """The floor: one `F.embedding_bag` forward reading tokens x H*k random rows of `weight`."""
     g = torch.Generator().manual_seed(cfg.seed)
     idx = torch.randint(0, weight.shape[0], (cfg.tokens, cfg.heads * cfg.topk), generator=g)
     w = torch.rand(cfg.tokens, cfg.heads * cfg.topk, generator=g)
-    with torch.no_grad():
-        def run() -> None:
+
+    def run() -> None:
+        with torch.no_grad():
             F.embedding_bag(idx, weight, mode="sum", per_sample_weights=w)
-        for _ in range(cfg.warmup):
-            run()
-        return {"infer_ms": summarize([time_ms(run) for _ in range(cfg.repeats)])}
+
+    return {"infer_ms": run}
+
+
+def warm_up(subjects: dict[str, Ops], cfg: PkmBenchConfig) -> None:
+    for _ in range(cfg.warmup):
+        for ops in subjects.values():
+            for op in ops.values():
+                op()
+
+
+def timed_rounds(subjects: dict[str, Ops], cfg: PkmBenchConfig) -> dict[str, dict]:
+    """Side-by-side timings: each of `repeats` rounds runs every subject's inference, then
+    every subject's training step, in an order reversed every other round, so that drift in
+    the machine's speed reaches all subjects alike. Median / min / max / samples in ms."""
+    samples: dict[str, dict[str, list[float]]] = {
+        name: {op: [] for op in ops} for name, ops in subjects.items()}
+    names = list(subjects)
+    for r in range(cfg.repeats):
+        order = names if r % 2 == 0 else names[::-1]
+        for op in ("infer_ms", "train_ms"):
+            for name in order:
+                if op in subjects[name]:
+                    samples[name][op].append(time_ms(subjects[name][op]))
+    return {name: {op: summarize(values) for op, values in ops.items()}
+            for name, ops in samples.items()}
+
+
+def peak_train_rss(ops: Ops) -> dict:
+    """Peak RSS (MiB) of one training step, with free heap handed back first: VmHWM after
+    resetting it (exact per subject when only this subject is alive)."""
+    release_free_memory()
+    exact = _reset_peak()
+    ops["train_ms"]()
+    return {"peak_rss_train_mb": round(_vm_hwm_mb(), 1), "peak_is_per_subject": exact}
 
 
 def _free() -> None:
@@ -213,34 +248,19 @@ def _run(cfg: PkmBenchConfig, progress: bool) -> dict:
     peer_ok = cfg.peer and peer_available()
     ffn, ffn_opt = build_ffn(cfg)
     _log(progress, "bench pkm: dense FFN")
-    ffn_result = time_subject(ffn, ffn_opt, x, cfg)
-    del ffn, ffn_opt
+    ffn_ops = {"ffn": subject_ops(ffn, ffn_opt, x)}
+    warm_up(ffn_ops, cfg)
+    ffn_result = {**timed_rounds(ffn_ops, cfg)["ffn"], **peak_train_rss(ffn_ops["ffn"])}
+    del ffn, ffn_opt, ffn_ops
     _free()
     sizes = []
     for n in cfg.n_keys:
         row: dict = {"n_keys": n, "slots": n * n}
-        _log(progress, f"bench pkm: {n * n:,} slots: ours")
         try:
-            table_bytes = n * n * cfg.d_model * 4
-            if not _fits(4 * table_bytes, row, "ours"):  # table, m, v + row buffers/grad
-                sizes.append({**row, "ratios": _ratios(row)})
-                continue
-            module, opt = build_ours(cfg, n)
-            row["ours"] = time_subject(module, opt, x, cfg)
-            row["gather_floor"] = time_gather(module.table.weight.detach(), cfg)
-            del module, opt
-            _free()
-            # values, dense grad, exp_avg, exp_avg_sq + AdamW's foreach temporaries (~2 more
-            # table-sized tensors: a 4M-slot peer step was OOM-killed at 23 GiB RSS here)
-            if peer_ok and _fits(6 * table_bytes, row, "peer"):
-                _log(progress, f"bench pkm: {n * n:,} slots: product-key-memory")
-                module, opt = build_peer(cfg, n)
-                row["peer"] = time_subject(module, opt, x, cfg)
-                del module, opt
-                _free()
+            _measure_size(cfg, n, x, row, peer_ok, progress)
         except (MemoryError, RuntimeError) as exc:  # out of memory at the largest sizes
             row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-            _free()
+        _free()
         row["ratios"] = _ratios(row)
         sizes.append(row)
     headline = next((r for r in sizes if r["n_keys"] == TARGET_SIZE and "error" not in r),
@@ -260,6 +280,45 @@ def _run(cfg: PkmBenchConfig, progress: bool) -> dict:
         "peer_measured": peer_ok,
         "wall_s": round(time.perf_counter() - started, 2),
     }
+
+
+def _measure_size(cfg: PkmBenchConfig, n: int, x: torch.Tensor, row: dict, peer_ok: bool,
+                  progress: bool) -> None:
+    """One table size: ours, the gather floor and the peer timed side by side (interleaved
+    rounds) when both fit in memory at once, else one after the other; each subject's peak
+    RSS measured while it is the only subject alive."""
+    table_bytes = n * n * cfg.d_model * 4
+    if not _fits(4 * table_bytes, row, "ours"):  # table, m, v + row buffers/grad
+        return
+    _log(progress, f"bench pkm: {n * n:,} slots: ours")
+    module, opt = build_ours(cfg, n)
+    subjects = {"ours": subject_ops(module, opt, x),
+                "gather_floor": gather_ops(module.table.weight.detach(), cfg)}
+    warm_up(subjects, cfg)
+    peaks = {"ours": peak_train_rss(subjects["ours"])}
+    # values, dense grad, exp_avg, exp_avg_sq + AdamW's foreach temporaries (~2 more
+    # table-sized tensors: a 4M-slot peer step was OOM-killed at 23 GiB RSS here)
+    peer_bytes = 6 * table_bytes
+    together = peer_ok and _fits(peer_bytes, {}, "peer")
+    if together:
+        _log(progress, f"bench pkm: {n * n:,} slots: product-key-memory, interleaved with ours")
+        peer, peer_opt = build_peer(cfg, n)
+        subjects["peer"] = subject_ops(peer, peer_opt, x)
+        warm_up({"peer": subjects["peer"]}, cfg)
+    row.update(timed_rounds(subjects, cfg))
+    row["interleaved"] = together
+    del module, opt, subjects["ours"], subjects["gather_floor"]
+    _free()
+    if not together and peer_ok and _fits(peer_bytes, row, "peer"):
+        _log(progress, f"bench pkm: {n * n:,} slots: product-key-memory")
+        peer, peer_opt = build_peer(cfg, n)
+        subjects["peer"] = subject_ops(peer, peer_opt, x)
+        warm_up(subjects, cfg)
+        row.update(timed_rounds(subjects, cfg))
+    if "peer" in subjects:
+        peaks["peer"] = peak_train_rss(subjects["peer"])
+    for who, peak in peaks.items():
+        row[who].update(peak)
 
 
 def _median(row: dict, who: str, mode: str) -> float | None:
@@ -308,8 +367,10 @@ def render_markdown(result: dict, command: str) -> str:
         "mean(out^2) + optimizer step + `zero_grad`. Input (1, "
         f"{cfg['tokens']}, {cfg['d_model']}); heads={cfg['heads']}, topk={cfg['topk']}, key "
         f"width {cfg['key_dim']}, fp32. Times are wall-clock ms, median / min over "
-        f"{cfg['repeats']} repetitions after {cfg['warmup']} warmup. Peak RSS: VmHWM of the "
-        "process during the subject's training steps (reset before them; one subject alive).",
+        f"{cfg['repeats']} interleaved rounds after {cfg['warmup']} warmup (subjects alternate "
+        "within each round; at sizes where ours and the peer do not fit together they run one "
+        "after the other). Peak RSS: VmHWM of one training step with only that subject "
+        "alive.",
         "", "Command:", "", "```", command, "```", "",
         "Environment: " + ", ".join([
             f"torch {env['torch']}", f"Python {env['python']}", str(env["platform"]),
