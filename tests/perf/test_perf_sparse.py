@@ -290,3 +290,28 @@ def test_score_topk_subkey_gradient_fused_and_portable_match_autograd(monkeypatc
     assert subkey_grad.fused_available(q, keys) == fused
     torch.testing.assert_close(ka.grad, kb.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(qa.grad, qb.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_best_pairs_match_the_portable_candidate_topk(monkeypatch) -> None:
+    from extmem.memory import topk as topk_module
+    from extmem.memory.pair_topk import best_pairs
+
+    if not topk_module.fused_available():
+        pytest.skip("numba is not installed (the `fast` extra): the fused pair top-k is off")
+    g = torch.Generator().manual_seed(7)
+    k = 8
+    top1 = torch.randn(2, 300, k, generator=g).sort(-1, descending=True).values  # (H, M, k)
+    top2 = torch.randn(2, 300, k, generator=g).sort(-1, descending=True).values
+    grid = torch.arange(1, k + 1)
+    first, second = (grid[:, None] * grid[None, :] <= k).nonzero().unbind(1)  # (C,) each
+    first, second = first.contiguous(), second.contiguous()
+    monkeypatch.setattr(topk_module, "owns_all_cores", lambda: True)
+    fused = best_pairs(top1, top2, first, second, k)
+    monkeypatch.setattr(topk_module, "owns_all_cores", lambda: False)
+    portable = best_pairs(top1, top2, first, second, k)
+    assert fused[0].shape == (2, 300, k)
+    assert torch.equal(fused[0], portable[0]) and torch.equal(fused[1], portable[1])
+    scores = top1.gather(-1, fused[0]) + top2.gather(-1, fused[1])  # (H, M, k)
+    assert bool((scores[..., :-1] >= scores[..., 1:]).all())  # best first
+    every = (top1[..., :, None] + top2[..., None, :]).flatten(-2)  # all k*k pairs
+    torch.testing.assert_close(scores, every.topk(k, dim=-1).values)  # the exact best k

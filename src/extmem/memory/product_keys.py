@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from extmem.memory.config import ProductKeyConfig
+from extmem.memory.pair_topk import best_pairs
 from extmem.memory.score_topk import score_topk
 
 
@@ -100,10 +101,10 @@ class ProductKeyLookup(nn.Module):
         top, idx = score_topk(qs, keys, k)  # (2H, M, k) x 2, sparse backward
         top, idx = top.unflatten(0, (heads, 2)), idx.unflatten(0, (heads, 2))  # (H, 2, M, k)
         first, second = self._candidate_pairs(k, q.device)  # (C,) each
-        cand = top[:, 0].index_select(-1, first) + top[:, 1].index_select(-1, second)  # (H, M, C)
-        best, pos = cand.topk(k, dim=-1)  # (H, M, k)
-        rows = idx[:, 0].gather(-1, first[pos])  # (H, M, k)
-        cols = idx[:, 1].gather(-1, second[pos])  # (H, M, k)
+        pos1, pos2 = best_pairs(top[:, 0], top[:, 1], first, second, k)  # (H, M, k) each
+        best = top[:, 0].gather(-1, pos1) + top[:, 1].gather(-1, pos2)  # (H, M, k), autograd
+        rows = idx[:, 0].gather(-1, pos1)  # (H, M, k)
+        cols = idx[:, 1].gather(-1, pos2)  # (H, M, k)
         slots = rows * n + cols
         return (best.transpose(0, 1).reshape(*lead, heads, k),
                 slots.transpose(0, 1).reshape(*lead, heads, k))
