@@ -315,3 +315,21 @@ def test_fused_best_pairs_match_the_portable_candidate_topk(monkeypatch) -> None
     assert bool((scores[..., :-1] >= scores[..., 1:]).all())  # best first
     every = (top1[..., :, None] + top2[..., None, :]).flatten(-2)  # all k*k pairs
     torch.testing.assert_close(scores, every.topk(k, dim=-1).values)  # the exact best k
+
+
+@pytest.mark.parametrize("kind", ["ascending", "descending", "ties", "constant"])
+def test_fused_topk_floor_prepass_keeps_every_winner(monkeypatch, kind: str) -> None:
+    from extmem.memory import topk as topk_module
+
+    if not topk_module.fused_available():
+        pytest.skip("numba is not installed (the `fast` extra): the fused top-k is off")
+    monkeypatch.setattr(topk_module, "owns_all_cores", lambda: True)
+    g = torch.Generator().manual_seed(11)
+    x = {"ascending": torch.arange(300 * 64.0).view(300, 64),
+         "descending": -torch.arange(300 * 64.0).view(300, 64),
+         "ties": torch.randint(0, 4, (300, 64), generator=g).float(),
+         "constant": torch.ones(300, 64)}[kind]
+    values, idx = topk_module.topk(x, 9)
+    assert torch.equal(values, x.topk(9, dim=-1).values)  # the same best values, best first
+    assert torch.equal(x.gather(-1, idx), values)
+    assert bool((idx.sort(-1).values.diff(dim=-1) > 0).all())  # distinct positions
