@@ -333,3 +333,25 @@ def test_fused_topk_floor_prepass_keeps_every_winner(monkeypatch, kind: str) -> 
     assert torch.equal(values, x.topk(9, dim=-1).values)  # the same best values, best first
     assert torch.equal(x.gather(-1, idx), values)
     assert bool((idx.sort(-1).values.diff(dim=-1) > 0).all())  # distinct positions
+
+
+def test_fused_usage_record_matches_the_index_ops(monkeypatch) -> None:
+    from extmem.memory import stats
+    from extmem.memory import topk as topk_module
+
+    if not topk_module.fused_available():
+        pytest.skip("numba is not installed (the `fast` extra): the fused usage record is off")
+    monkeypatch.setattr(stats, "FUSED_MIN_READS", 1)
+    g = torch.Generator().manual_seed(13)
+    counters = {fused: stats.UsageCounters(50) for fused in (True, False)}
+    for step in range(3):
+        indices = torch.randint(0, 30, (2, 5, 2, 3), generator=g)  # (B, T, H, k), slots 30+ unread
+        weights = torch.rand(2, 5, 2, 3, generator=g, requires_grad=True)
+        for fused, counter in counters.items():
+            monkeypatch.setattr(topk_module, "owns_all_cores", lambda fused=fused: fused)
+            counter.step.fill_(step)
+            counter.record(indices, weights)
+    fused, plain = counters[True], counters[False]
+    assert torch.equal(fused.counts, plain.counts) and torch.equal(fused.last_step, plain.last_step)
+    torch.testing.assert_close(fused.weight, plain.weight)
+    assert int(fused.counts.sum()) == 3 * 60 and bool((fused.last_step[30:] == -1).all())

@@ -58,8 +58,7 @@ def best_pairs(top1: torch.Tensor, top2: torch.Tensor, first: torch.Tensor,
     """Positions (i, j) of the k best pairs top1[i] + top2[j] among the candidates
     (first[c], second[c]), best first: top1, top2 (..., k), first, second (C,) -> (..., k) x 2."""
     rows = top1.numel() // max(top1.shape[-1], 1)
-    if (topk.fused_available() and top1.device.type == "cpu" and top1.dtype == torch.float32
-            and rows >= topk.MIN_ROWS and topk.owns_all_cores() and first.numel() >= k):
+    if rows >= topk.MIN_ROWS and first.numel() >= k and topk.fused_cpu(top1, top2):
         flat1 = top1.detach().reshape(rows, -1).contiguous()  # (R, k)
         flat2 = top2.detach().reshape(rows, -1).contiguous()  # (R, k)
         out_i = torch.empty(rows, k, dtype=torch.int64)

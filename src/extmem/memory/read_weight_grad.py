@@ -39,9 +39,7 @@ def _kernel():
 
 
 def fused_available(table: torch.Tensor) -> bool:
-    return (topk.fused_available() and table.device.type == "cpu"
-            and table.dtype == torch.float32 and table.is_contiguous() and table.dim() == 2
-            and topk.owns_all_cores())
+    return table.is_contiguous() and table.dim() == 2 and topk.fused_cpu(table)
 
 
 def read_weight_grad(table: torch.Tensor, bags: torch.Tensor, grad_out: torch.Tensor,

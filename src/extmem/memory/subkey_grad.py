@@ -41,8 +41,7 @@ def _kernel():
 
 
 def fused_available(q: torch.Tensor, keys: torch.Tensor) -> bool:
-    return (topk.fused_available() and keys.device.type == "cpu" and q.device.type == "cpu"
-            and keys.dtype == torch.float32 and topk.owns_all_cores())
+    return topk.fused_cpu(q, keys)
 
 
 def subkey_grad(q: torch.Tensor, indices: torch.Tensor, grad_values: torch.Tensor,

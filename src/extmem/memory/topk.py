@@ -76,6 +76,13 @@ def fused_available() -> bool:
     return _numba is not None
 
 
+def fused_cpu(*tensors: torch.Tensor) -> bool:
+    """The rule of every numba kernel in extmem: numba installed, torch owning every core, and
+    all `tensors` float32 on the CPU."""
+    return (_numba is not None and all(t.device.type == "cpu" and t.dtype == torch.float32
+                                       for t in tensors) and owns_all_cores())
+
+
 def numba_module():
     """The numba module when the `fast` extra is installed, else None (shared by every kernel)."""
     return _numba
@@ -84,8 +91,7 @@ def numba_module():
 def topk(x: torch.Tensor, k: int, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of the k largest along the last dim, sorted descending, like torch.topk."""
     rows = x.numel() // max(x.shape[-1], 1)
-    if (not fused or _numba is None or x.device.type != "cpu" or x.dtype != torch.float32
-            or rows < MIN_ROWS or k > x.shape[-1] or not owns_all_cores()):
+    if not fused or rows < MIN_ROWS or k > x.shape[-1] or not fused_cpu(x):
         return x.topk(k, dim=-1)
     flat = x.detach().reshape(-1, x.shape[-1]).contiguous()  # (R, n)
     idx = torch.zeros(flat.shape[0], k, dtype=torch.int64)  # in range whatever the input

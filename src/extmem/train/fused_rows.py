@@ -23,9 +23,7 @@ _KERNEL = None
 
 
 def available(param: torch.Tensor) -> bool:
-    return (topk.fused_available() and param.device.type == "cpu"
-            and param.dtype == torch.float32 and param.is_contiguous() and param.dim() == 2
-            and topk.owns_all_cores())
+    return param.is_contiguous() and param.dim() == 2 and topk.fused_cpu(param)
 
 
 def _kernel():
