@@ -56,7 +56,7 @@ class PkmBenchConfig:
     n_keys: list[int] = field(default_factory=lambda: [128, 512, 1024, 2048])  # 16K..4M slots
     optimizer: str = "lazy_adam"  # ours: table optimizer (adamw = dense table gradient)
     peer: bool = True       # time product-key-memory (skipped with a note if not installed)
-    repeats: int = 5
+    repeats: int = 7
     warmup: int = 2
     threads: int = 0        # torch intra-op threads; 0 keeps torch's default
     seed: int = 0
@@ -304,7 +304,7 @@ def _measure_size(cfg: PkmBenchConfig, n: int, x: torch.Tensor, row: dict, peer_
         _log(progress, f"bench pkm: {n * n:,} slots: product-key-memory, interleaved with ours")
         peer, peer_opt = build_peer(cfg, n)
         subjects["peer"] = subject_ops(peer, peer_opt, x)
-        warm_up({"peer": subjects["peer"]}, cfg)
+    warm_up(subjects, cfg)  # all again: the peak measurement handed free heap back
     row.update(timed_rounds(subjects, cfg))
     row["interleaved"] = together
     del module, opt, subjects["ours"], subjects["gather_floor"]
