@@ -13,7 +13,8 @@ Issue 7's setting (REFERENCE.md section 8): CPU, one sequence of `tokens` hidden
 and once, the dense GELU FFN d -> 4d -> d (inference and training step, AdamW).
 Subjects are timed side by side: after warmup, each of `repeats` rounds runs every subject's
 inference and then every subject's training step, in an order reversed every other round, so
-that drift in the machine's speed reaches all of them alike. Where ours and the peer do not
+that drift in the machine's speed reaches all of them alike; each timed call follows an untimed
+call of the same operation, so no subject is timed right after another's. Where ours and the peer do not
 fit in memory together (4M slots), they are timed one after the other. Each subject's peak RSS
 is that of one training step taken while it is the only subject alive: VmHWM after handing
 free heap back and resetting it (/proc/self/clear_refs). Ratios: `infer_speedup_vs_peer` =
@@ -180,7 +181,9 @@ def warm_up(subjects: dict[str, Ops], cfg: PkmBenchConfig) -> None:
 def timed_rounds(subjects: dict[str, Ops], cfg: PkmBenchConfig) -> dict[str, dict]:
     """Side-by-side timings: each of `repeats` rounds runs every subject's inference, then
     every subject's training step, in an order reversed every other round, so that drift in
-    the machine's speed reaches all subjects alike. Median / min / max / samples in ms."""
+    the machine's speed reaches all subjects alike. Each timed call follows one untimed call
+    of the same operation: a 1M-slot peer step leaves caches, TLB and heap in a state that made
+    the next subject's call up to 2x slower here. Median / min / max / samples in ms."""
     samples: dict[str, dict[str, list[float]]] = {
         name: {op: [] for op in ops} for name, ops in subjects.items()}
     names = list(subjects)
@@ -189,6 +192,7 @@ def timed_rounds(subjects: dict[str, Ops], cfg: PkmBenchConfig) -> dict[str, dic
         for op in ("infer_ms", "train_ms"):
             for name in order:
                 if op in subjects[name]:
+                    subjects[name][op]()  # settle: not timed in the state the last subject left
                     samples[name][op].append(time_ms(subjects[name][op]))
     return {name: {op: summarize(values) for op, values in ops.items()}
             for name, ops in samples.items()}
@@ -368,9 +372,9 @@ def render_markdown(result: dict, command: str) -> str:
         f"{cfg['tokens']}, {cfg['d_model']}); heads={cfg['heads']}, topk={cfg['topk']}, key "
         f"width {cfg['key_dim']}, fp32. Times are wall-clock ms, median / min over "
         f"{cfg['repeats']} interleaved rounds after {cfg['warmup']} warmup (subjects alternate "
-        "within each round; at sizes where ours and the peer do not fit together they run one "
-        "after the other). Peak RSS: VmHWM of one training step with only that subject "
-        "alive.",
+        "within each round, each timed call after an untimed call of the same operation; at "
+        "sizes where ours and the peer do not fit together they run one after the other). "
+        "Peak RSS: VmHWM of one training step with only that subject alive.",
         "", "Command:", "", "```", command, "```", "",
         "Environment: " + ", ".join([
             f"torch {env['torch']}", f"Python {env['python']}", str(env["platform"]),
