@@ -144,14 +144,14 @@ def test_config_validation_names_the_field(field: str, value: object, words: str
 
 
 def test_timed_rounds_interleave_subjects_and_reverse_the_order() -> None:
-    from extmem.bench.pkm import timed_rounds
+    from extmem.bench.timing import timed_rounds
 
     calls: list[str] = []
     subjects = {name: {op: (lambda name=name, op=op: calls.append(f"{name}.{op[:5]}"))
                        for op in ops}
                 for name, ops in {"a": ("infer_ms", "train_ms"), "b": ("infer_ms", "train_ms"),
                                   "floor": ("infer_ms",)}.items()}
-    timings = timed_rounds(subjects, PkmBenchConfig(**{**TINY, "repeats": 2}))
+    timings = timed_rounds(subjects, repeats=2)
     timed_order = ["a.infer", "b.infer", "floor.infer", "a.train", "b.train",
                    "floor.infer", "b.infer", "a.infer", "b.train", "a.train"]
     assert calls == [c for c in timed_order for _ in range(2)]  # each after an untimed call

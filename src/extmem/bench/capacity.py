@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from extmem.bench.markdown import update_section
-from extmem.bench.timing import environment, summarize, time_ms
+from extmem.bench.timing import environment, log_progress, summarize, time_ms
 from extmem.errors import ConfigError
 from extmem.memory import (
     LshLookupConfig,
@@ -110,9 +110,7 @@ def run_capacity_bench(cfg: CapacityBenchConfig, progress: bool = True) -> dict:
             skipped.append({"rows": rows, "reason": f"needs ~{need / 2**30:.1f} GiB, "
                             f"{avail / 2**30:.1f} GiB available"})
             break
-        if progress:
-            import sys
-            print(f"bench capacity: 2^{exp} rows", file=sys.stderr, flush=True)
+        log_progress(progress, f"bench capacity: 2^{exp} rows")
         torch.manual_seed(cfg.seed)
         table = ValueTable(rows, cfg.d_model)
         entry: dict = {"rows": rows, "log2_rows": exp, "latency_ms": {}}

@@ -8,7 +8,8 @@ layers, 4 heads, SwiGLU, vocabulary 512, batch 32 x 64 tokens):
 - pkm_1m_sparse: the same memory with 1024^2 = 1,048,576 slots, row-sparse table + lazy Adam;
 - pkm_1m_dense: the 1M-slot memory trained densely (AdamW over the whole table), for reference.
 Each step = forward, next-token cross-entropy, backward, clipping (train.grad_clip), optimizer
-step, zero_grad on random token batches; rounds interleave the models.
+step, zero_grad on random token batches; rounds interleave the models (`timed_rounds`: order
+reversed every other round, each timed step after an untimed step of the same model).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from extmem.bench.markdown import update_section
-from extmem.bench.timing import environment, summarize, time_ms
+from extmem.bench.timing import environment, log_progress, timed_rounds, warm_up
 from extmem.errors import ConfigError
 from extmem.memory import MemoryConfig, ProductKeyConfig
 from extmem.model.config import ModelConfig
@@ -94,7 +95,6 @@ class _Subject:
         g = torch.Generator().manual_seed(cfg.seed)
         self.ids = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.seq_len + 1), generator=g)
         self.params = sum(p.numel() for p in self.model.parameters())
-        self.samples: list[float] = []
 
     def step(self) -> None:
         self.model.train()
@@ -110,19 +110,15 @@ def run_model_bench(cfg: ModelBenchConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
     env = environment()
     subjects = [_Subject(name, cfg) for name in cfg.models]
-    for r in range(cfg.warmup + cfg.repeats):
-        if progress:
-            import sys
-            print(f"bench model: round {r + 1}/{cfg.warmup + cfg.repeats}", file=sys.stderr,
-                  flush=True)
-        for s in subjects if r % 2 == 0 else subjects[::-1]:
-            ms = time_ms(s.step)
-            if r >= cfg.warmup:
-                s.samples.append(ms)
+    log_progress(progress, f"bench model: {len(subjects)} models, {cfg.warmup} warmup + {cfg.repeats} "
+                   "interleaved rounds")
+    ops = {s.name: {"step_ms": s.step} for s in subjects}
+    warm_up(ops, cfg.warmup)
+    timings = timed_rounds(ops, cfg.repeats)
     tokens = cfg.batch_size * cfg.seq_len
     models = {}
     for s in subjects:
-        summary = summarize(s.samples)
+        summary = timings[s.name]["step_ms"]
         models[s.name] = {"params": s.params, "step_ms": summary,
                           "tokens_per_s": round(tokens / (summary["median"] / 1000), 1)}
     ratios = {}
@@ -143,7 +139,8 @@ def render_markdown(result: dict, command: str) -> str:
         "Whole-model training throughput (forward, cross-entropy, backward, clipping, optimizer "
         f"step) of the quickstart core (d={cfg['d_model']}, {cfg['n_layers']} layers, SwiGLU, "
         f"vocabulary {cfg['vocab_size']}, batch {cfg['batch_size']} x {cfg['seq_len']} tokens), "
-        f"median over {cfg['repeats']} interleaved rounds after {cfg['warmup']} warmup. "
+        f"median over {cfg['repeats']} interleaved rounds after {cfg['warmup']} warmup (each timed "
+        "step after an untimed step of the same model). "
         "pkm_1m_*: the quickstart memory (layer 2, heads=4, topk=8, key width 64) with "
         f"{cfg['big_n_keys'] ** 2:,} slots; _sparse = row-sparse table + lazy Adam, _dense = "
         "AdamW over the whole table.", "",

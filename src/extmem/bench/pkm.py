@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,7 +35,15 @@ from torch import nn
 
 from extmem.allocator import release_free_memory
 from extmem.bench.markdown import update_section
-from extmem.bench.timing import environment, peak_rss_mb, summarize, time_ms, torch_threads
+from extmem.bench.timing import (
+    Ops,
+    environment,
+    log_progress,
+    peak_rss_mb,
+    timed_rounds,
+    torch_threads,
+    warm_up,
+)
 from extmem.errors import ConfigError
 from extmem.memory import Memory, MemoryConfig, ProductKeyConfig
 from extmem.model.config import ModelConfig
@@ -138,9 +145,6 @@ def _vm_hwm_mb() -> float:
     return peak_rss_mb()
 
 
-Ops = dict[str, Callable[[], None]]  # "infer_ms" / "train_ms" -> one call of that operation
-
-
 def subject_ops(module: nn.Module, optimizer: object, x: torch.Tensor) -> Ops:
     """Inference (eval, no_grad) and one training step (forward, backward of mean(out^2),
     optimizer step, zero_grad) of a module."""
@@ -169,33 +173,6 @@ def gather_ops(weight: torch.Tensor, cfg: PkmBenchConfig) -> Ops:
             F.embedding_bag(idx, weight, mode="sum", per_sample_weights=w)
 
     return {"infer_ms": run}
-
-
-def warm_up(subjects: dict[str, Ops], cfg: PkmBenchConfig) -> None:
-    for _ in range(cfg.warmup):
-        for ops in subjects.values():
-            for op in ops.values():
-                op()
-
-
-def timed_rounds(subjects: dict[str, Ops], cfg: PkmBenchConfig) -> dict[str, dict]:
-    """Side-by-side timings: each of `repeats` rounds runs every subject's inference, then
-    every subject's training step, in an order reversed every other round, so that drift in
-    the machine's speed reaches all subjects alike. Each timed call follows one untimed call
-    of the same operation: a 1M-slot peer step leaves caches, TLB and heap in a state that made
-    the next subject's call up to 2x slower here. Median / min / max / samples in ms."""
-    samples: dict[str, dict[str, list[float]]] = {
-        name: {op: [] for op in ops} for name, ops in subjects.items()}
-    names = list(subjects)
-    for r in range(cfg.repeats):
-        order = names if r % 2 == 0 else names[::-1]
-        for op in ("infer_ms", "train_ms"):
-            for name in order:
-                if op in subjects[name]:
-                    subjects[name][op]()  # settle: not timed in the state the last subject left
-                    samples[name][op].append(time_ms(subjects[name][op]))
-    return {name: {op: summarize(values) for op, values in ops.items()}
-            for name, ops in samples.items()}
 
 
 def peak_train_rss(ops: Ops) -> dict:
@@ -238,12 +215,6 @@ def run_pkm_bench(cfg: PkmBenchConfig, progress: bool = True) -> dict:
         return _run(cfg, progress)
 
 
-def _log(progress: bool, message: str) -> None:
-    if progress:
-        import sys
-        print(message, file=sys.stderr, flush=True)
-
-
 def _run(cfg: PkmBenchConfig, progress: bool) -> dict:
     started = time.perf_counter()
     env = environment()
@@ -251,10 +222,10 @@ def _run(cfg: PkmBenchConfig, progress: bool) -> dict:
     x = torch.randn(1, cfg.tokens, cfg.d_model)  # (B=1, T=tokens, d)
     peer_ok = cfg.peer and peer_available()
     ffn, ffn_opt = build_ffn(cfg)
-    _log(progress, "bench pkm: dense FFN")
+    log_progress(progress, "bench pkm: dense FFN")
     ffn_ops = {"ffn": subject_ops(ffn, ffn_opt, x)}
-    warm_up(ffn_ops, cfg)
-    ffn_result = {**timed_rounds(ffn_ops, cfg)["ffn"], **peak_train_rss(ffn_ops["ffn"])}
+    warm_up(ffn_ops, cfg.warmup)
+    ffn_result = {**timed_rounds(ffn_ops, cfg.repeats)["ffn"], **peak_train_rss(ffn_ops["ffn"])}
     del ffn, ffn_opt, ffn_ops
     _free()
     sizes = []
@@ -294,31 +265,31 @@ def _measure_size(cfg: PkmBenchConfig, n: int, x: torch.Tensor, row: dict, peer_
     table_bytes = n * n * cfg.d_model * 4
     if not _fits(4 * table_bytes, row, "ours"):  # table, m, v + row buffers/grad
         return
-    _log(progress, f"bench pkm: {n * n:,} slots: ours")
+    log_progress(progress, f"bench pkm: {n * n:,} slots: ours")
     module, opt = build_ours(cfg, n)
     subjects = {"ours": subject_ops(module, opt, x),
                 "gather_floor": gather_ops(module.table.weight.detach(), cfg)}
-    warm_up(subjects, cfg)
+    warm_up(subjects, cfg.warmup)
     peaks = {"ours": peak_train_rss(subjects["ours"])}
     # values, dense grad, exp_avg, exp_avg_sq + AdamW's foreach temporaries (~2 more
     # table-sized tensors: a 4M-slot peer step was OOM-killed at 23 GiB RSS here)
     peer_bytes = 6 * table_bytes
     together = peer_ok and _fits(peer_bytes, {}, "peer")
     if together:
-        _log(progress, f"bench pkm: {n * n:,} slots: product-key-memory, interleaved with ours")
+        log_progress(progress, f"bench pkm: {n * n:,} slots: product-key-memory, interleaved with ours")
         peer, peer_opt = build_peer(cfg, n)
         subjects["peer"] = subject_ops(peer, peer_opt, x)
-    warm_up(subjects, cfg)  # all again: the peak measurement handed free heap back
-    row.update(timed_rounds(subjects, cfg))
+    warm_up(subjects, cfg.warmup)  # all again: the peak measurement handed free heap back
+    row.update(timed_rounds(subjects, cfg.repeats))
     row["interleaved"] = together
     del module, opt, subjects["ours"], subjects["gather_floor"]
     _free()
     if not together and peer_ok and _fits(peer_bytes, row, "peer"):
-        _log(progress, f"bench pkm: {n * n:,} slots: product-key-memory")
+        log_progress(progress, f"bench pkm: {n * n:,} slots: product-key-memory")
         peer, peer_opt = build_peer(cfg, n)
         subjects["peer"] = subject_ops(peer, peer_opt, x)
-        warm_up(subjects, cfg)
-        row.update(timed_rounds(subjects, cfg))
+        warm_up(subjects, cfg.warmup)
+        row.update(timed_rounds(subjects, cfg.repeats))
     if "peer" in subjects:
         peaks["peer"] = peak_train_rss(subjects["peer"])
     for who, peak in peaks.items():

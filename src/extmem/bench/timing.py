@@ -1,8 +1,9 @@
 """Small helpers shared by the benchmarks: wall-clock timing, summaries, environment, RSS.
 
 Timings are wall-clock (`time.perf_counter`) on the CPU. Benchmarks interleave the models they
-compare so that machine noise (other processes, frequency scaling) hits every model alike, and
-report the median (typical) and the minimum (least disturbed) over repetitions.
+compare (`timed_rounds`) so that machine noise (other processes, frequency scaling) hits every
+model alike, and report the median (typical) and the minimum (least disturbed) over
+repetitions.
 """
 
 from __future__ import annotations
@@ -33,6 +34,46 @@ def summarize(samples_ms: list[float]) -> dict[str, object]:
         raise ValueError("summarize: no samples")
     return {"median": statistics.median(samples_ms), "min": min(samples_ms),
             "max": max(samples_ms), "samples": list(samples_ms)}
+
+
+def log_progress(progress: bool, message: str) -> None:
+    """One progress line on stderr (stdout stays clean for --json)."""
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+Ops = dict[str, Callable[[], object]]  # operation name ("infer_ms", "step_ms") -> one call of it
+
+
+def warm_up(subjects: dict[str, Ops], rounds: int) -> None:
+    """Call every operation of every subject `rounds` times, untimed."""
+    for _ in range(rounds):
+        for ops in subjects.values():
+            for op in ops.values():
+                op()
+
+
+def timed_rounds(subjects: dict[str, Ops], repeats: int) -> dict[str, dict]:
+    """Side-by-side timings of several subjects' operations, in one run.
+
+    Each of `repeats` rounds runs every subject's first operation, then every subject's next
+    one, ..., in a subject order reversed every other round, so that drift in the machine's
+    speed reaches all subjects alike. Each timed call follows one untimed call of the same
+    operation: a 1M-slot dense-Adam step leaves caches, TLB and heap in a state that made the
+    next subject's call up to 2x slower here. Returns subject -> operation -> `summarize`."""
+    samples: dict[str, dict[str, list[float]]] = {
+        name: {op: [] for op in ops} for name, ops in subjects.items()}
+    names = list(subjects)
+    operations = list(dict.fromkeys(op for ops in subjects.values() for op in ops))
+    for r in range(repeats):
+        order = names if r % 2 == 0 else names[::-1]
+        for op in operations:
+            for name in order:
+                if op in subjects[name]:
+                    subjects[name][op]()  # settle: not timed in the state the last subject left
+                    samples[name][op].append(time_ms(subjects[name][op]))
+    return {name: {op: summarize(values) for op, values in ops.items()}
+            for name, ops in samples.items()}
 
 
 def peak_rss_mb() -> float:
