@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from extmem.allocator import release_free_memory
 from extmem.bench.markdown import update_section
 from extmem.bench.timing import environment, log_progress, summarize, time_ms
 from extmem.errors import ConfigError
@@ -125,10 +126,11 @@ def run_capacity_bench(cfg: CapacityBenchConfig, progress: bool = True) -> dict:
                 for _ in range(cfg.warmup):
                     run()
                 entry["latency_ms"][name] = summarize([time_ms(run) for _ in range(cfg.repeats)])
-            del memory
+            del memory, run  # the closure holds the memory, which holds the table
         rows_out.append(entry)
         del table
         gc.collect()
+        release_free_memory()  # the next size's fit check reads MemAvailable
     growth = {}
     for name in cfg.lookups:
         series = [(r["rows"], r["latency_ms"][name]["median"]) for r in rows_out
