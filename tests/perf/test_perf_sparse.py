@@ -178,6 +178,18 @@ def test_clip_grad_norm_with_sparse_matches_dense_clipping() -> None:
     assert torch.allclose(table.grad.to_dense(), pb.grad, atol=1e-6)
 
 
+def test_clip_grad_norm_below_the_limit_leaves_gradients_unchanged() -> None:
+    dense = torch.nn.Parameter(torch.zeros(3, 4))
+    table = torch.nn.Parameter(torch.zeros(6, 2))
+    dense.grad = torch.full((3, 4), 0.01)
+    table.grad = torch.sparse_coo_tensor(torch.tensor([[1, 4]]), torch.full((2, 2), 0.01),
+                                         (6, 2)).coalesce()
+    before = dense.grad.clone(), table.grad.to_dense().clone()
+    total = clip_grad_norm([dense, table], 1.0)
+    assert float(total) == pytest.approx((16 * 0.01**2) ** 0.5, rel=1e-5)
+    assert torch.equal(dense.grad, before[0]) and torch.equal(table.grad.to_dense(), before[1])
+
+
 def _sparse_model() -> Memory:
     pk = ProductKeyConfig(n_keys=4, heads=1, topk=2, key_dim=4)
     return Memory(MemoryConfig(product_keys=pk, sparse_updates=True), 8)

@@ -252,11 +252,9 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float,
         torch.distributed.all_reduce(shard_sq)
         total = (total.square() + shard_sq).sqrt()
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    if device.type == "cpu" and float(coef) >= 1.0:
+        return total  # nothing to clip (reading coef syncs nothing on the CPU): skip the pass
     for p in params:
-        if p.grad.is_sparse:
-            g = p.grad
-            p.grad = torch.sparse_coo_tensor(g.indices(), g.values() * coef.to(g.device, g.dtype), g.shape,
-                                             is_coalesced=True, check_invariants=False)
-        else:
-            p.grad.mul_(coef.to(p.grad.device, p.grad.dtype))
+        g = p.grad.values() if p.grad.is_sparse else p.grad  # coalesced: values() is an alias
+        g.mul_(coef.to(g.device, g.dtype))
     return total
