@@ -25,7 +25,11 @@ def test_capacity_bench_structure_growth_and_plot(tmp_path) -> None:
     json.dumps(result)
     assert [r["rows"] for r in result["sizes"]] == [256, 1024]
     assert set(result["sizes"][0]["latency_ms"]) == {"product_keys", "token", "ngram", "lsh",
-                                                      "router"}
+                                                      "router", "gather_floor"}
+    floor = [r["latency_ms"]["gather_floor"]["median"] for r in result["sizes"]]
+    assert all(ms > 0 for ms in floor)
+    assert result["growth"]["gather_floor"]["ratio"] == pytest.approx(floor[1] / floor[0],
+                                                                      rel=1e-2, abs=1e-3)
     assert "router" not in result["sizes"][1]["latency_ms"]  # O(N) lookup capped
     pk = [r["latency_ms"]["product_keys"]["median"] for r in result["sizes"]]
     assert result["latency_growth"] == pytest.approx(pk[1] / pk[0], rel=1e-2, abs=1e-3)  # rounded to 3 places

@@ -6,7 +6,10 @@ fits in memory), one value table of d-wide fp32 rows is built per size and share
 n-grams, LSH buckets, learned router); each memory's forward (eval, no_grad, add readout) over
 (1, tokens, d) hidden states is timed. `latency_growth` = latency at the largest size /
 latency at the smallest, per lookup; the headline is product keys. The router scores all N
-entries per token (O(N) by design), so it is timed only up to `router_max_rows`.
+entries per token (O(N) by design), so it is timed only up to `router_max_rows`. Each size also
+times the gather floor of the product-key read pattern: one `F.embedding_bag` of tokens x H*k
+random rows of the same table. Its own growth is what the memory hierarchy alone costs: a
+2^14-row table (16 MiB at d = 256) sits largely in cache, a 2^24-row one (16 GiB) does not.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from extmem.allocator import release_free_memory
 from extmem.bench.markdown import update_section
@@ -35,6 +39,7 @@ from extmem.memory import (
 )
 
 LOOKUPS = ("product_keys", "token", "ngram", "lsh", "router")
+FLOOR = "gather_floor"  # the product-key read pattern as one embedding bag, no lookup
 
 
 @dataclass
@@ -127,12 +132,13 @@ def run_capacity_bench(cfg: CapacityBenchConfig, progress: bool = True) -> dict:
                     run()
                 entry["latency_ms"][name] = summarize([time_ms(run) for _ in range(cfg.repeats)])
             del memory, run  # the closure holds the memory, which holds the table
+        entry["latency_ms"][FLOOR] = time_gather_floor(table.weight.detach(), cfg)
         rows_out.append(entry)
         del table
         gc.collect()
         release_free_memory()  # the next size's fit check reads MemAvailable
     growth = {}
-    for name in cfg.lookups:
+    for name in [*cfg.lookups, FLOOR]:
         series = [(r["rows"], r["latency_ms"][name]["median"]) for r in rows_out
                   if name in r["latency_ms"]]
         if len(series) >= 2:
@@ -148,17 +154,33 @@ def run_capacity_bench(cfg: CapacityBenchConfig, progress: bool = True) -> dict:
     return result
 
 
+def time_gather_floor(weight: torch.Tensor, cfg: CapacityBenchConfig) -> dict:
+    """`F.embedding_bag` of tokens x heads*topk random rows of `weight` with weights (ms)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    reads = cfg.heads * cfg.topk
+    idx = torch.randint(0, weight.shape[0], (cfg.tokens, reads), generator=g)  # (T, H*k)
+    w = torch.rand(cfg.tokens, reads, generator=g)  # (T, H*k)
+
+    def run() -> None:
+        with torch.no_grad():
+            F.embedding_bag(idx, weight, mode="sum", per_sample_weights=w)
+    for _ in range(cfg.warmup):
+        run()
+    return summarize([time_ms(run) for _ in range(cfg.repeats)])
+
+
 def plot_capacity(result: dict, path: Path) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name in result["config"]["lookups"]:
+    for name in [*result["config"]["lookups"], FLOOR]:
         pts = [(r["log2_rows"], r["latency_ms"][name]["median"]) for r in result["sizes"]
                if name in r["latency_ms"]]
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+            style = {"linestyle": "--", "color": "black"} if name == FLOOR else {}
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name.replace("_", " "), **style)
     ax.set_xlabel("table rows (log2)")
     ax.set_ylabel("inference latency, ms (median)")
     ax.set_yscale("log")
@@ -175,7 +197,7 @@ def plot_capacity(result: dict, path: Path) -> str:
 
 def render_markdown(result: dict, command: str) -> str:
     cfg, env = result["config"], result["environment"]
-    names = cfg["lookups"]
+    names = [*cfg["lookups"], FLOOR]
     lines = [
         "## capacity", "",
         f"Inference latency (ms, median over {cfg['repeats']}) of one memory forward (eval, "
@@ -183,7 +205,10 @@ def render_markdown(result: dict, command: str) -> str:
         "the fp32 value table grows. Product keys: heads="
         f"{cfg['heads']}, topk={cfg['topk']}, key width {cfg['key_dim']}, n = sqrt(rows) "
         "sub-keys per half. The router is O(rows) by design and is timed up to "
-        f"{cfg['router_max_rows']:,} rows.", "",
+        f"{cfg['router_max_rows']:,} rows. gather_floor: one `F.embedding_bag` of "
+        f"{cfg['tokens']} x {cfg['heads'] * cfg['topk']} random rows of the same table (the "
+        "product-key read pattern with no lookup): its growth is the memory hierarchy's alone.",
+        "",
         "Command:", "", "```", command, "```", "",
         f"Environment: torch {env['torch']}, {env['cpu_count']} CPUs, {env['torch_threads']} "
         f"torch threads, load average {env['load_average']} at start, "
