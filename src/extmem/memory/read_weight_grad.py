@@ -16,26 +16,22 @@ import torch
 
 from extmem.memory import topk
 
-_KERNEL = None
+
+def _build(numba):
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
+    def read_dots(table, bags, grad, out):
+        # table (N, d), bags (n, r) int64, grad (n, d) float32 -> out (n, r)
+        for b in numba.prange(bags.shape[0]):
+            for j in range(bags.shape[1]):
+                row = bags[b, j]
+                acc = np.float32(0.0)
+                for c in range(table.shape[1]):
+                    acc += table[row, c] * grad[b, c]
+                out[b, j] = acc
+    return read_dots
 
 
-def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        numba = topk.numba_module()
-
-        @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
-        def read_dots(table, bags, grad, out):
-            # table (N, d), bags (n, r) int64, grad (n, d) float32 -> out (n, r)
-            for b in numba.prange(bags.shape[0]):
-                for j in range(bags.shape[1]):
-                    row = bags[b, j]
-                    acc = np.float32(0.0)
-                    for c in range(table.shape[1]):
-                        acc += table[row, c] * grad[b, c]
-                    out[b, j] = acc
-        _KERNEL = read_dots
-    return _KERNEL
+_kernel = topk.jit_once(_build)
 
 
 def fused_available(table: torch.Tensor) -> bool:

@@ -19,25 +19,21 @@ import torch
 
 from extmem.memory import topk
 
-_KERNEL = None
+
+def _build(numba):
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
+    def accumulate(q, idx, g, out):
+        # q (B, M, half), idx (B, M, k) int64, g (B, M, k) -> out (B, n, half), zeroed
+        for b in numba.prange(idx.shape[0]):
+            for m in range(idx.shape[1]):
+                for j in range(idx.shape[2]):
+                    row, w = idx[b, m, j], g[b, m, j]
+                    for c in range(q.shape[2]):
+                        out[b, row, c] += w * q[b, m, c]
+    return accumulate
 
 
-def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        numba = topk.numba_module()
-
-        @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
-        def accumulate(q, idx, g, out):
-            # q (B, M, half), idx (B, M, k) int64, g (B, M, k) -> out (B, n, half), zeroed
-            for b in numba.prange(idx.shape[0]):
-                for m in range(idx.shape[1]):
-                    for j in range(idx.shape[2]):
-                        row, w = idx[b, m, j], g[b, m, j]
-                        for c in range(q.shape[2]):
-                            out[b, row, c] += w * q[b, m, c]
-        _KERNEL = accumulate
-    return _KERNEL
+_kernel = topk.jit_once(_build)
 
 
 def fused_available(q: torch.Tensor, keys: torch.Tensor) -> bool:

@@ -13,6 +13,8 @@ indices stay in range).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as _np
 import torch
 
@@ -21,48 +23,69 @@ try:  # optional: the `fast` extra
 except ImportError:  # pragma: no cover - depends on the environment
     _numba = None
 
-_KERNEL = None
 MIN_ROWS = 256  # below this, dispatch overhead beats the gain: use torch.topk
 
 
-def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        @_numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
-        def topk_rows(x, k, out_i, out_v):  # x (R, n) float32 -> (R, k) int64 / float32
-            rows, n = x.shape
-            block = n // k
-            for r in _numba.prange(rows):
-                # floor: the smallest of the maxima of k disjoint blocks. Those k maxima are
-                # >= floor, so the k-th largest value is too: values below it cannot win.
-                floor = _np.float32(_np.inf)
-                for b in range(k):
-                    best = _np.float32(-_np.inf)
-                    for j in range(b * block, (b + 1) * block):
-                        best = max(best, x[r, j])
-                    floor = min(floor, best)
-                vals = out_v[r]  # this row's best values, descending (no per-row malloc)
-                idxs = out_i[r]
-                cnt = 0
-                for j in range(n):
-                    v = x[r, j]
-                    if v < floor:
-                        continue
-                    if cnt < k:
-                        p = cnt
-                        cnt += 1
-                    elif v > vals[k - 1]:
-                        p = k - 1
-                    else:
-                        continue
-                    while p > 0 and vals[p - 1] < v:
-                        vals[p] = vals[p - 1]
-                        idxs[p] = idxs[p - 1]
-                        p -= 1
-                    vals[p] = v
-                    idxs[p] = j
-        _KERNEL = topk_rows
-    return _KERNEL
+def jit_once(build: Callable) -> Callable:
+    """A getter that builds a numba kernel with `build(numba)` on first use and returns the
+    same kernel afterwards (numba is optional, so kernels are compiled lazily)."""
+    kernel = None
+
+    def get():
+        nonlocal kernel
+        if kernel is None:
+            kernel = build(_numba)
+        return kernel
+    return get
+
+
+def _insert_sorted(vals, idxs, cnt, k, v, j):
+    """vals[:cnt] (descending) and idxs: the best <= k values so far. Adds v (index j) if it
+    belongs there, shifting smaller ones down; returns the new count. Shared by the top-k
+    kernels (compiled into them: a module-level numba function, so their caches stay valid)."""
+    if cnt < k:
+        p = cnt
+        cnt += 1
+    elif v > vals[k - 1]:
+        p = k - 1
+    else:
+        return cnt
+    while p > 0 and vals[p - 1] < v:
+        vals[p] = vals[p - 1]
+        idxs[p] = idxs[p - 1]
+        p -= 1
+    vals[p] = v
+    idxs[p] = j
+    return cnt
+
+
+insert_sorted = (None if _numba is None
+                 else _numba.njit(inline="always", cache=True, nogil=True)(_insert_sorted))
+
+
+def _build_topk(numba):
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
+    def topk_rows(x, k, out_i, out_v):  # x (R, n) float32 -> (R, k) int64 / float32
+        rows, n = x.shape
+        block = n // k
+        for r in numba.prange(rows):
+            # floor: the smallest of the maxima of k disjoint blocks. Those k maxima are
+            # >= floor, so the k-th largest value is too: values below it cannot win.
+            floor = _np.float32(_np.inf)
+            for b in range(k):
+                best = _np.float32(-_np.inf)
+                for j in range(b * block, (b + 1) * block):
+                    best = max(best, x[r, j])
+                floor = min(floor, best)
+            cnt = 0  # out_v[r], out_i[r]: this row's best so far (no per-row malloc)
+            for j in range(n):
+                v = x[r, j]
+                if v >= floor:
+                    cnt = insert_sorted(out_v[r], out_i[r], cnt, k, v, j)
+    return topk_rows
+
+
+_kernel = jit_once(_build_topk)
 
 
 def owns_all_cores() -> bool:
@@ -81,11 +104,6 @@ def fused_cpu(*tensors: torch.Tensor) -> bool:
     all `tensors` float32 on the CPU."""
     return (_numba is not None and all(t.device.type == "cpu" and t.dtype == torch.float32
                                        for t in tensors) and owns_all_cores())
-
-
-def numba_module():
-    """The numba module when the `fast` extra is installed, else None (shared by every kernel)."""
-    return _numba
 
 
 def topk(x: torch.Tensor, k: int, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

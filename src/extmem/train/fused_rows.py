@@ -19,33 +19,29 @@ import torch
 
 from extmem.memory import topk
 
-_KERNEL = None
+
+def _build(numba):
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def lazy_adam_rows(p, m, v, rows, g, w1, b2, w2, bc2, eps, decay, step_size):
+        # p, m, v (N, d) float32 updated in place at `rows` (U,) with g (U, d) float32
+        for u in numba.prange(rows.shape[0]):
+            r = rows[u]
+            for j in range(p.shape[1]):
+                gj = g[u, j]
+                mj = m[r, j] + w1 * (gj - m[r, j])       # m.lerp_(g, 1 - beta1)
+                vj = v[r, j] * b2 + w2 * (gj * gj)       # v.mul_(b2).addcmul_(g, g, 1 - b2)
+                m[r, j] = mj
+                v[r, j] = vj
+                denom = np.sqrt(vj / bc2) + eps
+                p[r, j] = p[r, j] * decay + step_size * (mj / denom)
+    return lazy_adam_rows
+
+
+_kernel = topk.jit_once(_build)
 
 
 def available(param: torch.Tensor) -> bool:
     return param.is_contiguous() and param.dim() == 2 and topk.fused_cpu(param)
-
-
-def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        numba = topk.numba_module()
-
-        @numba.njit(parallel=True, cache=True, nogil=True)
-        def lazy_adam_rows(p, m, v, rows, g, w1, b2, w2, bc2, eps, decay, step_size):
-            # p, m, v (N, d) float32 updated in place at `rows` (U,) with g (U, d) float32
-            for u in numba.prange(rows.shape[0]):
-                r = rows[u]
-                for j in range(p.shape[1]):
-                    gj = g[u, j]
-                    mj = m[r, j] + w1 * (gj - m[r, j])       # m.lerp_(g, 1 - beta1)
-                    vj = v[r, j] * b2 + w2 * (gj * gj)       # v.mul_(b2).addcmul_(g, g, 1 - b2)
-                    m[r, j] = mj
-                    v[r, j] = vj
-                    denom = np.sqrt(vj / bc2) + eps
-                    p[r, j] = p[r, j] * decay + step_size * (mj / denom)
-        _KERNEL = lazy_adam_rows
-    return _KERNEL
 
 
 def lazy_adam_rows(param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
