@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from extmem.bench import PkmBenchConfig, run_pkm_bench, write_markdown
 from extmem.bench.markdown import replace_section
@@ -163,3 +164,12 @@ def test_timed_rounds_interleave_subjects_and_reverse_the_order() -> None:
 def test_small_sizes_time_ours_and_the_peer_side_by_side(result: dict) -> None:
     assert all(row["interleaved"] for row in result["sizes"])
     assert all(row[who]["peak_is_per_subject"] for row in result["sizes"] for who in ("ours", "peer"))
+
+
+def test_bf16_table_option_builds_a_bf16_table_and_is_validated() -> None:
+    from extmem.bench.pkm import build_ours
+
+    module, _ = build_ours(PkmBenchConfig(**{**TINY, "table_dtype": "bfloat16"}), 8)
+    assert module.table.weight.dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="bench.pkm.table_dtype"):
+        PkmBenchConfig(table_dtype="float16")

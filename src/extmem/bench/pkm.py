@@ -51,6 +51,7 @@ from extmem.model.transformer import FeedForward
 from extmem.train.sparse_optim import LazyAdam, OptimizerSet, RowwiseAdagrad
 
 OPTIMIZERS = ("lazy_adam", "rowwise_adagrad", "adamw")
+TABLE_DTYPES = ("float32", "bfloat16")
 TARGET_SIZE = 1024  # n_keys of the 1M-slot target setting
 
 
@@ -63,6 +64,7 @@ class PkmBenchConfig:
     key_dim: int = 256
     n_keys: list[int] = field(default_factory=lambda: [128, 512, 1024, 2048])  # 16K..4M slots
     optimizer: str = "lazy_adam"  # ours: table optimizer (adamw = dense table gradient)
+    table_dtype: str = "float32"  # ours: "bfloat16" halves the bytes per row read (fp32 sums)
     peer: bool = True       # time product-key-memory (skipped with a note if not installed)
     repeats: int = 7
     warmup: int = 2
@@ -80,6 +82,9 @@ class PkmBenchConfig:
         if not self.n_keys or any(n < self.topk for n in self.n_keys):
             raise ConfigError(f"bench.pkm.n_keys: {self.n_keys} must be non-empty, each >= "
                               f"topk={self.topk}")
+        if self.table_dtype not in TABLE_DTYPES:
+            raise ConfigError(f"bench.pkm.table_dtype: {self.table_dtype!r} is not allowed; "
+                              f"choose one of {', '.join(TABLE_DTYPES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"bench.pkm.optimizer: {self.optimizer!r} is not allowed; choose "
                               f"one of {', '.join(OPTIMIZERS)}")
@@ -104,8 +109,8 @@ def _peer_version() -> str | None:
 def build_ours(cfg: PkmBenchConfig, n_keys: int) -> tuple[nn.Module, object]:
     pk = ProductKeyConfig(n_keys=n_keys, heads=cfg.heads, topk=cfg.topk, key_dim=cfg.key_dim)
     sparse = cfg.optimizer != "adamw"
-    memory = Memory(MemoryConfig(value_dim=cfg.d_model, product_keys=pk, sparse_updates=sparse),
-                    cfg.d_model)
+    memory = Memory(MemoryConfig(value_dim=cfg.d_model, product_keys=pk, sparse_updates=sparse,
+                                 table_dtype=cfg.table_dtype), cfg.d_model)
     table = [memory.table.weight]
     rest = [p for n, p in memory.named_parameters() if n != "table.weight"]
     if not sparse:
@@ -262,7 +267,7 @@ def _measure_size(cfg: PkmBenchConfig, n: int, x: torch.Tensor, row: dict, peer_
     """One table size: ours, the gather floor and the peer timed side by side (interleaved
     rounds) when both fit in memory at once, else one after the other; each subject's peak
     RSS measured while it is the only subject alive."""
-    table_bytes = n * n * cfg.d_model * 4
+    table_bytes = n * n * cfg.d_model * 4  # fp32 (the peer's; ours is <= this)
     if not _fits(4 * table_bytes, row, "ours"):  # table, m, v + row buffers/grad
         return
     log_progress(progress, f"bench pkm: {n * n:,} slots: ours")
@@ -341,7 +346,8 @@ def render_markdown(result: dict, command: str) -> str:
         "forward in eval mode under `torch.no_grad`; train step = forward + backward of "
         "mean(out^2) + optimizer step + `zero_grad`. Input (1, "
         f"{cfg['tokens']}, {cfg['d_model']}); heads={cfg['heads']}, topk={cfg['topk']}, key "
-        f"width {cfg['key_dim']}, fp32. Times are wall-clock ms, median / min over "
+        f"width {cfg['key_dim']}, our table {cfg.get('table_dtype', 'float32')} (sums in fp32), "
+        "everything else fp32. Times are wall-clock ms, median / min over "
         f"{cfg['repeats']} interleaved rounds after {cfg['warmup']} warmup (subjects alternate "
         "within each round, each timed call after an untimed call of the same operation; at "
         "sizes where ours and the peer do not fit together they run one after the other). "
