@@ -171,7 +171,7 @@ def gather_ops(weight: torch.Tensor, cfg: PkmBenchConfig) -> Ops:
     """The floor: one `F.embedding_bag` forward reading tokens x H*k random rows of `weight`."""
     g = torch.Generator().manual_seed(cfg.seed)
     idx = torch.randint(0, weight.shape[0], (cfg.tokens, cfg.heads * cfg.topk), generator=g)
-    w = torch.rand(cfg.tokens, cfg.heads * cfg.topk, generator=g)
+    w = torch.rand(cfg.tokens, cfg.heads * cfg.topk, generator=g).to(weight.dtype)
 
     def run() -> None:
         with torch.no_grad():
