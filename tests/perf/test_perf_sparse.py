@@ -367,3 +367,25 @@ def test_fused_usage_record_matches_the_index_ops(monkeypatch) -> None:
     assert torch.equal(fused.counts, plain.counts) and torch.equal(fused.last_step, plain.last_step)
     torch.testing.assert_close(fused.weight, plain.weight)
     assert int(fused.counts.sum()) == 3 * 60 and bool((fused.last_step[30:] == -1).all())
+
+
+def test_fused_topk_kernel_fuzzed_against_torch_topk() -> None:
+    from extmem.memory import topk as topk_module
+
+    if not topk_module.fused_available():
+        pytest.skip("numba is not installed (the `fast` extra): the fused top-k is off")
+    kernel = topk_module._kernel()
+    g = torch.Generator().manual_seed(17)
+    for trial in range(60):
+        n = int(torch.randint(1, 300, (1,), generator=g))
+        k = int(torch.randint(1, n + 1, (1,), generator=g))
+        rows = int(torch.randint(1, 100, (1,), generator=g))
+        x = [torch.randn(rows, n, generator=g),
+             torch.randint(0, 5, (rows, n), generator=g).float(),  # ties
+             torch.randn(rows, n, generator=g).sort(-1).values][trial % 3]  # ascending
+        idx = torch.zeros(rows, k, dtype=torch.int64)
+        values = torch.empty(rows, k)
+        kernel(x.numpy(), k, idx.numpy(), values.numpy())
+        assert torch.equal(values, x.topk(k, dim=-1).values), (n, k, rows, trial % 3)
+        assert torch.equal(x.gather(-1, idx), values)
+        assert bool((idx.sort(-1).values.diff(dim=-1) > 0).all())  # distinct positions

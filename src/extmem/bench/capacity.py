@@ -52,8 +52,8 @@ class CapacityBenchConfig:
     topk: int = 32              # product keys
     key_dim: int = 256          # product keys
     router_max_rows: int = 1 << 16
-    repeats: int = 3
-    warmup: int = 1
+    repeats: int = 7
+    warmup: int = 2
     seed: int = 0
     plot: str = "docs/capacity.png"  # "" for no plot
 
