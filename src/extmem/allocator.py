@@ -1,5 +1,8 @@
 """Reuse freed CPU memory inside the process instead of returning it to the OS (glibc malloc).
 
+Part of issue 7's "capacity without latency" work (REFERENCE.md section 7): the row-sparse
+training step of a large external memory must not pay for its temporaries twice.
+
 A memory step allocates a few tensors of hundreds of MB per step (the row-sparse gradient of a
 1M-slot table, its optimizer buffers). glibc serves every block above its mmap threshold (at
 most 32 MiB) with a fresh `mmap` and unmaps it on free, so each step pays the page faults of

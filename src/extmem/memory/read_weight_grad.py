@@ -1,12 +1,15 @@
 """Gradient of a weighted embedding bag w.r.t. its per-read weights, fused on CPU (numba).
 
-For out[b] = sum_j w[b, j] V[idx[b, j]], d loss / d w[b, j] = <V[idx[b, j]], g[b]>: one dot
-product per read. ATen's `_embedding_bag_per_sample_weights_backward` computes it serially on
-CPU (133 ms for 4,096 tokens x 128 reads of a 1M x 256 table here, 3.5x the forward gather);
-this kernel runs it parallel over bags, with the bag's output gradient row in cache, so it
-costs about one gather of the rows read (~40 ms, docs/performance.md). Used for CPU float32
-tables when the `fast` extra (numba) is installed and torch owns every core (the same rule as
-the fused top-k); otherwise ATen's op. Same values up to float summation order (tested).
+Every lookup of the two papers reads its memory as a weighted sum of table rows (the product-key
+memory of Lample et al. 2019 with softmax weights over k slots per head), so training needs the
+gradient of those weights. For out[b] = sum_j w[b, j] V[idx[b, j]],
+d loss / d w[b, j] = <V[idx[b, j]], g[b]>: one dot product per read. ATen's
+`_embedding_bag_per_sample_weights_backward` computes it serially on CPU (126-133 ms for 4,096
+tokens x 128 reads of a 1M x 256 table here, 3.5x the forward gather); this kernel runs it
+parallel over bags, with the bag's output gradient row in cache, so it costs about one gather
+of the rows read (~40 ms, docs/performance.md). Used for CPU float32 tables when the `fast`
+extra (numba) is installed and torch owns every core (`topk.fused_cpu`); otherwise ATen's op.
+Same values up to float summation order (tested).
 """
 
 from __future__ import annotations
