@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from extmem.cli import main
 
@@ -11,6 +12,14 @@ def run_json(capsys, *argv: str) -> dict:
     """Run `extmem ARGV --json`, expect success, return the one JSON object it printed."""
     assert main([*argv, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
+
+
+def run_sweep(capsys, sweep: Path, text: str, out: Path, *overrides: str) -> dict:
+    """Write the sweep file `sweep` from `text`, run `extmem compare` on it into `out` (quiet,
+    with `--set` overrides) and return its JSON result."""
+    sweep.write_text(text)
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    return run_json(capsys, "compare", str(sweep), "--out", str(out), "--quiet", *sets)
 
 
 def error_line(capsys, *argv: str) -> str:

@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from tests.cli_helpers import run_json
+from tests.cli_helpers import run_sweep
 
 from extmem.experiments.capacity import knowledge_bits
 
@@ -37,11 +37,8 @@ set = ["model.memories=[]"]
 
 
 def test_grouped_sweep_reports_capacity(tiny_config, tmp_path, capsys):
-    sweep = tiny_config.parent / "cap.toml"
-    sweep.write_text(SWEEP)
     out = tmp_path / "out"
-    results = run_json(capsys, "compare", str(sweep), "--out", str(out), "--quiet",
-                       "--set", "train.eval_every=0")
+    results = run_sweep(capsys, tiny_config.parent / "cap.toml", SWEEP, out, "train.eval_every=0")
     small6, small12 = results["variants"]
     assert small6["group"] == small12["group"] == "small"
     assert small6["capacity"]["facts"] == 6 * 3 and small12["capacity"]["facts"] == 12 * 3

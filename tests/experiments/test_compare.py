@@ -4,7 +4,7 @@ import json
 import math
 
 import pytest
-from tests.cli_helpers import error_line, run_json
+from tests.cli_helpers import error_line, run_sweep
 
 from extmem.cli import main
 from extmem.data.batches import LMData
@@ -130,11 +130,9 @@ set = ["model.memories=[]"]                          # no memory: the restart co
 
 
 def test_dense_init_variant_continues_its_source(tiny_config, tmp_path, capsys):
-    sweep = tiny_config.parent / "init.toml"
-    sweep.write_text(INIT_SWEEP)
     out = tmp_path / "out"
-    results = run_json(capsys, "compare", str(sweep), "--out", str(out), "--quiet",
-                       "--set", "train.eval_every=1")
+    results = run_sweep(capsys, tiny_config.parent / "init.toml", INIT_SWEEP, out,
+                        "train.eval_every=1")
     dense, pkm, restart = results["variants"]
     assert restart["steps"] == 4 and restart["params"] == dense["params"]
     assert dense["steps"] == 2 and "source_steps" not in dense

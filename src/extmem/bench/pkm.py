@@ -196,7 +196,7 @@ def _free() -> None:
     release_free_memory()
 
 
-def _fits(state_bytes: int, row: dict, who: str) -> bool:
+def _fits(state_bytes: int, row: dict | None, who: str) -> bool:
     """Skip a subject whose persistent state would not fit in available memory (the OOM
     killer ends the whole run otherwise); records why in `row["skipped"]`."""
     try:
@@ -208,6 +208,8 @@ def _fits(state_bytes: int, row: dict, who: str) -> bool:
     need = state_bytes * 1.2 + (2 << 30)  # + transients of a step (measured ~1-2 GiB)
     if need <= avail:
         return True
+    if row is None:  # a check only: nothing to record
+        return False
     row.setdefault("skipped", {})[who] = (f"needs ~{need / 2**30:.1f} GiB (state "
                                           f"{state_bytes / 2**30:.1f} GiB + step transients), "
                                           f"{avail / 2**30:.1f} GiB available")
@@ -279,7 +281,7 @@ def _measure_size(cfg: PkmBenchConfig, n: int, x: torch.Tensor, row: dict, peer_
     # values, dense grad, exp_avg, exp_avg_sq + AdamW's foreach temporaries (~2 more
     # table-sized tensors: a 4M-slot peer step was OOM-killed at 23 GiB RSS here)
     peer_bytes = 6 * table_bytes
-    together = peer_ok and _fits(peer_bytes, {}, "peer")
+    together = peer_ok and _fits(peer_bytes, None, "peer")  # alongside ours?
     if together:
         log_progress(progress, f"bench pkm: {n * n:,} slots: product-key-memory, interleaved with ours")
         peer, peer_opt = build_peer(cfg, n)
