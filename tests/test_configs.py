@@ -7,7 +7,7 @@ import pytest
 from extmem import Transformer
 from extmem.config import from_dict, read_toml
 from extmem.model import flops_per_token, parameter_counts
-from extmem.train.config import RunConfig
+from extmem.run.config import RunConfig
 
 CONFIGS = sorted(p for p in (Path(__file__).parent.parent / "configs").rglob("*.toml")
                  if "sweeps" not in p.parts)

@@ -15,8 +15,8 @@ from extmem.errors import ExtmemError
 
 
 def _print_json(data: dict) -> None:
-    from extmem.train.run_dir import _clean
-    print(json.dumps(_clean(data), indent=2))
+    from extmem.run.run_dir import json_safe
+    print(json.dumps(json_safe(data), indent=2))
 
 
 def _summary_table(results: dict, title: str) -> None:
@@ -49,10 +49,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from extmem.config import apply_overrides, from_dict, read_toml
     from extmem.distributed.context import init_distributed
     from extmem.errors import ConfigError
-    from extmem.train.config import RunConfig
+    from extmem.run.config import RunConfig
+    from extmem.run.run_dir import CONFIG_FILE, fresh_run_dir, load_run_config
+    from extmem.run.session import resolve_device
     from extmem.train.loop import TrainOptions, train
-    from extmem.train.run_dir import CONFIG_FILE, fresh_run_dir, load_run_config
-    from extmem.train.session import resolve_device
 
     if args.config is None and not (args.resume and args.out):
         raise ConfigError("train: give a CONFIG.toml, or --resume --out RUN_DIR to continue a run")
@@ -72,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = default_dir if args.resume else fresh_run_dir(default_dir)
     run_dir = ctx.from_main(run_dir)  # every rank writes the run rank 0 chose
     try:
-        results = train(cfg, run_dir, TrainOptions(resume=args.resume, quiet=args.quiet))
+        results = train(cfg, run_dir, TrainOptions(resume=args.resume, quiet=args.quiet, ctx=ctx))
     finally:
         ctx.close()
     if not ctx.is_main:
@@ -87,8 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from extmem.data import Corpus, build_lm_data
     from extmem.data.files import load_files
-    from extmem.evaluate import evaluate
-    from extmem.train.session import load_trained
+    from extmem.run.evaluate import evaluate
+    from extmem.run.session import load_trained
 
     run_dir = Path(args.run_dir)
     run = load_trained(run_dir, args.set, args.checkpoint)
@@ -112,7 +112,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from extmem.generate import sample
-    from extmem.train.session import load_trained
+    from extmem.run.session import load_trained
 
     run = load_trained(Path(args.run_dir), args.set, args.checkpoint)
     data, model = run.data, run.model

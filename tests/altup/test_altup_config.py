@@ -6,7 +6,7 @@ from extmem.altup import AltUpConfig
 from extmem.config import from_dict, read_toml
 from extmem.errors import ConfigError
 from extmem.model import ModelConfig
-from extmem.train.config import RunConfig
+from extmem.run.config import RunConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "altup"
 

@@ -21,9 +21,9 @@ from extmem.cli import main
 from extmem.config import from_dict
 from extmem.data.tokenizer import train_tokenizer
 from extmem.model import Transformer
-from extmem.train.checkpoint import save_checkpoint
-from extmem.train.config import RunConfig
-from extmem.train.run_dir import TOKENIZER_FILE, save_run_config
+from extmem.run.checkpoint import save_checkpoint
+from extmem.run.config import RunConfig
+from extmem.run.run_dir import TOKENIZER_FILE, save_run_config
 
 DOCS = ["Bolo Tamek was born in 1901 in Varna.", "Mira Osk works as a baker in Lund.",
         "Tamek and Osk were never seen together."] * 4

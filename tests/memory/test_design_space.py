@@ -70,7 +70,7 @@ def test_zero_init_output_leaves_the_model_unchanged(lookup, readout):
 
 
 def test_shared_table_is_one_tensor_saved_once():
-    from extmem.train.checkpoint import unique_state_dict
+    from extmem.run.checkpoint import unique_state_dict
     mem = memory_config("token", "add", "input", share_table=True)
     mem.layers = [0, 1]
     model = model_with(mem)

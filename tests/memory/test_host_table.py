@@ -6,9 +6,9 @@ from extmem import MemoryConfig, ModelConfig, ProductKeyConfig, Transformer
 from extmem.errors import ConfigError
 from extmem.memory import Memory, ValueTable
 from extmem.memory.host_table import HostValueTable
+from extmem.run.checkpoint import load_checkpoint, save_checkpoint
+from extmem.run.config import ParamGroupConfig
 from extmem.train import TrainConfig
-from extmem.train.checkpoint import load_checkpoint, save_checkpoint
-from extmem.train.config import ParamGroupConfig
 from extmem.train.optim import build_optimizer
 
 PK = ProductKeyConfig(n_keys=6, topk=3, heads=2, key_dim=8)  # 36 rows

@@ -15,7 +15,7 @@ from extmem.errors import ConfigError
 from extmem.memory import Memory, MemoryConfig, ProductKeyConfig
 from extmem.memory.product_keys import ProductKeyLookup
 from extmem.memory.sparse import sparse_bag
-from extmem.train.config import ParamGroupConfig, TrainConfig
+from extmem.run.config import ParamGroupConfig, TrainConfig
 from extmem.train.optim import build_optimizer
 from extmem.train.sparse_optim import LazyAdam, RowwiseAdagrad, clip_grad_norm, coalesced
 

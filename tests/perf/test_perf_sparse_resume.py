@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from extmem.cli import main
 from extmem.data.batches import LMData
 from extmem.errors import CheckpointError
-from extmem.train.checkpoint import load_checkpoint
+from extmem.run.checkpoint import load_checkpoint
+from extmem.run.run_dir import load_run_config
+from extmem.run.session import build_model
 from extmem.train.optim import build_optimizer
-from extmem.train.run_dir import load_run_config
-from extmem.train.session import build_model
 
 SPARSE_GROUPS = """
 [[train.param_groups]]

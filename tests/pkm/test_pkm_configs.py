@@ -7,8 +7,8 @@ import pytest
 
 from extmem.config import from_dict, read_toml
 from extmem.memory.config import MemoryConfig
+from extmem.run.config import RunConfig
 from extmem.train.augment_run import build_memories
-from extmem.train.config import RunConfig
 
 PKM = Path(__file__).resolve().parents[2] / "configs" / "pkm"
 

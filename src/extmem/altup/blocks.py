@@ -22,7 +22,7 @@ from extmem.altup.config import AltUpConfig
 from extmem.altup.streams import build_streams
 
 if TYPE_CHECKING:
-    from extmem.model.transformer import DecodeCache
+    from extmem.decode_cache import DecodeCache
 
 
 class BlockAltUp(nn.Module):

@@ -30,7 +30,7 @@ from extmem.altup.config import AltUpConfig
 from extmem.errors import ConfigError
 
 if TYPE_CHECKING:
-    from extmem.model.transformer import DecodeCache
+    from extmem.decode_cache import DecodeCache
 
 _IDENTITY = (1.0, 0.0)  # (s_r, t_r) of the dense model: keep x_i, ignore x_a
 

@@ -28,7 +28,7 @@ from extmem.errors import ConfigError
 from extmem.memory import MemoryConfig, ProductKeyConfig
 from extmem.model.config import ModelConfig
 from extmem.model.transformer import Transformer
-from extmem.train.config import ParamGroupConfig, TrainConfig, default_param_groups
+from extmem.run.config import ParamGroupConfig, TrainConfig, default_param_groups
 from extmem.train.optim import build_optimizer
 from extmem.train.sparse_optim import clip_grad_norm
 

@@ -18,7 +18,7 @@ import math
 
 from extmem.data.facts_vocab import VALUES
 from extmem.experiments.stats import mean_std
-from extmem.train.config import RunConfig
+from extmem.run.config import RunConfig
 
 
 def knowledge_bits(recalled: float, n_facts: int, attributes: list[str]) -> float:

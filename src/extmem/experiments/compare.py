@@ -18,9 +18,9 @@ from rich.console import Console
 from extmem.experiments.capacity import capacity_figures
 from extmem.experiments.stats import bootstrap_interval, mean_std, significance_note, welch_t_test
 from extmem.experiments.sweep import Sweep, added_memories
+from extmem.run.run_dir import CONFIG_FILE, RESULTS_FILE, load_run_config, read_metrics
 from extmem.train.augment_run import AUGMENT_FILE, augment_run
 from extmem.train.loop import TrainOptions, train
-from extmem.train.run_dir import CONFIG_FILE, RESULTS_FILE, load_run_config, read_metrics
 
 METRICS = ("val_loss", "val_ppl", "val_bpb", "facts_recalled")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from extmem.experiments.plots import has_capacity_chart, plot_capacity, plot_curves, plot_quality
-from extmem.train.run_dir import write_json
+from extmem.run.run_dir import write_json
 
 
 def _pm(stat: dict | None, digits: int = 4) -> str:

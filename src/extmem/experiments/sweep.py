@@ -37,7 +37,7 @@ from typing import Any
 
 from extmem.config import apply_overrides, from_dict, read_toml, require
 from extmem.errors import ConfigError
-from extmem.train.config import RunConfig
+from extmem.run.config import RunConfig
 
 
 @dataclass

@@ -32,11 +32,11 @@ from extmem.finetune.config import MODES, FinetuneConfig
 from extmem.finetune.metrics import accuracy, macro_f1, majority_baseline
 from extmem.finetune.tasks import TaskData, load_task
 from extmem.model.classifier import SequenceClassifier
-from extmem.train.checkpoint import unique_state_dict
-from extmem.train.config import TrainConfig
+from extmem.run.checkpoint import unique_state_dict
+from extmem.run.config import TrainConfig
+from extmem.run.run_dir import MetricsLog, write_json
+from extmem.run.session import load_trained
 from extmem.train.optim import build_optimizer, lr_factor, set_lr
-from extmem.train.run_dir import MetricsLog, write_json
-from extmem.train.session import load_trained
 from extmem.train.sparse_optim import clip_grad_norm
 
 FINETUNE_DIR = "finetune"

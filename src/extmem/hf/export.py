@@ -21,9 +21,9 @@ from extmem.data.tokenizer import EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, check_specia
 from extmem.errors import CheckpointError, ConfigError
 from extmem.hf.configuration import ExtmemConfig
 from extmem.hf.modeling import ExtmemForCausalLM, ExtmemForMaskedLM
-from extmem.train.checkpoint import latest_checkpoint, load_checkpoint
-from extmem.train.run_dir import TOKENIZER_FILE, load_run_config
-from extmem.train.session import with_vocab
+from extmem.run.checkpoint import latest_checkpoint, load_checkpoint
+from extmem.run.run_dir import TOKENIZER_FILE, load_run_config
+from extmem.run.session import with_vocab
 
 
 def wrap_tokenizer(tokenizer: Tokenizer, max_length: int, causal: bool) -> PreTrainedTokenizerFast:

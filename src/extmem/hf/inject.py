@@ -228,7 +228,7 @@ def load_with_memory(path: str | Path, model_class, **kwargs) -> nn.Module:
     from transformers import AutoConfig
     from transformers.utils import logging
 
-    from extmem.train.checkpoint import unique_state_dict
+    from extmem.run.checkpoint import unique_state_dict
 
     path = Path(path)
     config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path)

@@ -70,6 +70,11 @@ class UsageCounters(nn.Module):
         self.weight.zero_()
         self.last_step.fill_(-1)
 
+    def read_ages(self) -> torch.Tensor:
+        """(n_read,) steps since each slot that was ever read was last read (its staleness)."""
+        read = self.last_step[self.last_step >= 0]
+        return self.step - read
+
     def summary(self, window: int = 100) -> dict[str, float]:
         """All metrics of this counter set as plain floats (one host copy of small results)."""
         out = distribution_metrics(self.weight, self.counts)

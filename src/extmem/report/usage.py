@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from extmem.errors import ConfigError
-from extmem.evaluate import validation_loss
 from extmem.memory.stats import distribution_metrics, staleness_figures, windowed_usage
-from extmem.train.run_dir import read_metrics
-from extmem.train.session import load_trained
+from extmem.run.evaluate import validation_loss
+from extmem.run.run_dir import read_metrics
+from extmem.run.session import load_trained
 
 PLOT_DIR = "usage"
 EVAL_KEYS = ("usage", "kl_uniform_weighted", "kl_uniform_counts", "gini", "top50", "top90",

@@ -1,5 +1,6 @@
-"""Training: configs, parameter groups, checkpoints, run directories and the loop."""
+"""Training: the loop (`loop.py`), optimizer groups and schedules, row-sparse optimizers,
+`torch.compile` of the dense parts, and `extmem augment`. Configs live in `extmem.run`."""
 
-from extmem.train.config import ParamGroupConfig, RunConfig, TrainConfig
+from extmem.run.config import ParamGroupConfig, RunConfig, TrainConfig
 
 __all__ = ["ParamGroupConfig", "RunConfig", "TrainConfig"]

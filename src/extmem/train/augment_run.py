@@ -29,20 +29,20 @@ from safetensors.torch import load_file
 
 from extmem.config import apply_overrides, from_dict, read_toml, to_dict
 from extmem.errors import CheckpointError, ConfigError
-from extmem.evaluate import validation_loss
 from extmem.memory.config import PLACEMENTS, MemoryConfig
 from extmem.model.augment import add_memories, default_memory, replaced_layers, transplant
-from extmem.train.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
-from extmem.train.config import RunConfig
-from extmem.train.optim import build_optimizer
-from extmem.train.run_dir import (
+from extmem.run.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
+from extmem.run.config import RunConfig
+from extmem.run.evaluate import validation_loss
+from extmem.run.run_dir import (
     CONFIG_FILE,
     TOKENIZER_FILE,
     load_run_config,
     save_run_config,
     write_json,
 )
-from extmem.train.session import build_model, load_run_data, resolve_device, with_vocab
+from extmem.run.session import build_model, load_run_data, resolve_device, with_vocab
+from extmem.train.optim import build_optimizer
 
 AUGMENT_FILE = "augment.json"
 

@@ -3,6 +3,11 @@
 A run killed at any moment and resumed with `--resume` ends with the same weights and losses
 as an uninterrupted run: batches and masks depend only on (seed, step), and checkpoints hold
 model, optimizer, RNG state and the step.
+
+The loop reads as its named steps: `set_up` (data, model, resume, sharding, optimizer, run
+directory, writers), `train_step` (one optimizer step), `log_window` (train metrics every
+`log_every` steps), `evaluate_now` (validation and usage), `checkpoint_now`, `finish`
+(results.json). `train` strings them together.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 import gc
 import sys
 import time
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,35 +24,34 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from extmem.distributed.checkpoint import localizer, save_distributed_checkpoint
-from extmem.distributed.context import init_distributed, rank_device
+from extmem.distributed.context import DistContext, init_distributed, rank_device
 from extmem.distributed.parallel import (
     NullWriter,
     check_distributed_config,
     data_parallel,
     replica_divergence,
 )
-from extmem.distributed.tables import shard_tables
-from extmem.evaluate import evaluate
-from extmem.model import flops_per_token, parameter_counts
-from extmem.train.checkpoint import (
+from extmem.distributed.tables import ShardedValueTable, shard_tables
+from extmem.model import Transformer, flops_per_token, parameter_counts
+from extmem.run.checkpoint import (
     latest_checkpoint,
     load_model_state,
     load_optimizer_state,
     restore_rng_state,
     save_checkpoint,
 )
-from extmem.train.config import RunConfig
-from extmem.train.objective import batch_loss
-from extmem.train.optim import build_optimizer, lr_factor, set_lr
-from extmem.train.run_dir import (
+from extmem.run.config import RunConfig
+from extmem.run.evaluate import evaluate
+from extmem.run.objective import batch_loss
+from extmem.run.run_dir import (
     RESULTS_FILE,
     TOKENIZER_FILE,
     MetricsLog,
     save_run_config,
     write_json,
 )
-from extmem.train.session import build_model, load_run_data, resolve_device, with_vocab
+from extmem.run.session import RunData, build_model, load_run_data, resolve_device, with_vocab
+from extmem.train.optim import build_optimizer, lr_factor, set_lr
 from extmem.train.sparse_optim import clip_grad_norm
 
 
@@ -63,6 +68,57 @@ class TrainingInterrupted(Exception):
 class TrainOptions:
     resume: bool = False
     quiet: bool = False   # no progress bar or tables (e.g. tests)
+    # The process group; the CLI builds it (it needs it to pick the run directory on rank 0).
+    # None: `train` joins torchrun's group itself, or runs as one process.
+    ctx: DistContext | None = None
+
+
+@dataclass
+class Trainer:
+    """Everything one training session holds between its steps."""
+
+    cfg: RunConfig
+    run_dir: Path
+    ctx: DistContext
+    device: torch.device
+    data: RunData
+    model: Transformer
+    forward_model: torch.nn.Module          # model, or its compiled / DDP wrapper
+    optimizer: torch.optim.Optimizer
+    sharded: dict[str, ShardedValueTable]   # parameter name -> this rank's table shard
+    accounting: dict
+    start: int                              # the step this session starts from
+    console: Console
+    writer: object                          # SummaryWriter (rank 0) or NullWriter
+    log: MetricsLog | None                  # rank 0 only
+    autocast: AbstractContextManager
+    rows: slice                             # this rank's rows of each global batch
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.train.batch_size * self.cfg.data.seq_len
+
+
+@dataclass
+class StepResult:
+    loss: float
+    aux: float                    # router balance / z-loss (0 when the model has none)
+    grad_norm: float | None       # before clipping; None when clipping is off
+
+
+@dataclass
+class Window:
+    """Train metrics accumulated since the last log line."""
+
+    loss: float = 0.0
+    aux: float = 0.0
+    steps: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, result: StepResult) -> None:
+        self.loss += result.loss
+        self.aux += result.aux
+        self.steps += 1
 
 
 def _group_table(rows: list[dict]) -> Table:
@@ -85,49 +141,61 @@ def _flat(prefix: str, value: object, out: dict) -> dict:
     return out
 
 
-def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) -> dict:
-    """Train (or resume) the run in `run_dir`; returns the results dict (also results.json)."""
-    options = options or TrainOptions()
+def _load_data(cfg: RunConfig, run_dir: Path, ctx: DistContext, resume: bool) -> RunData:
+    """Tokenized data for the run; rank 0 builds (and caches) the tokenizer first."""
+    if not ctx.is_main:
+        ctx.barrier()
+    data = load_run_data(cfg, run_dir if resume else None)
+    if ctx.is_main:
+        ctx.barrier()
+    return data
+
+
+def _wrap_for_forward(model: Transformer, cfg: RunConfig, ctx: DistContext,
+                      sharded: dict[str, ShardedValueTable], device: torch.device) -> torch.nn.Module:
+    """The module the loop calls forward on: compiled dense parts and/or DDP around `model`."""
+    forward_model: torch.nn.Module = model
+    if cfg.train.compile:
+        from extmem.train.compile import compile_model
+        forward_model = compile_model(model)  # dense parts compiled, memories eager
+    if ctx.enabled:
+        forward_model = data_parallel(forward_model, model, sharded, device)
+    return forward_model
+
+
+def _write_run_files(run_dir: Path, cfg: RunConfig, data: RunData, accounting: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_run_config(run_dir, cfg)
+    if not (run_dir / TOKENIZER_FILE).exists():
+        data.tokenizer.save(str(run_dir / TOKENIZER_FILE))
+    write_json(run_dir / "accounting.json", accounting)
+
+
+def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions) -> Trainer:
+    """Data, model (resumed if asked), table shards, optimizer, run directory and writers."""
     tc = cfg.train
-    ctx = init_distributed(resolve_device(tc.device))  # one process unless under torchrun
+    ctx = options.ctx or init_distributed(resolve_device(tc.device))  # one process unless torchrun
     device = rank_device(resolve_device(tc.device), ctx)
     console = Console(stderr=True, quiet=options.quiet or not ctx.is_main)
     check_distributed_config(cfg, ctx)
 
     checkpoint = latest_checkpoint(run_dir) if options.resume else None
-    if not ctx.is_main:
-        ctx.barrier()  # rank 0 builds (and caches) the tokenizer first
-    data = load_run_data(cfg, run_dir if options.resume else None)
-    if ctx.is_main:
-        ctx.barrier()
+    data = _load_data(cfg, run_dir, ctx, options.resume)
     cfg = with_vocab(cfg, data.lm.vocab_size)
     model = build_model(cfg, device)
     accounting = {"params": parameter_counts(model),  # the whole model, before sharding
                   "flops_per_token": flops_per_token(model, cfg.data.seq_len)}
-    start, state = 0, None
-    if checkpoint is not None:
-        state = load_model_state(checkpoint, model)  # full weights, any layout
-        start = int(state["step"])
+    state = load_model_state(checkpoint, model) if checkpoint is not None else None  # full weights
     sharded = shard_tables(model, tc.table_sharding, ctx) if ctx.enabled else {}
     optimizer, groups = build_optimizer(model, tc)
     if checkpoint is not None:
-        load_optimizer_state(checkpoint, state, optimizer, localizer(sharded) if sharded else None)
+        load_optimizer_state(checkpoint, state, optimizer, sharded)
         restore_rng_state(checkpoint, ctx.rank)
         console.print(f"resuming {run_dir} from {checkpoint.name}")
-    if tc.compile:
-        from extmem.train.compile import compile_model
-        forward_model = compile_model(model)  # dense parts compiled, memories eager
-    else:
-        forward_model = model
-    if ctx.enabled:
-        forward_model = data_parallel(forward_model, model, sharded, device)
+    forward_model = _wrap_for_forward(model, cfg, ctx, sharded, device)
 
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_run_config(run_dir, cfg)
-        if not (run_dir / TOKENIZER_FILE).exists():
-            data.tokenizer.save(str(run_dir / TOKENIZER_FILE))
-        write_json(run_dir / "accounting.json", accounting)
+        _write_run_files(run_dir, cfg, data, accounting)
     ctx.barrier()
     console.print(_group_table(groups))
     console.print(f"params {accounting['params']}  flops/token {accounting['flops_per_token']}")
@@ -136,107 +204,139 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
                       f"{tc.batch_size // ctx.world_size} per rank; tables sharded by "
                       f"{tc.table_sharding} ({len(sharded)} tables)")
 
+    start = int(state["step"]) if state is not None else 0
     from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
     writer = (SummaryWriter(str(run_dir / "tb"), purge_step=start + 1) if ctx.is_main
               else NullWriter())
     log = MetricsLog(run_dir, resume_step=start if options.resume else None) if ctx.is_main else None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16)
-    tokens_per_step = tc.batch_size * cfg.data.seq_len
     rows = slice(ctx.rank * tc.batch_size // ctx.world_size,
-                 (ctx.rank + 1) * tc.batch_size // ctx.world_size)  # this rank's batch rows
+                 (ctx.rank + 1) * tc.batch_size // ctx.world_size)
+    return Trainer(cfg=cfg, run_dir=run_dir, ctx=ctx, device=device, data=data, model=model,
+                   forward_model=forward_model, optimizer=optimizer, sharded=sharded,
+                   accounting=accounting, start=start, console=console, writer=writer, log=log,
+                   autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16),
+                   rows=rows)
 
-    def checkpoint_now(at: int) -> None:
-        extra = {"tokens": at * tokens_per_step}
-        if ctx.enabled:
-            save_distributed_checkpoint(run_dir, at, model, optimizer, sharded, ctx, extra,
-                                        keep=tc.keep_checkpoints)
-        else:
-            save_checkpoint(run_dir, at, model, optimizer, extra, keep=tc.keep_checkpoints)
 
-    last_eval: dict = {}
-    step = start
-    model.train()
-    bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", file=sys.stderr,
-               disable=options.quiet or not ctx.is_main, dynamic_ncols=True, mininterval=0.5)
-    window_loss, window_aux, window_steps, window_start = 0.0, 0.0, 0, time.perf_counter()
-    started = time.perf_counter()
-    try:
-        while step < tc.steps:
-            factor = lr_factor(step, tc)
-            set_lr(optimizer, factor)
-            model.set_memory_step(step)
-            data_step = step + tc.data_offset  # augmented runs continue their source's data
-            inputs, targets = data.lm.train_batch(data_step, tc.batch_size, tc.seed)
-            inputs, targets = inputs[rows].to(device), targets[rows].to(device)  # (B/W, T)
-            with autocast:
-                loss, _ = batch_loss(forward_model, inputs, targets, data.lm, tc.seed,
-                                     data_step, tc.mask_prob)
-                aux = model.aux_loss()  # router balance / z-loss, already weighted
-            (loss if aux is None else loss + aux).backward()
-            grad_norm = (clip_grad_norm(model.parameters(), tc.grad_clip,  # sparse-aware
-                                        sharded={id(t.weight) for t in sharded.values()})
-                         if tc.grad_clip else None)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window_loss += ctx.mean(float(loss.detach()))
-            window_aux += 0.0 if aux is None else ctx.mean(float(aux.detach()))
-            window_steps += 1
-            bar.update(1)
-            if step % tc.log_every == 0 or step == tc.steps:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, "split": "train", "loss": window_loss / window_steps,
-                          "lr": tc.lr * factor,
-                          "tokens_per_s": window_steps * tokens_per_step / max(elapsed, 1e-9),
-                          "tokens": step * tokens_per_step}
-                if grad_norm is not None:
-                    record["grad_norm"] = float(grad_norm)
-                if window_aux:
-                    record["aux_loss"] = window_aux / window_steps
-                if log is not None:
-                    log.write(record)
-                for key, value in _flat("train", record, {}).items():
-                    if not key.endswith(("/step", "/tokens")):
-                        writer.add_scalar(key, value, step)
-                bar.set_postfix(loss=f"{record['loss']:.3f}",
-                                tok_s=f"{record['tokens_per_s']:.0f}")
-                window_loss, window_aux, window_steps, window_start = 0.0, 0.0, 0, time.perf_counter()
-            if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
-                last_eval = evaluate(model, data.lm, data.corpus.probes, tc.eval_batch_size,
-                                     tc.eval_tokens, tc.mask_prob, tc.usage_window)
-                if log is not None:
-                    log.write({"step": step, "split": "val", **last_eval})
-                for key, value in _flat("val", last_eval, {}).items():
-                    writer.add_scalar(key, value, step)
-                for name, memory in model.memory_modules():  # staleness of read slots, in steps
-                    last = memory.usage.last_step
-                    ages = (memory.usage.step - last[last >= 0]).cpu()  # (n_read,)
-                    if ages.numel():
-                        writer.add_histogram(f"val/memory_usage/{name}/train_staleness", ages, step)
-            if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == tc.steps:
-                checkpoint_now(step)
-    except KeyboardInterrupt:
-        bar.close()
-        if step > start:
-            checkpoint_now(step)
-        writer.close()
-        raise TrainingInterrupted(run_dir, step) from None
-    bar.close()
-    writer.close()
-    if not last_eval:  # resumed a finished run: nothing trained, evaluate what is there
-        last_eval = evaluate(model, data.lm, data.corpus.probes, tc.eval_batch_size,
-                             tc.eval_tokens, tc.mask_prob, tc.usage_window)
-    results = {"run_dir": str(run_dir), "steps": step, "tokens": step * tokens_per_step,
-               "train_seconds_this_session": time.perf_counter() - started,
-               **last_eval, **accounting}
-    if ctx.enabled:
-        results["world_size"] = ctx.world_size
-        results["replica_max_abs_diff"] = replica_divergence(model, sharded)
-        del forward_model  # release DDP's reducer (its threads) before the group is destroyed
-        gc.collect()
-    if ctx.is_main:
-        write_json(run_dir / RESULTS_FILE, results)
-    ctx.barrier()
+def train_step(t: Trainer, step: int) -> StepResult:
+    """One optimizer step at `step` (learning rate, batch, forward, backward, clip, update)."""
+    tc = t.cfg.train
+    set_lr(t.optimizer, lr_factor(step, tc))
+    t.model.set_memory_step(step)
+    data_step = step + tc.data_offset  # augmented runs continue their source's data
+    inputs, targets = t.data.lm.train_batch(data_step, tc.batch_size, tc.seed)
+    inputs, targets = inputs[t.rows].to(t.device), targets[t.rows].to(t.device)  # (B/W, T)
+    with t.autocast:
+        loss, _ = batch_loss(t.forward_model, inputs, targets, t.data.lm, tc.seed,
+                             data_step, tc.mask_prob)
+        aux = t.model.aux_loss()  # router balance / z-loss, already weighted
+    (loss if aux is None else loss + aux).backward()
+    grad_norm = None
+    if tc.grad_clip:  # sparse-aware; sharded tables' norms are summed over ranks
+        grad_norm = float(clip_grad_norm(t.model.parameters(), tc.grad_clip,
+                                         sharded={id(s.weight) for s in t.sharded.values()}))
+    t.optimizer.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss=t.ctx.mean(float(loss.detach())),
+                      aux=0.0 if aux is None else t.ctx.mean(float(aux.detach())),
+                      grad_norm=grad_norm)
+
+
+def log_window(t: Trainer, window: Window, step: int, last: StepResult) -> dict:
+    """Write the window's train metrics (metrics.jsonl, TensorBoard); returns the record."""
+    tc = t.cfg.train
+    elapsed = time.perf_counter() - window.started
+    record = {"step": step, "split": "train", "loss": window.loss / window.steps,
+              "lr": tc.lr * lr_factor(step - 1, tc),
+              "tokens_per_s": window.steps * t.tokens_per_step / max(elapsed, 1e-9),
+              "tokens": step * t.tokens_per_step}
+    if last.grad_norm is not None:
+        record["grad_norm"] = last.grad_norm
+    if window.aux:
+        record["aux_loss"] = window.aux / window.steps
+    if t.log is not None:
+        t.log.write(record)
+    for key, value in _flat("train", record, {}).items():
+        if not key.endswith(("/step", "/tokens")):
+            t.writer.add_scalar(key, value, step)
+    return record
+
+
+def evaluate_now(t: Trainer, step: int | None = None) -> dict:
+    """Validation metrics and memory usage; logged when `step` is given."""
+    tc = t.cfg.train
+    results = evaluate(t.model, t.data.lm, t.data.corpus.probes, tc.eval_batch_size,
+                       tc.eval_tokens, tc.mask_prob, tc.usage_window)
+    if step is None:
+        return results
+    if t.log is not None:
+        t.log.write({"step": step, "split": "val", **results})
+    for key, value in _flat("val", results, {}).items():
+        t.writer.add_scalar(key, value, step)
+    for name, memory in t.model.memory_modules():  # staleness of read slots, in steps
+        ages = memory.usage.read_ages().cpu()  # (n_read,)
+        if ages.numel():
+            t.writer.add_histogram(f"val/memory_usage/{name}/train_staleness", ages, step)
     return results
 
 
+def checkpoint_now(t: Trainer, step: int) -> None:
+    """Collective under torchrun: every rank writes its part of RUN/checkpoints/step-N."""
+    save_checkpoint(t.run_dir, step, t.model, t.optimizer, {"tokens": step * t.tokens_per_step},
+                    keep=t.cfg.train.keep_checkpoints, ctx=t.ctx, sharded=t.sharded)
+
+
+def finish(t: Trainer, step: int, last_eval: dict, seconds: float) -> dict:
+    """results.json (rank 0) with the final evaluation and the accounting; returns it."""
+    results = {"run_dir": str(t.run_dir), "steps": step, "tokens": step * t.tokens_per_step,
+               "train_seconds_this_session": seconds, **last_eval, **t.accounting}
+    if t.ctx.enabled:
+        results["world_size"] = t.ctx.world_size
+        results["replica_max_abs_diff"] = replica_divergence(t.model, t.sharded)
+        t.forward_model = t.model  # release DDP's reducer (its threads) before the group goes
+        gc.collect()
+    if t.ctx.is_main:
+        write_json(t.run_dir / RESULTS_FILE, results)
+    t.ctx.barrier()
+    return results
+
+
+def _due(every: int, step: int, last: int) -> bool:
+    return bool(every and step % every == 0) or step == last
+
+
+def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) -> dict:
+    """Train (or resume) the run in `run_dir`; returns the results dict (also results.json)."""
+    t = set_up(cfg, run_dir, options or TrainOptions())
+    tc = t.cfg.train
+    quiet = (options or TrainOptions()).quiet
+    step, last_eval, window = t.start, {}, Window()
+    t.model.train()
+    bar = tqdm(total=tc.steps, initial=t.start, desc="train", unit="step", file=sys.stderr,
+               disable=quiet or not t.ctx.is_main, dynamic_ncols=True, mininterval=0.5)
+    started = time.perf_counter()
+    try:
+        while step < tc.steps:
+            result = train_step(t, step)
+            step += 1
+            window.add(result)
+            bar.update(1)
+            if _due(tc.log_every, step, tc.steps):
+                record = log_window(t, window, step, result)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                window = Window()
+            if _due(tc.eval_every, step, tc.steps):
+                last_eval = evaluate_now(t, step)
+            if _due(tc.checkpoint_every, step, tc.steps):
+                checkpoint_now(t, step)
+    except KeyboardInterrupt:
+        bar.close()
+        if step > t.start:
+            checkpoint_now(t, step)
+        t.writer.close()
+        raise TrainingInterrupted(run_dir, step) from None
+    bar.close()
+    t.writer.close()
+    if not last_eval:  # resumed a finished run: nothing trained, evaluate what is there
+        last_eval = evaluate_now(t)
+    return finish(t, step, last_eval, time.perf_counter() - started)

@@ -17,7 +17,7 @@ from torch import nn
 
 from extmem.errors import ConfigError
 from extmem.memory.table import ValueTable
-from extmem.train.config import TrainConfig
+from extmem.run.config import TrainConfig
 from extmem.train.sparse_optim import LazyAdam, OptimizerSet, RowwiseAdagrad
 
 

@@ -1,6 +1,8 @@
-"""Checkpoints: safetensors + a JSON state, written atomically, loaded without unpickling.
+"""The checkpoint format shared by both back ends: state.json, hashes, publishing, listing.
 
-Layout: RUN/checkpoints/step-N/{model,optimizer,rng}.safetensors + state.json. The directory
+Layout: RUN/checkpoints/step-N/{model,optimizer,rng}.safetensors + state.json (one process,
+`local.py`) or step-N/dcp/ + rng-rank{r}.safetensors + state.json (torchrun,
+`distributed.py`). The directory
 is assembled under a temporary name and renamed into place, so a run killed at any moment
 leaves either a complete checkpoint or none. state.json carries a format version, the step,
 and a SHA-256 of every file, checked on load (a truncated or corrupted file is an error).
@@ -16,13 +18,10 @@ import json
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from extmem.errors import CheckpointError
@@ -53,31 +52,6 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_model_weights(model: nn.Module, path: Path) -> None:
-    """Load a model.safetensors into `model`, with errors that name the mismatching tensor."""
-    try:
-        saved = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
-    expected = model.state_dict()
-    required = unique_state_dict(model)
-    missing = sorted(set(required) - set(saved))
-    unexpected = sorted(set(saved) - set(expected))
-    if missing or unexpected:
-        detail = (f"missing {missing[:3]}" if missing else "") + \
-                 (f" unexpected {unexpected[:3]}" if unexpected else "")
-        raise CheckpointError(f"checkpoint {path.parent} does not match the config:{' ' + detail.strip()}; "
-                              "was it written with a different model config?")
-    for name in required:  # model order: the first mismatching parameter is the telling one
-        tensor = saved[name]
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(
-                f"checkpoint {path.parent} does not match the config: {name} has shape "
-                f"{tuple(tensor.shape)} in the checkpoint but {tuple(expected[name].shape)} "
-                "in the model built from the config")
-    model.load_state_dict(saved, strict=False)
-
-
 def optimizer_tensors(optimizer: torch.optim.Optimizer, cpu: bool = True) -> dict[str, torch.Tensor]:
     """"param name::state key" -> tensor, for every tensor in the optimizer state."""
     out = {}
@@ -90,7 +64,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, cpu: bool = True) -> dic
     return out
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
     by_name = {}
     for group in optimizer.param_groups:
         by_name.update(zip(group["param_names"], group["params"], strict=False))
@@ -111,7 +85,7 @@ def optimizer_kinds(optimizer: torch.optim.Optimizer) -> dict[str, str]:
     return {g.get("name", str(i)): "adamw" for i, g in enumerate(optimizer.param_groups)}
 
 
-def _check_optimizer_kinds(path: Path, state: dict, optimizer: torch.optim.Optimizer) -> None:
+def check_optimizer_kinds(path: Path, state: dict, optimizer: torch.optim.Optimizer) -> None:
     saved = state.get("optimizers")  # absent in version 1: every group was AdamW
     current = optimizer_kinds(optimizer)
     for group, kind in current.items():
@@ -131,31 +105,11 @@ def rng_tensors() -> dict[str, torch.Tensor]:
     return out
 
 
-def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+def set_rng_tensors(tensors: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(tensors["torch_cpu"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-
-
-def save_checkpoint(run_dir: Path, step: int, model: nn.Module,
-                    optimizer: torch.optim.Optimizer, extra: dict | None = None,
-                    keep: int = 0) -> Path:
-    """Write RUN/checkpoints/step-N atomically; keep only the newest `keep` (0: all)."""
-    root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = root / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(unique_state_dict(model), str(tmp / "model.safetensors"))
-    save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
-    save_file(rng_tensors(), str(tmp / "rng.safetensors"))
-    files = {name: sha256_file(tmp / name)
-             for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors")}
-    state = {"format_version": FORMAT_VERSION, "step": step, "time": time.time(),
-             "files": files, "optimizers": optimizer_kinds(optimizer), **(extra or {})}
-    return publish_checkpoint(run_dir, tmp, final, state, keep)
 
 
 def publish_checkpoint(run_dir: Path, tmp: Path, final: Path, state: dict, keep: int) -> Path:
@@ -222,54 +176,6 @@ def read_state(path: Path) -> dict:
 
 def is_distributed_checkpoint(path: Path) -> bool:
     return (path / DCP_DIR).is_dir()
-
-
-def load_model_state(path: Path, model: nn.Module) -> dict:
-    """Verify the checkpoint and load its model weights into the full (unsharded) model,
-    whichever way it was written (one process: safetensors; torchrun: DCP). Returns state."""
-    state = read_state(path)
-    if is_distributed_checkpoint(path):
-        from extmem.distributed.checkpoint import load_dcp_model
-        load_dcp_model(path, model)
-    else:
-        load_model_weights(model, path / "model.safetensors")
-    return state
-
-
-def load_optimizer_state(path: Path, state: dict, optimizer: torch.optim.Optimizer,
-                         localize=None) -> None:
-    """Restore the optimizer; `localize(name, tensor)` cuts a full tensor to this rank's shard."""
-    _check_optimizer_kinds(path, state, optimizer)
-    if is_distributed_checkpoint(path):
-        from extmem.distributed.checkpoint import load_dcp_optimizer
-        tensors = load_dcp_optimizer(path)
-    else:
-        tensors = load_file(str(path / "optimizer.safetensors"))
-    if localize is not None:
-        tensors = {key: localize(key.partition("::")[0], value) for key, value in tensors.items()}
-    _load_optimizer(optimizer, tensors)
-
-
-def restore_rng_state(path: Path, rank: int = 0) -> bool:
-    """Restore this rank's RNG if the checkpoint has it (same world size); returns whether."""
-    file = path / (f"rng-rank{rank}.safetensors" if is_distributed_checkpoint(path)
-                   else "rng.safetensors")
-    if not file.is_file():
-        return False
-    _restore_rng(load_file(str(file)))
-    return True
-
-
-def load_checkpoint(path: Path, model: nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None,
-                    restore_rng: bool = False) -> LoadedCheckpoint:
-    """One process: model (and optimizer, RNG) from a checkpoint of any layout."""
-    state = load_model_state(path, model)
-    if optimizer is not None:
-        load_optimizer_state(path, state, optimizer)
-    if restore_rng:
-        restore_rng_state(path)
-    return LoadedCheckpoint(path=path, step=int(state["step"]), state=state)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

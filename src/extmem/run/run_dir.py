@@ -12,7 +12,7 @@ from typing import Any
 
 from extmem.config import from_dict, read_toml, to_dict, write_toml
 from extmem.errors import ConfigError
-from extmem.train.config import RunConfig
+from extmem.run.config import RunConfig
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
@@ -41,14 +41,14 @@ def save_run_config(run_dir: Path, cfg: RunConfig) -> None:
     write_toml(run_dir / CONFIG_FILE, to_dict(cfg))
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe: NaN/inf become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -67,7 +67,7 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(_clean(record)) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
 
 
 def _step_of(line: str) -> int:
@@ -92,5 +92,5 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)

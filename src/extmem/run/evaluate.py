@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from extmem.data import FactProbe, LMData, mask_tokens
 from extmem.memory.stats import staleness_figures
 from extmem.model import Transformer
-from extmem.train.objective import mlm_generator
+from extmem.run.objective import mlm_generator
 
 EVAL_MASK_SEED = 12345
 

@@ -35,7 +35,7 @@ from torch.distributed.tensor import DTensor, Shard
 from extmem.distributed.context import DistContext
 from extmem.distributed.tables import ShardedValueTable
 from extmem.errors import CheckpointError
-from extmem.train.checkpoint import (
+from extmem.run.checkpoint.format import (
     DCP_DIR,
     FORMAT_VERSION,
     optimizer_kinds,

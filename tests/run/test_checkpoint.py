@@ -3,13 +3,13 @@ import torch
 
 from extmem import MemoryConfig, ModelConfig, ProductKeyConfig, Transformer
 from extmem.errors import CheckpointError
-from extmem.train import TrainConfig
-from extmem.train.checkpoint import (
+from extmem.run.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
+from extmem.train import TrainConfig
 from extmem.train.optim import build_optimizer
 
 

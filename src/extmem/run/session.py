@@ -15,8 +15,8 @@ from tokenizers import Tokenizer
 from extmem.data import Corpus, LMData, build_lm_data, get_tokenizer, load_corpus
 from extmem.errors import CheckpointError, ConfigError
 from extmem.model import Transformer
-from extmem.train.config import RunConfig
-from extmem.train.run_dir import TOKENIZER_FILE
+from extmem.run.config import RunConfig
+from extmem.run.run_dir import TOKENIZER_FILE
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,8 +80,8 @@ class TrainedRun:
 def load_trained(run_dir: Path, overrides: list[str] | None = None,
                  checkpoint: str | None = None) -> TrainedRun:
     """Restore `run_dir` at checkpoint `step-N` (default: the newest complete one)."""
-    from extmem.train.checkpoint import latest_checkpoint, load_checkpoint
-    from extmem.train.run_dir import load_run_config
+    from extmem.run.checkpoint import latest_checkpoint, load_checkpoint
+    from extmem.run.run_dir import load_run_config
 
     cfg = load_run_config(run_dir, overrides)
     path = run_dir / "checkpoints" / checkpoint if checkpoint else latest_checkpoint(run_dir)
