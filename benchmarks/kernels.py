@@ -1,6 +1,6 @@
 """Each fused CPU kernel of the memory step (numba, the `fast` extra) against its portable path.
 
-Issue 7 (docs/performance.md): times, side by side in one run, every numba kernel and the
+See docs/performance.md. Times, side by side in one run, every numba kernel and the
 torch path it replaces, at the shapes of `extmem bench pkm`'s 1M-slot setting (4,096 tokens,
 4 heads, top-32, key width 256, 1,048,576 x 256 fp32 table) unless stated:
 
@@ -13,9 +13,10 @@ torch path it replaces, at the shapes of `extmem bench pkm`'s 1M-slot setting (4
 - usage_record:    usage counters of 524,288 reads of 1M slots vs index_add_ x 2 + index_fill_
 - lazy_adam:       400,000 touched rows of the table vs the unfused torch update
 
-Rounds alternate fused and portable calls (`extmem.bench.timing.timed_rounds`); prints one
-JSON object with the median ms of each and the speed-up. Needs numba (`pip install -e
-".[fast]"`) and ~4 GiB of memory.
+Fused calls run under `use_kernels("numba")`, portable ones under `use_kernels("torch")`
+(`extmem.memory.kernels`). Rounds alternate fused and portable calls
+(`extmem.bench.timing.timed_rounds`); prints one JSON object with the median ms of each and the
+speed-up. Needs numba (`pip install -e ".[fast]"`) and ~4 GiB of memory.
 
     python benchmarks/kernels.py [--repeats 7]
 """
@@ -29,25 +30,31 @@ import torch
 
 from extmem.allocator import reuse_freed_memory
 from extmem.bench.timing import environment, timed_rounds, warm_up
+from extmem.memory import kernels
 from extmem.memory import topk as topk_module
+from extmem.memory.kernels.subkey_grad import subkey_grad
 from extmem.memory.pair_topk import best_pairs
 from extmem.memory.read_weight_grad import read_weight_grad
 from extmem.memory.sparse import row_sparse_grad
 from extmem.memory.stats import UsageCounters
-from extmem.memory.subkey_grad import subkey_grad
 from extmem.train.sparse_optim import LazyAdam
 
 
-def _portable(fn):
-    """Run `fn` with the numba kernels switched off (their one rule says no)."""
+def _using(choice: str, fn):
+    """Run `fn` with the kernel back-end `choice` ('numba': the kernels whatever the thread
+    counts; 'torch': the portable paths)."""
     def run() -> object:
-        saved = topk_module.owns_all_cores
-        topk_module.owns_all_cores = lambda: False
-        try:
+        with kernels.use_kernels(choice):
             return fn()
-        finally:
-            topk_module.owns_all_cores = saved
     return run
+
+
+def _fused(fn):
+    return _using("numba", fn)
+
+
+def _portable(fn):
+    return _using("torch", fn)
 
 
 def subjects(g: torch.Generator) -> dict[str, dict]:
@@ -79,7 +86,6 @@ def subjects(g: torch.Generator) -> dict[str, dict]:
     grad = torch.sparse_coo_tensor(touched.unsqueeze(0), torch.randn(400_000, d, generator=g),
                                    (n_slots, d), is_coalesced=True, check_invariants=False)
     fused_opt, plain_opt = LazyAdam([param]), LazyAdam([param])
-    plain_opt.fused = False
 
     def adam(opt: LazyAdam):
         def step() -> None:
@@ -96,19 +102,19 @@ def subjects(g: torch.Generator) -> dict[str, dict]:
                                8 * 1024).to_dense()
 
     return {
-        "topk_k32": {"fused": lambda: topk_module.topk(scores32, 32),
+        "topk_k32": {"fused": _fused(lambda: topk_module.topk(scores32, 32)),
                      "portable": lambda: scores32.topk(32, dim=-1)},
-        "topk_k8": {"fused": lambda: topk_module.topk(scores8, 8),
+        "topk_k8": {"fused": _fused(lambda: topk_module.topk(scores8, 8)),
                     "portable": lambda: scores8.topk(8, dim=-1)},
-        "read_weight_grad": {"fused": lambda: read_weight_grad(table, bags, grad_out),
-                             "portable": lambda: read_weight_grad(table, bags, grad_out,
-                                                                  fused=False)},
-        "subkey_grad": {"fused": lambda: subkey_grad(q, kept, kept_grad, 1024),
+        "read_weight_grad": {"fused": _fused(lambda: read_weight_grad(table, bags, grad_out)),
+                             "portable": _portable(lambda: read_weight_grad(table, bags,
+                                                                            grad_out))},
+        "subkey_grad": {"fused": _fused(lambda: subkey_grad(q, kept, kept_grad, 1024)),
                         "portable": portable_subkeys},
-        "best_pairs": {"fused": pairs, "portable": _portable(pairs)},
-        "usage_record": {"fused": lambda: counters.record(reads, read_w),
+        "best_pairs": {"fused": _fused(pairs), "portable": _portable(pairs)},
+        "usage_record": {"fused": _fused(lambda: counters.record(reads, read_w)),
                          "portable": _portable(lambda: counters.record(reads, read_w))},
-        "lazy_adam": {"fused": adam(fused_opt), "portable": adam(plain_opt)},
+        "lazy_adam": {"fused": _fused(adam(fused_opt)), "portable": _portable(adam(plain_opt))},
     }
 
 
@@ -117,7 +123,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
-    if not topk_module.fused_available():
+    if not kernels.numba_installed():
         raise SystemExit("error: numba is not installed: pip install -c constraints.txt -e '.[fast]'")
     reuse_freed_memory()  # as the CLI does
     results = {}

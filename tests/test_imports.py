@@ -60,7 +60,7 @@ def _graph() -> dict[str, dict[str, int]]:
                        if t in files and t != module and t != "extmem"]
             if isinstance(node, ast.ImportFrom) and len(targets) > 1:
                 # `from extmem.memory import topk` reads the submodule, not the package's names
-                stem, submodules = targets[0], targets[1:]
+                submodules = targets[1:]  # targets[0] is the package itself
                 if len(submodules) == len(node.names):
                     targets = submodules
             for target in targets:

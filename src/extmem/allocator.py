@@ -1,6 +1,6 @@
 """Reuse freed CPU memory inside the process instead of returning it to the OS (glibc malloc).
 
-Part of issue 7's "capacity without latency" work (REFERENCE.md section 7): the row-sparse
+Part of the "capacity without latency" performance work (docs/performance.md): the row-sparse
 training step of a large external memory must not pay for its temporaries twice.
 
 A memory step allocates a few tensors of hundreds of MB per step (the row-sparse gradient of a

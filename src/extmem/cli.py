@@ -133,10 +133,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from extmem.experiments import load_sweep, run_sweep
     from extmem.experiments.report import rich_table, write_report
 
-    sweep = load_sweep(args.sweep, args.set)
+    sweep = load_sweep(args.sweep, args.set, steps=args.steps, tokens=args.tokens)
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.cfg.name
     results = run_sweep(sweep, out, quiet=args.quiet)
-    command = " ".join(["extmem compare", args.sweep, *(f"--set {s}" for s in args.set)])
+    budget = ([f"--steps {args.steps}"] if args.steps else []) + \
+        ([f"--tokens {args.tokens}"] if args.tokens else [])
+    command = " ".join(["extmem compare", args.sweep, *budget, *(f"--set {s}" for s in args.set)])
     write_report(results, out, command)
     if args.json:
         _print_json(results)
@@ -281,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", help="SWEEP.toml (see configs/sweeps/)")
     p.add_argument("--out", help="sweep directory (default: runs/sweeps/<sweep name>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--steps", type=int, help="budget: train every run for N steps (replaces "
+                                             "the sweep's steps / tokens)")
+    p.add_argument("--tokens", type=int, help="budget: train every run on N tokens")
     common(p)
     p.set_defaults(func=cmd_compare)
 
@@ -302,8 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory config: one memory's fields, or a run config's "
                         "[[model.memories]] (default: product keys scaled to the model)")
     p.add_argument("--layers", help="comma-separated layer indices, e.g. 2,4 (overrides the TOML)")
-    p.add_argument("--placement", choices=["parallel_ffn", "replace_ffn"],
-                   help="beside the FFN (ResM) or instead of it (default: the TOML's, else "
+    p.add_argument("--placement", metavar="PLACEMENT",
+                   help="parallel_ffn: beside the FFN (ResM), replace_ffn: instead of it, "
+                        "input: at the start of the layer (default: the TOML's, else "
                         "parallel_ffn)")
     p.add_argument("--out", required=True, help="the new run directory (must not exist)")
     common(p)
@@ -352,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
-        return 130
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

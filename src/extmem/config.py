@@ -8,15 +8,22 @@ dataclasses: unknown keys and wrong types are errors that name the full dotted f
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Literal, NamedTuple, TypeVar, get_args, get_origin, get_type_hints
 
 import tomli_w
-import tomllib
 
 from extmem.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: tomli is the package tomllib was taken from (same API)
+    import tomli as tomllib
 
 T = TypeVar("T")
 
@@ -27,64 +34,101 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _not_allowed(path: str, value: Any, allowed: tuple[Any, ...]) -> ConfigError:
+    return ConfigError(f"{path}: {value!r} is not allowed; choose one of "
+                       f"{', '.join(repr(a) for a in allowed)}")
+
+
+def _convert_union(value: Any, tp: Any, path: str) -> Any:
+    options = get_args(tp)
+    if value is None and type(None) in options:
+        return None
+    errors = []
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _convert(value, option, path)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of "
+                      f"{' | '.join(_type_name(o) for o in options)}")
+
+
+def _convert_literal(value: Any, tp: Any, path: str) -> Any:
+    allowed = get_args(tp)
+    if value not in allowed:
+        raise _not_allowed(path, value, allowed)
+    return value
+
+
+def _convert_list(value: Any, tp: Any, path: str) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+    (item_tp, *_rest) = get_args(tp) or (Any,)
+    return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+
+
+def _convert_dict(value: Any, tp: Any, path: str) -> dict[Any, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a table, got {type(value).__name__}")
+    return dict(value)
+
+
+def _convert_dataclass(value: Any, tp: Any, path: str) -> Any:
+    if isinstance(value, tp):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a table of {tp.__name__} fields, "
+                          f"got {type(value).__name__} {value!r}")
+    return from_dict(tp, value, path)
+
+
+def _convert_bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    return value
+
+
+def _convert_int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    return value
+
+
+def _convert_float(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _convert_str(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    return value
+
+
+_GENERIC_CONVERTERS: dict[Any, Callable[[Any, Any, str], Any]] = {
+    typing.Union: _convert_union, types.UnionType: _convert_union, Literal: _convert_literal,
+    list: _convert_list, tuple: _convert_list, dict: _convert_dict,
+}
+_SCALAR_CONVERTERS: dict[Any, Callable[[Any, str], Any]] = {
+    Any: lambda value, path: value, bool: _convert_bool, int: _convert_int,
+    float: _convert_float, str: _convert_str,
+}
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
     """Check and convert one TOML value to the annotated type `tp`."""
-    origin = get_origin(tp)
-    if origin is typing.Union or origin is types.UnionType:
-        options = get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(value, option, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of "
-                          f"{' | '.join(_type_name(o) for o in options)}")
-    if origin is Literal:
-        allowed = get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{path}: {value!r} is not allowed; choose one of "
-                              f"{', '.join(repr(a) for a in allowed)}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-        (item_tp, *_rest) = get_args(tp) or (Any,)
-        return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a table, got {type(value).__name__}")
-        return dict(value)
+    generic = _GENERIC_CONVERTERS.get(get_origin(tp))
+    if generic is not None:
+        return generic(value, tp, path)
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a table of {tp.__name__} fields, "
-                              f"got {type(value).__name__} {value!r}")
-        return from_dict(tp, value, path)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{path}: unsupported field type {tp!r}")
+        return _convert_dataclass(value, tp, path)
+    scalar = _SCALAR_CONVERTERS.get(tp)
+    if scalar is None:
+        raise ConfigError(f"{path}: unsupported field type {tp!r}")
+    return scalar(value, path)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
@@ -182,3 +226,58 @@ def require(condition: bool, message: str) -> None:
     """Validation helper for `__post_init__`: raise ConfigError(message) unless condition."""
     if not condition:
         raise ConfigError(message)
+
+
+class LiteralField(NamedTuple):
+    """The allowed values of one `Literal`-annotated dataclass field."""
+
+    allowed: tuple[Any, ...]  # the Literal's values
+    optional: bool            # `Literal[...] | None`: None is allowed too
+    many: bool                # `list[Literal[...]]`: every item must be allowed
+
+
+def _literal_field(tp: Any) -> LiteralField | None:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return LiteralField(get_args(tp), optional=False, many=False)
+    if origin in (list, tuple):
+        item = _literal_field(get_args(tp)[0]) if get_args(tp) else None
+        if item is None or item.many:
+            return None
+        return item._replace(many=True)
+    if origin is typing.Union or origin is types.UnionType:
+        options = [o for o in get_args(tp) if o is not type(None)]
+        if not options or any(get_origin(o) is not Literal for o in options):
+            return None  # not (only) Literals: nothing to check here
+        allowed = tuple(a for o in options for a in get_args(o))
+        return LiteralField(allowed, optional=len(options) < len(get_args(tp)), many=False)
+    return None
+
+
+@functools.cache
+def literal_fields(cls: type) -> dict[str, LiteralField]:
+    """Field name -> allowed values, for each field of dataclass `cls` annotated `Literal[...]`,
+    `Literal[...] | None` or `list[Literal[...]]` (type hints resolved once per class)."""
+    hints = get_type_hints(cls)
+    found = {f.name: _literal_field(hints[f.name]) for f in dataclasses.fields(cls)}
+    return {name: spec for name, spec in found.items() if spec is not None}
+
+
+def require_literals(config: Any, prefix: str) -> None:
+    """Validation helper for `__post_init__`: raise ConfigError naming `prefix.field`, the value
+    and the allowed values unless every `Literal`-annotated field of dataclass `config` holds
+    one of its Literal's values (the same message as a bad value read from TOML)."""
+    for name, spec in literal_fields(type(config)).items():
+        value = getattr(config, name)
+        path = f"{prefix}.{name}"
+        if value is None and spec.optional:
+            continue
+        if not spec.many:
+            if value not in spec.allowed:
+                raise _not_allowed(path, value, spec.allowed)
+            continue
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        for i, item in enumerate(value):
+            if item not in spec.allowed:
+                raise _not_allowed(f"{path}[{i}]", item, spec.allowed)

@@ -19,3 +19,7 @@ class DataError(ExtmemError):
 
 class CheckpointError(ExtmemError):
     """A checkpoint that is missing, truncated, corrupted or does not match the config."""
+
+
+class TrainingError(ExtmemError):
+    """Training that cannot go on: a non-finite loss, gradient or weight, a run in use."""

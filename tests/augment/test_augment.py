@@ -80,6 +80,14 @@ def test_replace_ffn_drops_the_ffn(dense_runs, tmp_path, capsys):
     assert report["val_loss_augmented"] != report["val_loss_dense"]  # the FFN's output is gone
 
 
+def test_input_placement_keeps_validation_loss(dense_runs, tmp_path, capsys):
+    report = run_json(capsys, "augment", str(dense_runs["causal"]), "--layers", "1",
+                      "--placement", "input", "--out", str(tmp_path / "aug"))
+    assert report["memories"][0]["placement"] == "input"
+    assert abs(report["val_loss_augmented"] - report["val_loss_dense"]) <= 1e-6
+    assert report["dropped_tensors"] == []
+
+
 def test_memory_from_a_toml_file(dense_runs, tmp_path, capsys):
     memory = tmp_path / "memory.toml"
     memory.write_text('layers = [0]\nplacement = "parallel_ffn"\n\n[product_keys]\n'
@@ -119,6 +127,10 @@ def test_bad_input_is_one_line_and_writes_nothing(dense_runs, tmp_path, capsys):
     assert "out of range" in error_line(capsys, "augment", source, "--layers", "7",
                                         "--out", str(out))
     assert "give --layers" in error_line(capsys, "augment", source, "--out", str(out))
+    assert ("--placement: 'paralel_ffn' is not allowed; choose one of 'replace_ffn', "
+            "'parallel_ffn', 'input'") in error_line(capsys, "augment", source, "--layers", "1",
+                                                     "--placement", "paralel_ffn",
+                                                     "--out", str(out))
     assert "neither a run directory" in error_line(capsys, "augment", str(tmp_path),
                                                    "--layers", "1", "--out", str(out))
     no_layers = tmp_path / "m.toml"

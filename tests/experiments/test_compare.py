@@ -150,3 +150,34 @@ def test_init_from_must_name_an_earlier_variant(tiny_config, capsys):
     sweep.write_text(INIT_SWEEP.replace('init_from = "dense"', 'init_from = "nope"'))
     line = error_line(capsys, "compare", str(sweep), "--out", str(sweep.parent / "o"))
     assert "init_from" in line and "'nope'" in line
+
+
+def test_budget_from_the_command_line_and_overwritten_sets_refused(sweep_file, tmp_path, capsys):
+    from extmem.experiments import load_sweep
+
+    sweep = load_sweep(sweep_file, ["train.lr=1e-3"], steps=7)
+    assert {run.train.steps for seeds in sweep.runs.values() for run in seeds.values()} == {7}
+    assert {run.train.lr for run in sweep.runs["dense"].values()} == {1e-3}
+    tiny = sweep.runs["dense"][0]
+    per_step = tiny.train.batch_size * tiny.data.seq_len
+    sweep = load_sweep(sweep_file, tokens=5 * per_step)
+    assert {run.train.steps for seeds in sweep.runs.values() for run in seeds.values()} == {5}
+    out = str(tmp_path / "out")
+    assert "use extmem compare --steps N" in error_line(
+        capsys, "compare", str(sweep_file), "--out", out, "--set", "train.steps=20")
+    assert "seeds = [0, 1]" in error_line(
+        capsys, "compare", str(sweep_file), "--out", out, "--set", "train.seed=5")
+    assert "not both" in error_line(capsys, "compare", str(sweep_file), "--out", out,
+                                    "--steps", "2", "--tokens", "64")
+    assert "--steps 0" in error_line(capsys, "compare", str(sweep_file), "--out", out,
+                                     "--steps", "0")
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_runs_go_seed_major(sweep_file, tmp_path, capsys):
+    main(["compare", str(sweep_file), "--out", str(tmp_path / "out"), "--steps", "1",
+          "--set", "train.eval_every=0"])
+    err = capsys.readouterr().err
+    order = [line.split(":")[0].split("] ")[1] for line in err.splitlines()
+             if line.startswith("[") and "training ->" in line]
+    assert order == ["dense seed 0", "pkm seed 0", "dense seed 1", "pkm seed 1"]

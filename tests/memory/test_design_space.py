@@ -13,11 +13,9 @@ from extmem.memory import (
     RouterLookupConfig,
     TokenLookupConfig,
 )
+from extmem.memory.config import LOOKUPS, PLACEMENTS, READOUTS
 from extmem.model import DecodeCache
 
-LOOKUPS = ["product_keys", "token", "ngram", "lsh", "router"]
-READOUTS = ["add", "gated", "memory_plus", "concat", "experts"]
-PLACEMENTS = ["replace_ffn", "parallel_ffn", "input"]
 VOCAB = 40
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from extmem.errors import ConfigError
-from extmem.memory import Memory, MemoryConfig, ProductKeyConfig
+from extmem.memory import Memory, MemoryConfig, ProductKeyConfig, kernels
 from extmem.memory.product_keys import ProductKeyLookup
 from extmem.memory.sparse import sparse_bag
 from extmem.run.config import ParamGroupConfig, TrainConfig
@@ -216,15 +216,16 @@ def test_bad_config_values_name_the_field() -> None:
         MemoryConfig(readout="experts", sparse_updates=True)
 
 
-def test_fused_topk_matches_torch_topk_values_indices_and_grad(monkeypatch) -> None:
+def test_fused_topk_matches_torch_topk_values_indices_and_grad() -> None:
     from extmem.memory import topk as topk_module
 
-    if not topk_module.fused_available():
+    if not kernels.numba_installed():
         pytest.skip("numba is not installed (the `fast` extra): the fused top-k is off")
-    monkeypatch.setattr(topk_module, "owns_all_cores", lambda: True)  # whatever the threads
     torch.manual_seed(0)
     x = torch.randn(3, 200, 50, requires_grad=True)  # 600 rows >= MIN_ROWS: the fused kernel
-    values, idx = topk_module.topk(x, 7)
+    with kernels.use_kernels("numba"):  # whatever the threads
+        assert kernels.active_backend(x) == "numba"
+        values, idx = topk_module.topk(x, 7)
     ref_values, ref_idx = x.topk(7, dim=-1)
     assert torch.equal(idx, ref_idx) and torch.equal(values, ref_values)
     (g,) = torch.autograd.grad(values.sin().sum(), x)
@@ -232,27 +233,28 @@ def test_fused_topk_matches_torch_topk_values_indices_and_grad(monkeypatch) -> N
     assert torch.equal(g, ref_g)
 
 
-def test_fused_lazy_adam_matches_the_torch_path(monkeypatch) -> None:
-    from extmem.memory import topk as topk_module
+def test_fused_lazy_adam_matches_the_torch_path() -> None:
     from extmem.train import fused_rows
 
-    if not topk_module.fused_available():
+    if not kernels.numba_installed():
         pytest.skip("numba is not installed (the `fast` extra): the fused row update is off")
-    monkeypatch.setattr(topk_module, "owns_all_cores", lambda: True)  # whatever the threads
     torch.manual_seed(0)
     fused = torch.nn.Parameter(torch.randn(300, 16))
     plain = torch.nn.Parameter(fused.detach().clone())
     opts = [LazyAdam([p], lr=0.05, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
             for p in (fused, plain)]
-    opts[1].fused = False
-    assert fused_rows.available(fused)
+    with kernels.use_kernels("numba"):  # whatever the threads
+        assert fused_rows.available(fused)
+    with kernels.use_kernels("torch"):
+        assert not fused_rows.available(plain)
     for step in range(4):
         rows = torch.randperm(300, generator=torch.Generator().manual_seed(step))[:120].sort()[0]
         grad = _sparse_grad(300, rows.tolist(), 16, step)
         before = fused.detach().clone()
-        for p, opt in zip((fused, plain), opts, strict=True):
+        for p, opt, choice in zip((fused, plain), opts, ("numba", "torch"), strict=True):
             p.grad = grad.clone()
-            opt.step()
+            with kernels.use_kernels(choice):
+                opt.step()
         torch.testing.assert_close(fused.detach(), plain.detach(), rtol=1e-5, atol=1e-6)
         untouched = torch.ones(300, dtype=torch.bool)
         untouched[rows] = False
@@ -261,18 +263,19 @@ def test_fused_lazy_adam_matches_the_torch_path(monkeypatch) -> None:
         torch.testing.assert_close(opts[0].state[fused][key], opts[1].state[plain][key])
 
 
-def test_fused_read_weight_grad_matches_aten(monkeypatch) -> None:
-    from extmem.memory import topk as topk_module
-    from extmem.memory.read_weight_grad import fused_available, read_weight_grad
+def test_fused_read_weight_grad_matches_aten() -> None:
+    from extmem.memory.read_weight_grad import read_weight_grad
 
-    if not topk_module.fused_available():
+    if not kernels.numba_installed():
         pytest.skip("numba is not installed (the `fast` extra): the fused weight gradient is off")
-    monkeypatch.setattr(topk_module, "owns_all_cores", lambda: True)  # whatever the threads
     weight, idx, _ = _bag_inputs(n_rows=50, dim=33, bags=11, reads=7)
     grad_out = torch.randn(11, 33, generator=torch.Generator().manual_seed(3))
-    assert fused_available(weight)
-    fused = read_weight_grad(weight, idx, grad_out)
-    aten = read_weight_grad(weight, idx, grad_out, fused=False)
+    with kernels.use_kernels("numba"):  # whatever the threads
+        assert kernels.active_backend(weight) == "numba"
+        fused = read_weight_grad(weight, idx, grad_out)
+        aten = read_weight_grad(weight, idx, grad_out, fused=False)
+    with kernels.use_kernels("torch"):
+        assert torch.equal(read_weight_grad(weight, idx, grad_out), aten)
     by_hand = torch.einsum("brd,bd->br", weight[idx], grad_out)  # (bags, reads)
     assert fused.shape == (11, 7)
     torch.testing.assert_close(fused, by_hand, rtol=1e-5, atol=1e-5)
@@ -280,35 +283,32 @@ def test_fused_read_weight_grad_matches_aten(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_score_topk_subkey_gradient_fused_and_portable_match_autograd(monkeypatch, fused) -> None:
-    from extmem.memory import subkey_grad
-    from extmem.memory import topk as topk_module
+def test_score_topk_subkey_gradient_fused_and_portable_match_autograd(fused) -> None:
     from extmem.memory.score_topk import score_topk
 
-    if fused and not topk_module.fused_available():
+    if fused and not kernels.numba_installed():
         pytest.skip("numba is not installed (the `fast` extra): the fused sub-key gradient is off")
-    monkeypatch.setattr(topk_module, "owns_all_cores", lambda: fused)
-    g = torch.Generator().manual_seed(5)
-    q = torch.randn(4, 300, 6, generator=g)  # (B, M, half)
-    keys = torch.randn(4, 40, 6, generator=g)  # (B, n, half)
-    upstream = torch.randn(4, 300, 5, generator=g)  # (B, M, k)
-    qa, ka = q.clone().requires_grad_(), keys.clone().requires_grad_()
-    qb, kb = q.clone().requires_grad_(), keys.clone().requires_grad_()
-    values, idx = score_topk(qa, ka, 5)
-    ref_values, ref_idx = torch.bmm(qb, kb.transpose(1, 2)).topk(5, dim=-1)
-    assert torch.equal(idx, ref_idx)
-    (values * upstream).sum().backward()
-    (ref_values * upstream).sum().backward()
-    assert subkey_grad.fused_available(q, keys) == fused
-    torch.testing.assert_close(ka.grad, kb.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(qa.grad, qb.grad, rtol=1e-5, atol=1e-5)
+    with kernels.use_kernels("numba" if fused else "torch"):
+        g = torch.Generator().manual_seed(5)
+        q = torch.randn(4, 300, 6, generator=g)  # (B, M, half)
+        keys = torch.randn(4, 40, 6, generator=g)  # (B, n, half)
+        upstream = torch.randn(4, 300, 5, generator=g)  # (B, M, k)
+        qa, ka = q.clone().requires_grad_(), keys.clone().requires_grad_()
+        qb, kb = q.clone().requires_grad_(), keys.clone().requires_grad_()
+        values, idx = score_topk(qa, ka, 5)
+        ref_values, ref_idx = torch.bmm(qb, kb.transpose(1, 2)).topk(5, dim=-1)
+        assert torch.equal(idx, ref_idx)
+        (values * upstream).sum().backward()
+        (ref_values * upstream).sum().backward()
+        assert kernels.active_backend(q, keys) == ("numba" if fused else "torch")
+        torch.testing.assert_close(ka.grad, kb.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(qa.grad, qb.grad, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_best_pairs_match_the_portable_candidate_topk(monkeypatch) -> None:
-    from extmem.memory import topk as topk_module
+def test_fused_best_pairs_match_the_portable_candidate_topk() -> None:
     from extmem.memory.pair_topk import best_pairs
 
-    if not topk_module.fused_available():
+    if not kernels.numba_installed():
         pytest.skip("numba is not installed (the `fast` extra): the fused pair top-k is off")
     g = torch.Generator().manual_seed(7)
     k = 8
@@ -317,10 +317,10 @@ def test_fused_best_pairs_match_the_portable_candidate_topk(monkeypatch) -> None
     grid = torch.arange(1, k + 1)
     first, second = (grid[:, None] * grid[None, :] <= k).nonzero().unbind(1)  # (C,) each
     first, second = first.contiguous(), second.contiguous()
-    monkeypatch.setattr(topk_module, "owns_all_cores", lambda: True)
-    fused = best_pairs(top1, top2, first, second, k)
-    monkeypatch.setattr(topk_module, "owns_all_cores", lambda: False)
-    portable = best_pairs(top1, top2, first, second, k)
+    with kernels.use_kernels("numba"):
+        fused = best_pairs(top1, top2, first, second, k)
+    with kernels.use_kernels("torch"):
+        portable = best_pairs(top1, top2, first, second, k)
     assert fused[0].shape == (2, 300, k)
     assert torch.equal(fused[0], portable[0]) and torch.equal(fused[1], portable[1])
     scores = top1.gather(-1, fused[0]) + top2.gather(-1, fused[1])  # (H, M, k)
@@ -330,18 +330,18 @@ def test_fused_best_pairs_match_the_portable_candidate_topk(monkeypatch) -> None
 
 
 @pytest.mark.parametrize("kind", ["ascending", "descending", "ties", "constant"])
-def test_fused_topk_floor_prepass_keeps_every_winner(monkeypatch, kind: str) -> None:
+def test_fused_topk_floor_prepass_keeps_every_winner(kind: str) -> None:
     from extmem.memory import topk as topk_module
 
-    if not topk_module.fused_available():
+    if not kernels.numba_installed():
         pytest.skip("numba is not installed (the `fast` extra): the fused top-k is off")
-    monkeypatch.setattr(topk_module, "owns_all_cores", lambda: True)
     g = torch.Generator().manual_seed(11)
     x = {"ascending": torch.arange(300 * 64.0).view(300, 64),
          "descending": -torch.arange(300 * 64.0).view(300, 64),
          "ties": torch.randint(0, 4, (300, 64), generator=g).float(),
          "constant": torch.ones(300, 64)}[kind]
-    values, idx = topk_module.topk(x, 9)
+    with kernels.use_kernels("numba"):
+        values, idx = topk_module.topk(x, 9)
     assert torch.equal(values, x.topk(9, dim=-1).values)  # the same best values, best first
     assert torch.equal(x.gather(-1, idx), values)
     assert bool((idx.sort(-1).values.diff(dim=-1) > 0).all())  # distinct positions
@@ -349,9 +349,8 @@ def test_fused_topk_floor_prepass_keeps_every_winner(monkeypatch, kind: str) -> 
 
 def test_fused_usage_record_matches_the_index_ops(monkeypatch) -> None:
     from extmem.memory import stats
-    from extmem.memory import topk as topk_module
 
-    if not topk_module.fused_available():
+    if not kernels.numba_installed():
         pytest.skip("numba is not installed (the `fast` extra): the fused usage record is off")
     monkeypatch.setattr(stats, "FUSED_MIN_READS", 1)
     g = torch.Generator().manual_seed(13)
@@ -360,9 +359,9 @@ def test_fused_usage_record_matches_the_index_ops(monkeypatch) -> None:
         indices = torch.randint(0, 30, (2, 5, 2, 3), generator=g)  # (B, T, H, k), slots 30+ unread
         weights = torch.rand(2, 5, 2, 3, generator=g, requires_grad=True)
         for fused, counter in counters.items():
-            monkeypatch.setattr(topk_module, "owns_all_cores", lambda fused=fused: fused)
             counter.step.fill_(step)
-            counter.record(indices, weights)
+            with kernels.use_kernels("numba" if fused else "torch"):
+                counter.record(indices, weights)
     fused, plain = counters[True], counters[False]
     assert torch.equal(fused.counts, plain.counts) and torch.equal(fused.last_step, plain.last_step)
     torch.testing.assert_close(fused.weight, plain.weight)
@@ -370,11 +369,11 @@ def test_fused_usage_record_matches_the_index_ops(monkeypatch) -> None:
 
 
 def test_fused_topk_kernel_fuzzed_against_torch_topk() -> None:
-    from extmem.memory import topk as topk_module
+    from extmem.memory.kernels import topk as topk_kernel
 
-    if not topk_module.fused_available():
+    if not kernels.numba_installed():
         pytest.skip("numba is not installed (the `fast` extra): the fused top-k is off")
-    kernel = topk_module._kernel()
+    kernel = topk_kernel.kernel()
     g = torch.Generator().manual_seed(17)
     for trial in range(60):
         n = int(torch.randint(1, 300, (1,), generator=g))

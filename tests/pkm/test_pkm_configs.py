@@ -1,4 +1,4 @@
-"""configs/pkm: the seed-2 2x2 (dense init vs scratch) x (parallel_ffn vs replace_ffn)."""
+"""configs/pkm: Kim & Jung 2020's 2x2 (dense init vs scratch) x (parallel_ffn vs replace_ffn)."""
 
 import dataclasses
 from pathlib import Path

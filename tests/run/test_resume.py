@@ -1,6 +1,8 @@
 """A run stopped at any point and resumed ends exactly like an uninterrupted run."""
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -73,13 +75,40 @@ def test_crash_then_resume_equals_uninterrupted(tmp_path, monkeypatch, tiny_conf
     assert_same_run(out, uninterrupted)
 
 
-def test_ctrl_c_checkpoints_and_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys,
-                                                            tiny_config_module, uninterrupted):
+def signal_at(monkeypatch, data_step: int, signum: int):
+    """Deliver `signum` to this process while the batch of `data_step` is being drawn."""
+    original = LMData.train_batch
+
+    def signalling(self, step, batch_size, seed):
+        if step == data_step:
+            os.kill(os.getpid(), signum)
+        return original(self, step, batch_size, seed)
+    monkeypatch.setattr(LMData, "train_batch", signalling)
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_finishes_the_step_checkpoints_and_resume_equals_uninterrupted(
+        tmp_path, monkeypatch, capsys, tiny_config_module, uninterrupted, signum, code):
     out = tmp_path / "run"
-    crash_at(monkeypatch, 4, KeyboardInterrupt)
+    signal_at(monkeypatch, 4, signum)  # inside step 5 (batch of data step 4)
+    assert train(tiny_config_module, out) == code
+    err = capsys.readouterr().err
+    assert "--resume" in err and signal.Signals(signum).name in err
+    assert (out / "checkpoints" / "step-5").is_dir()  # step 5 finished, then saved
+    assert not (out / "checkpoints" / "step-6").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    monkeypatch.undo()
+    assert train(tiny_config_module, out, "--resume") == 0
+    assert_same_run(out, uninterrupted)
+
+
+def test_interrupt_inside_a_step_saves_nothing_half_done(tmp_path, monkeypatch, capsys,
+                                                         tiny_config_module, uninterrupted):
+    out = tmp_path / "run"
+    crash_at(monkeypatch, 4, KeyboardInterrupt)  # a second Ctrl-C acts at once, mid-step
     assert train(tiny_config_module, out) == 130
-    assert "--resume" in capsys.readouterr().err
-    assert (out / "checkpoints" / "step-4").is_dir()  # saved on interrupt
+    assert "nothing saved" in capsys.readouterr().err
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-3"]
     monkeypatch.undo()
     assert train(tiny_config_module, out, "--resume") == 0
     assert_same_run(out, uninterrupted)

@@ -1,4 +1,4 @@
-"""`extmem usage` and the staleness figures logged during training (REFERENCE.md section 6)."""
+"""`extmem usage` and the staleness figures logged during training (Kim & Jung 2020's outdated slots)."""
 
 import json
 

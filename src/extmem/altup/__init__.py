@@ -1,5 +1,7 @@
 """Alternating Updates (AltUp; Baykal et al. 2023, "Alternating Updates for Efficient
-Transformers", the first source paper's wider token at the same layer compute).
+Transformers": a wider token at the same layer compute; "The Power of External Memory in
+Increasing Predictive Model Capacity", Baykal et al. 2023, motivates it as the carrier of
+concatenated memory rows).
 
 - config.py        AltUpConfig: `[model.altup]`
 - coefficients.py  predict / correct per layer: scalar (the paper) or router (Gemma 3n)

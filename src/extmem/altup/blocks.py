@@ -1,10 +1,11 @@
 """AltUp over the layer stack: K blocks per token, the ordinary layer on one of them.
 
-Alternating Updates (Baykal et al. 2023; REFERENCE.md section 5). Each layer predicts every
-block from all blocks, runs the unchanged width-d layer (attention, FFN, memories) on the active
-block `j = l mod K` (`alternating`) or `j = 0` (`same`) and corrects every block with the
-layer's innovation. Every step is per position, so cached decoding works unchanged: each layer
-keeps the keys / values of its active block in the ordinary `DecodeCache`.
+Alternating Updates (Baykal et al. 2023, "Alternating Updates for Efficient Transformers").
+Each layer predicts every block from all blocks, runs the unchanged width-d layer (attention,
+FFN, memories) on the active block `j = l mod K` (`alternating`) or `j = 0` (`same`) and
+corrects every block with the layer's innovation. Every step is per position, so cached
+decoding works unchanged: each layer keeps the keys / values of its active block in the
+ordinary `DecodeCache`.
 
 Memory blocks (`extra_blocks`) sit after the K computed blocks in the same stream and are where
 a memory's `concat` readout places its rows (`write_extra`).

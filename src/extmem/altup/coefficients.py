@@ -1,4 +1,5 @@
-"""AltUp's predict and correct steps for one layer (Baykal et al. 2023, REFERENCE.md section 5).
+"""AltUp's predict and correct steps for one layer (Baykal et al. 2023, "Alternating Updates for
+Efficient Transformers").
 
 The stream holds K_total blocks per token, `(B, T, K, d)`; `j` is the active block.
 

@@ -1,10 +1,10 @@
 """AltUpConfig: Alternating Updates (Baykal et al. 2023) over any model config.
 
-REFERENCE.md section 5. Defaults follow the paper (K = 2 blocks, the active block alternates
-`l mod K`, a K*d wide token embedding) with the initialisation that makes the model at step 0
-the dense model (predictor = identity, correction gains = 1; with `embedding = "recycled"` the
-d-wide embedding is replicated in and the blocks averaged out, so the logits equal the dense
-model's with the same weights).
+"Alternating Updates for Efficient Transformers" (NeurIPS 2023). Defaults follow the paper
+(K = 2 blocks, the active block alternates `l mod K`, a K*d wide token embedding) with the
+initialisation that makes the model at step 0 the dense model (predictor = identity, correction
+gains = 1; with `embedding = "recycled"` the d-wide embedding is replicated in and the blocks
+averaged out, so the logits equal the dense model's with the same weights).
 """
 
 from __future__ import annotations
@@ -12,18 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from extmem.config import require
-
-MODES = ("blocks", "sequence")
-ACTIVE = ("alternating", "same")
-EMBEDDINGS = ("standard", "recycled", "learned")
-COEFFICIENTS = ("scalar", "router")
-INITS = ("identity", "random")
-
-
-def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    require(value in allowed, f"model.altup.{name}: {value!r} is not allowed; choose one of "
-                              f"{', '.join(repr(a) for a in allowed)}")
+from extmem.config import require, require_literals
 
 
 @dataclass
@@ -50,7 +39,8 @@ class AltUpConfig:
       (Gemma 3n's altup_coef_clip = 120); 0 disables clipping.
     init: `identity` starts as the dense model (predictor I, gains 1, projections I);
       `random` draws predictors and projections from N(0, 1/fan_in) instead (the sensitivity
-      experiment, REFERENCE.md claim 7: random projections were catastrophic elsewhere).
+      experiment, claim 7 in docs/results.md, not run yet: a third-party reimplementation of
+      AltUp found random projections catastrophic).
     extra_blocks (`blocks` only): blocks appended after the K computed ones that no layer runs
       on; they start at zero, take part in predict / correct, and are where a memory's
       `concat` readout writes its rows (`BlockAltUp.write_extra`), so the memory widens the
@@ -67,11 +57,7 @@ class AltUpConfig:
     extra_blocks: int = 0
 
     def __post_init__(self) -> None:
-        _one_of("mode", self.mode, MODES)
-        _one_of("active", self.active, ACTIVE)
-        _one_of("embedding", self.embedding, EMBEDDINGS)
-        _one_of("coefficients", self.coefficients, COEFFICIENTS)
-        _one_of("init", self.init, INITS)
+        require_literals(self, "model.altup")
         require(isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 2,
                 f"model.altup.k: {self.k!r} must be an integer >= 2 (K = 1 is the dense model: "
                 "leave out [model.altup])")

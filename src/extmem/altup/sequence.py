@@ -1,5 +1,6 @@
 """Sequence-AltUp: the layer runs on one position of every K, the others are predicted and
-corrected (Baykal et al. 2023, section "Sequence-AltUp"; REFERENCE.md section 5).
+corrected (Baykal et al. 2023, "Alternating Updates for Efficient Transformers", section
+"Sequence-AltUp").
 
 At layer l the computed positions are p = o, o + K, o + 2K, ... with o = l mod K (`alternating`,
 so every position is computed at some layer) or o = 0 (`same`). The layer (attention, FFN,

@@ -1,4 +1,5 @@
-"""From the token embedding to AltUp's K blocks and back (REFERENCE.md section 5).
+"""From the token embedding to AltUp's K blocks and back (Baykal et al. 2023, "Alternating
+Updates for Efficient Transformers", NeurIPS 2023).
 
 - standard (Baykal et al. 2023): the embedding is K*d wide; its K slices are the blocks, and the
   output head reads the K blocks concatenated (K times the token-indexed parameters).

@@ -1,6 +1,6 @@
 """`extmem bench altup`: training-step time of AltUp against dense models of width d and 2d.
 
-REFERENCE.md claim 4: AltUp K=2 should land near dense-d step time (its layers are d wide) while
+Claim 4 (docs/results.md): AltUp K=2 should land near dense-d step time (d-wide layers) while
 its token is 2d wide. One run builds the tiny causal LMs side by side -- dense-d, AltUp K=2
 (standard: 2d embedding and output head), Recycled-AltUp K=2 (d embedding) and dense-2d -- and
 times one training step of each: forward, next-token cross-entropy, backward, `AdamW.step`,

@@ -1,7 +1,7 @@
 """`extmem bench capacity`: inference latency of each lookup type as the table grows.
 
-Issue 7: "capacity without latency". For table sizes 2^14 .. 2^24 rows (or the largest that
-fits in memory), one value table of d-wide fp32 rows is built per size and shared by one
+Capacity without latency (docs/performance.md). For table sizes 2^14 .. 2^24 rows (or the
+largest that fits in memory), one value table of d-wide fp32 rows is built per size and shared by one
 `Memory` per lookup type (product keys with n = sqrt(N) sub-keys per half, token ids, hashed
 n-grams, LSH buckets, learned router); each memory's forward (eval, no_grad, add readout) over
 (1, tokens, d) hidden states is timed. `latency_growth` = latency at the largest size /
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from extmem.allocator import release_free_memory
 from extmem.bench.markdown import update_section
 from extmem.bench.timing import environment, log_progress, summarize, time_ms
+from extmem.config import require_literals
 from extmem.errors import ConfigError
 from extmem.memory import (
     LshLookupConfig,
@@ -37,8 +38,8 @@ from extmem.memory import (
     TokenLookupConfig,
     ValueTable,
 )
+from extmem.memory.config import LOOKUPS, Lookup
 
-LOOKUPS = ("product_keys", "token", "ngram", "lsh", "router")
 FLOOR = "gather_floor"  # the product-key read pattern as one embedding bag, no lookup
 
 
@@ -47,7 +48,7 @@ class CapacityBenchConfig:
     tokens: int = 4096
     d_model: int = 256
     log2_rows: list[int] = field(default_factory=lambda: [14, 16, 18, 20, 22, 24])  # even
-    lookups: list[str] = field(default_factory=lambda: list(LOOKUPS))
+    lookups: list[Lookup] = field(default_factory=lambda: list(LOOKUPS))
     heads: int = 4              # product keys / LSH heads
     topk: int = 32              # product keys
     key_dim: int = 256          # product keys
@@ -58,13 +59,13 @@ class CapacityBenchConfig:
     plot: str = "docs/capacity.png"  # "" for no plot
 
     def __post_init__(self) -> None:
+        require_literals(self, "bench.capacity")
         if not self.log2_rows or any(e < 4 or e % 2 for e in self.log2_rows):
             raise ConfigError(f"bench.capacity.log2_rows: {self.log2_rows} must be even "
                               "exponents >= 4 (product keys need N = n^2)")
-        bad = [name for name in self.lookups if name not in LOOKUPS]
-        if bad or not self.lookups:
-            raise ConfigError(f"bench.capacity.lookups: {bad or self.lookups} not allowed; "
-                              f"choose from {', '.join(LOOKUPS)}")
+        if not self.lookups:
+            raise ConfigError("bench.capacity.lookups: empty; list at least one of "
+                              f"{', '.join(LOOKUPS)}")
         for name in ("tokens", "d_model", "heads", "topk", "key_dim", "repeats"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"bench.capacity.{name}: must be >= 1")

@@ -1,8 +1,8 @@
 """`extmem bench model`: whole-model training throughput, dense vs memory models.
 
-Issue 7 target: training tokens/s of a model carrying one 1M-slot product-key memory >= 0.7x
-the dense baseline's. Models share the quickstart core (configs/quickstart.toml: d=128, 4
-layers, 4 heads, SwiGLU, vocabulary 512, batch 32 x 64 tokens):
+Target (docs/benchmarks.md): training tokens/s of a model carrying one 1M-slot product-key
+memory >= 0.7x the dense baseline's. Models share the quickstart core (configs/quickstart.toml:
+d=128, 4 layers, 4 heads, SwiGLU, vocabulary 512, batch 32 x 64 tokens):
 - dense: no memory (configs/dense.toml);
 - quickstart: its 4,096-slot PKM at layer 2 (dense AdamW, the default param groups);
 - pkm_1m_sparse: the same memory with 1024^2 = 1,048,576 slots, row-sparse table + lazy Adam;
@@ -18,12 +18,14 @@ import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
 from extmem.bench.markdown import update_section
 from extmem.bench.timing import environment, log_progress, timed_rounds, warm_up
+from extmem.config import require_literals
 from extmem.errors import ConfigError
 from extmem.memory import MemoryConfig, ProductKeyConfig
 from extmem.model.config import ModelConfig
@@ -32,7 +34,8 @@ from extmem.run.config import ParamGroupConfig, TrainConfig, default_param_group
 from extmem.train.optim import build_optimizer
 from extmem.train.sparse_optim import clip_grad_norm
 
-MODELS = ("dense", "quickstart", "pkm_1m_sparse", "pkm_1m_dense")
+BenchModel = Literal["dense", "quickstart", "pkm_1m_sparse", "pkm_1m_dense"]
+MODELS: tuple[str, ...] = get_args(BenchModel)
 
 
 @dataclass
@@ -44,16 +47,16 @@ class ModelBenchConfig:
     batch_size: int = 32
     seq_len: int = 64
     big_n_keys: int = 1024  # the "1M" memory: n_keys**2 slots
-    models: list[str] = field(default_factory=lambda: list(MODELS))
+    models: list[BenchModel] = field(default_factory=lambda: list(MODELS))
     repeats: int = 5
     warmup: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.models if m not in MODELS]
-        if bad or not self.models:
-            raise ConfigError(f"bench.model.models: {bad or self.models} not allowed; choose "
-                              f"from {', '.join(MODELS)}")
+        require_literals(self, "bench.model")
+        if not self.models:
+            raise ConfigError("bench.model.models: empty; list at least one of "
+                              f"{', '.join(MODELS)}")
         for name in ("d_model", "n_layers", "n_heads", "vocab_size", "batch_size", "seq_len",
                      "big_n_keys", "repeats"):
             if getattr(self, name) < 1:

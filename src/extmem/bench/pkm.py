@@ -1,6 +1,6 @@
 """`extmem bench pkm`: our product-key memory vs the `product-key-memory` PyPI package.
 
-Issue 7's setting (REFERENCE.md section 8): CPU, one sequence of `tokens` hidden states
+The targets' setting (docs/benchmarks.md): CPU, one sequence of `tokens` hidden states
 (1, tokens, d), H=4 heads, top-32, key width 256 (two halves of 128), values d wide, at
 16K / 262K / 1M / 4M slots. For each size, one run times:
 - ours: `extmem.memory.Memory` (add readout) with a row-sparse table trained by lazy Adam
@@ -28,6 +28,7 @@ import gc
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,14 +45,13 @@ from extmem.bench.timing import (
     torch_threads,
     warm_up,
 )
+from extmem.config import require_literals
 from extmem.errors import ConfigError
 from extmem.memory import Memory, MemoryConfig, ProductKeyConfig
 from extmem.model.config import ModelConfig
 from extmem.model.transformer import FeedForward
 from extmem.train.sparse_optim import LazyAdam, OptimizerSet, RowwiseAdagrad
 
-OPTIMIZERS = ("lazy_adam", "rowwise_adagrad", "adamw")
-TABLE_DTYPES = ("float32", "bfloat16")
 TARGET_SIZE = 1024  # n_keys of the 1M-slot target setting
 
 
@@ -63,8 +63,10 @@ class PkmBenchConfig:
     topk: int = 32
     key_dim: int = 256
     n_keys: list[int] = field(default_factory=lambda: [128, 512, 1024, 2048])  # 16K..4M slots
-    optimizer: str = "lazy_adam"  # ours: table optimizer (adamw = dense table gradient)
-    table_dtype: str = "float32"  # ours: "bfloat16" halves the bytes per row read (fp32 sums)
+    # ours: table optimizer (adamw = dense table gradient)
+    optimizer: Literal["lazy_adam", "rowwise_adagrad", "adamw"] = "lazy_adam"
+    # ours: "bfloat16" halves the bytes per row read (fp32 sums)
+    table_dtype: Literal["float32", "bfloat16"] = "float32"
     peer: bool = True       # time product-key-memory (skipped with a note if not installed)
     repeats: int = 7
     warmup: int = 2
@@ -72,6 +74,7 @@ class PkmBenchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        require_literals(self, "bench.pkm")
         for name, low in {"tokens": 1, "d_model": 2, "heads": 1, "topk": 1, "key_dim": 2,
                           "repeats": 1, "warmup": 0, "threads": 0, "seed": 0}.items():
             value = getattr(self, name)
@@ -82,12 +85,6 @@ class PkmBenchConfig:
         if not self.n_keys or any(n < self.topk for n in self.n_keys):
             raise ConfigError(f"bench.pkm.n_keys: {self.n_keys} must be non-empty, each >= "
                               f"topk={self.topk}")
-        if self.table_dtype not in TABLE_DTYPES:
-            raise ConfigError(f"bench.pkm.table_dtype: {self.table_dtype!r} is not allowed; "
-                              f"choose one of {', '.join(TABLE_DTYPES)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"bench.pkm.optimizer: {self.optimizer!r} is not allowed; choose "
-                              f"one of {', '.join(OPTIMIZERS)}")
 
 
 def peer_available() -> bool:

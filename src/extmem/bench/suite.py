@@ -21,7 +21,7 @@ def _modules(name: str):
 def bench_command(name: str, overrides: list[str], doc: Path | None, progress: bool) -> dict:
     """Run benchmark `name` with `--set` overrides; update `doc` (unless None)."""
     config_cls, run, write = _modules(name)
-    cfg = from_dict(config_cls, apply_overrides({}, overrides))
+    cfg = from_dict(config_cls, apply_overrides({}, overrides), f"bench.{name}")
     result = run(cfg, progress=progress)
     if doc is not None:
         write(result, doc, f"extmem bench {name}" + "".join(f" --set {s}" for s in overrides))

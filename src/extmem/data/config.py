@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from extmem.config import require
+from extmem.config import require, require_literals
 from extmem.data.facts_vocab import ATTRIBUTE_NAMES, TEMPLATES
 
-CORPORA: tuple[str, ...] = ("facts", "gcide", "files", "hf")
 MIN_VOCAB_SIZE = 260  # 256 byte-level symbols + 3 special tokens + at least one merge
 MAX_VOCAB_SIZE = 1_000_000
 MAX_ENTITIES = 100_000
@@ -80,8 +79,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         p = "data"
-        require(self.corpus in CORPORA, f"{p}.corpus: {self.corpus!r} is not allowed; "
-                f"choose one of {', '.join(repr(c) for c in CORPORA)}")
+        require_literals(self, p)
         for name in ("path", "hf_name", "hf_config", "hf_split", "text_field"):
             value = getattr(self, name)
             require(isinstance(value, str), f"{p}.{name}: expected a string, got {value!r}")

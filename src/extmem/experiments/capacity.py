@@ -1,4 +1,6 @@
-"""Capacity meter (REFERENCE.md claim 16): bits of knowledge a model stores, per parameter.
+"""Capacity meter (claim 16, docs/results.md): bits of knowledge a model stores, per parameter
+(after Allen-Zhu & Li 2024, "Physics of Language Models: Part 3.3, Knowledge Capacity Scaling
+Laws").
 
 On the `facts` corpus every fact (entity, attribute) has a value drawn uniformly from the
 attribute's value list V_a, so knowing it is worth log2 |V_a| bits. A probe is recalled when

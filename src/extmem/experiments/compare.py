@@ -39,32 +39,39 @@ def _finished(run_dir: Path, steps: int) -> bool:
         return False
 
 
+def _train_one(sweep: Sweep, out: Path, variant: str, seed: int, label: str,
+               console: Console, quiet: bool) -> None:
+    """Train (or resume) one run of the sweep; a dense-init variant is augmented first."""
+    cfg = sweep.runs[variant][seed]
+    run_dir = run_dir_for(out, variant, seed)
+    if _finished(run_dir, cfg.train.steps):
+        console.print(f"{label} {variant} seed {seed}: finished, skipped")
+        return
+    resume = (run_dir / CONFIG_FILE).exists()
+    init_from = sweep.variant(variant).init_from
+    if init_from and not resume:
+        console.print(f"{label} {variant} seed {seed}: adding memory to {init_from} seed {seed}")
+        augment_run(run_dir_for(out, init_from, seed), run_dir,
+                    overrides=[f"train.steps={cfg.train.steps}"],
+                    memories=added_memories(sweep, variant, seed))
+        resume = True
+    if init_from:
+        cfg = load_run_config(run_dir)  # the augmented config (data offset, memories)
+    console.print(f"{label} {variant} seed {seed}: "
+                  f"{'resuming' if resume else 'training'} -> {run_dir}")
+    train(cfg, run_dir, TrainOptions(resume="auto" if resume else False, quiet=quiet))
+
+
 def run_sweep(sweep: Sweep, out: Path, quiet: bool = False) -> dict:
-    """Train what is missing, then summarise every variant; returns the results dict."""
+    """Train what is missing, then summarise every variant; returns the results dict.
+
+    Runs go seed-major (every variant's first seed, then the next seed, ...), so a sweep
+    stopped part-way, or run in pieces across sessions, already compares every variant."""
     console = Console(stderr=True, quiet=quiet)
-    total = sum(len(seeds) for seeds in sweep.runs.values())
-    done = 0
-    for variant, seeds in sweep.runs.items():
-        for seed, cfg in seeds.items():
-            done += 1
-            run_dir = run_dir_for(out, variant, seed)
-            if _finished(run_dir, cfg.train.steps):
-                console.print(f"[{done}/{total}] {variant} seed {seed}: finished, skipped")
-                continue
-            resume = (run_dir / CONFIG_FILE).exists()
-            init_from = sweep.variant(variant).init_from
-            if init_from and not resume:
-                console.print(f"[{done}/{total}] {variant} seed {seed}: adding memory to "
-                              f"{init_from} seed {seed}")
-                augment_run(run_dir_for(out, init_from, seed), run_dir,
-                            overrides=[f"train.steps={cfg.train.steps}"],
-                            memories=added_memories(sweep, variant, seed))
-                resume = True
-            if init_from:
-                cfg = load_run_config(run_dir)  # the augmented config (data offset, memories)
-            console.print(f"[{done}/{total}] {variant} seed {seed}: "
-                          f"{'resuming' if resume else 'training'} -> {run_dir}")
-            train(cfg, run_dir, TrainOptions(resume=resume, quiet=quiet))
+    order = [(variant, seed) for seed in sweep.cfg.seeds for variant in sweep.runs
+             if seed in sweep.runs[variant]]
+    for done, (variant, seed) in enumerate(order, start=1):
+        _train_one(sweep, out, variant, seed, f"[{done}/{len(order)}]", console, quiet)
     return summarize(sweep, out)
 
 

@@ -47,7 +47,7 @@ class VariantConfig:
     set: list[str] = field(default_factory=list)
     patch: dict[str, Any] = field(default_factory=dict)
     steps: int = 0                      # 0 = the sweep's budget
-    init_from: str = ""                 # "" = from scratch; else a variant to augment (seed 2)
+    init_from: str = ""                 # "" = from scratch; else a variant to augment (Kim & Jung 2020)
     group: str = ""                     # model family for the capacity chart (same model,
                                         # different data: e.g. facts n_entities)
 
@@ -111,10 +111,33 @@ class Sweep:
         return next(v for v in self.cfg.variants if v.name == name)
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
-    """Read a sweep file and resolve + validate every (variant, seed) config."""
+def _refuse_overwritten(cfg: SweepConfig, overrides: list[str]) -> None:
+    """A `--set` the sweep would replace in every run is an error, not a silent no-op."""
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if key == "train.seed":
+            raise ConfigError(f"--set {text!r}: the sweep sets each run's seed from "
+                              f"seeds = {cfg.seeds}; edit the sweep's seeds instead")
+        budget = cfg.steps or cfg.tokens or any(v.steps for v in cfg.variants)
+        if key == "train.steps" and budget:
+            raise ConfigError(f"--set {text!r}: the sweep sets every run's steps (its budget); "
+                              "use extmem compare --steps N or --tokens N instead")
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None,
+               steps: int | None = None, tokens: int | None = None) -> Sweep:
+    """Read a sweep file and resolve + validate every (variant, seed) config.
+
+    `overrides` (`--set`) apply to every variant; `steps` / `tokens` replace the sweep's budget
+    (a dense-init variant's own `steps`, its continuation length, is kept)."""
     path = Path(path)
     cfg = from_dict(SweepConfig, read_toml(path), "sweep")
+    require(steps is None or steps >= 1, f"--steps {steps}: must be >= 1")
+    require(tokens is None or tokens >= 1, f"--tokens {tokens}: must be >= 1")
+    require(steps is None or tokens is None, "compare: give --steps or --tokens, not both")
+    _refuse_overwritten(cfg, overrides or [])
+    if steps is not None or tokens is not None:
+        cfg.steps, cfg.tokens = steps or 0, tokens or 0
     runs: dict[str, dict[int, RunConfig]] = {}
     for variant in cfg.variants:
         base_path = (path.parent / (variant.base or cfg.base)).resolve()

@@ -7,9 +7,9 @@ short warmup and cosine decay to 0, mean pooling, 10 % of the examples held out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from extmem.config import require
+from extmem.config import require, require_literals
+from extmem.model.classifier import Pooling
 
 MODES = ("full", "frozen-base", "memory-only")
 
@@ -24,7 +24,7 @@ class FinetuneConfig:
     warmup_steps: int = 30
     grad_clip: float = 1.0          # 0 disables clipping
     max_len: int = 64               # tokens per example (EOS + text), longer texts are cut
-    pooling: Literal["mean", "first", "last"] = "mean"
+    pooling: Pooling = "mean"
     dropout: float = 0.1            # on the pooled vector
     eval_fraction: float = 0.1      # held-out share, chosen by a hash of the text
     max_examples: int = 0           # 0 = all; otherwise a fixed random subset
@@ -40,6 +40,7 @@ class FinetuneConfig:
     facts_entities: int = 100       # size of the generated facts-attribute task
 
     def __post_init__(self) -> None:
+        require_literals(self, "finetune")
         for name in ("steps", "batch_size", "max_len", "eval_batch_size", "log_every",
                      "facts_entities"):
             value = getattr(self, name)

@@ -1,6 +1,6 @@
 """`extmem finetune`: a classification head on a pretrained run, trained and evaluated on a
-held-out split (downstream evaluation of seed 2, "Large Product Key Memory for Pretrained
-Language Models").
+held-out split (downstream evaluation as in Kim & Jung 2020, "Large Product Key Memory for
+Pretrained Language Models").
 
 Modes (which parameters train; the head always does):
 - `full`: every parameter of the pretrained model;

@@ -1,5 +1,5 @@
 """Labelled text for `extmem finetune --task TASK` (downstream evaluation of pretrained memory
-models, seed 2: "Large Product Key Memory for Pretrained Language Models").
+models, as in Kim & Jung 2020, "Large Product Key Memory for Pretrained Language Models").
 
 TASK is one of
 - `wordnet-supersense`: WordNet gloss -> one of 45 lexicographer classes (wordnet.py);

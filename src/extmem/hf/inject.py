@@ -31,10 +31,12 @@ from torch import nn
 
 from extmem.config import from_dict, require, to_dict
 from extmem.errors import CheckpointError, ConfigError
-from extmem.memory.config import MemoryConfig
+from extmem.memory.config import PLACEMENTS, MemoryConfig
 from extmem.memory.module import Memory
 
 CONFIG_KEY = "extmem_memories"
+# Memories go into a Hugging Face layer's feed-forward slot, so not at its input
+FFN_PLACEMENTS = tuple(p for p in PLACEMENTS if p != "input")
 
 
 class _Context:
@@ -177,9 +179,9 @@ def add_memory(model: nn.Module, memory_config: MemoryConfig,
     cfg = dataclasses.replace(memory_config,
                               layers=sorted(memory_config.layers if layers is None else layers),
                               placement=placement or memory_config.placement)
-    require(cfg.placement in ("parallel_ffn", "replace_ffn"),
+    require(cfg.placement in FFN_PLACEMENTS,
             f"add_memory: placement {cfg.placement!r} is not supported in Hugging Face models; "
-            "choose parallel_ffn or replace_ffn")
+            f"choose {' or '.join(sorted(FFN_PLACEMENTS))}")
     blocks = _layers(model)
     bad = [i for i in cfg.layers if not 0 <= i < len(blocks)]
     require(not bad, f"add_memory: layers {bad} out of range; this model has layers "

@@ -1,21 +1,26 @@
 """Configuration of one external memory: `Memory = Lookup x Table x Readout` at some layers.
 
-REFERENCE.md sections 2-4. Defaults follow the papers: product keys as in Lample et al. 2019
-(4 heads, top-32, 512 sub-keys per half = 262,144 slots, query width 256); the placement
-default is `parallel_ffn` (ResM) because seed 2 (Large PKM for PLMs) finds it crucial for
-memory usage and quality.
+Lookups, readouts and placements: docs/design-space.md. Defaults follow the papers: product keys
+as in Lample et al. 2019 (4 heads, top-32, 512 sub-keys per half = 262,144 slots, query width
+256); the placement default is `parallel_ffn` (ResM) because Kim & Jung 2020 ("Large Product
+Key Memory for Pretrained Language Models") find it crucial for memory usage and quality.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
-from extmem.config import require
+from extmem.config import require, require_literals
 
-LOOKUPS = ("product_keys", "token", "ngram", "lsh", "router")
-READOUTS = ("add", "gated", "memory_plus", "concat", "experts")
-PLACEMENTS = ("replace_ffn", "parallel_ffn", "input")
+# The names a MemoryConfig accepts; extmem.memory.module builds the lookup / readout of each
+# name from a registry with exactly these keys, and every placement check uses PLACEMENTS.
+Placement = Literal["replace_ffn", "parallel_ffn", "input"]
+Lookup = Literal["product_keys", "token", "ngram", "lsh", "router"]
+Readout = Literal["add", "gated", "memory_plus", "concat", "experts"]
+PLACEMENTS: tuple[str, ...] = get_args(Placement)
+LOOKUPS: tuple[str, ...] = get_args(Lookup)
+READOUTS: tuple[str, ...] = get_args(Readout)
 
 
 def _dropout_ok(prefix: str, name: str, value: float) -> None:
@@ -31,12 +36,13 @@ class ProductKeyConfig:
     topk: int = 32             # slots read per head (and candidates kept per half)
     key_dim: int = 256         # query width per head; each half-key has key_dim // 2
     # LayerNorm is the safe default: BatchNorm is best in Lample's paper but leaks statistics
-    # across positions of a causal LM and must ignore padding (REFERENCE.md section 7).
+    # across positions of a causal LM and must ignore padding (`MaskedBatchNorm` does).
     query_norm: Literal["layernorm", "batchnorm", "none"] = "layernorm"
     input_dropout: float = 0.0   # on the hidden state before the query network
     query_dropout: float = 0.0   # on the query
 
     def __post_init__(self) -> None:
+        require_literals(self, "product_keys")
         require(self.n_keys >= 1, f"product_keys.n_keys: {self.n_keys} must be >= 1")
         require(self.heads >= 1, f"product_keys.heads: {self.heads} must be >= 1")
         require(1 <= self.topk <= self.n_keys,
@@ -132,6 +138,7 @@ class ExpertsConfig:
     activation: Literal["gelu", "relu", "silu"] = "gelu"
 
     def __post_init__(self) -> None:
+        require_literals(self, "experts")
         require(self.hidden >= 1, f"experts.hidden: {self.hidden} must be >= 1")
 
 
@@ -144,22 +151,23 @@ class MemoryConfig:
     table, unless `share_table` (Meta 2024 shared values): then the layers share one table,
     serialised once. `value_dim = 0` means the model width (for `experts`, the row width is
     fixed by the expert shape). `zero_init_output` makes a newly added memory leave the model
-    unchanged at step 0 (seed 2: initialise from a dense model). `table_storage` keeps the
+    unchanged at step 0 (Kim & Jung 2020: initialise from a dense model). `table_storage` keeps the
     value tables in host memory or a memory-mapped file instead of on the model's device
     (`extmem.memory.host_table`).
     """
 
     layers: list[int] = field(default_factory=lambda: [0])
-    placement: Literal["replace_ffn", "parallel_ffn", "input"] = "parallel_ffn"
-    lookup: Literal["product_keys", "token", "ngram", "lsh", "router"] = "product_keys"
-    readout: Literal["add", "gated", "memory_plus", "concat", "experts"] = "add"
+    placement: Placement = "parallel_ffn"
+    lookup: Lookup = "product_keys"
+    readout: Readout = "add"
     value_dim: int = 0
     value_dropout: float = 0.0   # on the read-out values (XLM's value dropout)
     zero_init_output: bool = False
     share_table: bool = False
     # concat readout only: "projection" projects [h ; row] back to d; "altup" writes the row
     # into AltUp memory blocks (model.altup.extra_blocks) so it widens the token at no extra
-    # layer compute (the first source paper's motivation for AltUp)
+    # layer compute (why Baykal et al. 2023, "The Power of External Memory in Increasing
+    # Predictive Model Capacity", motivate AltUp)
     concat_into: Literal["projection", "altup"] = "projection"
     # Row-sparse table gradients (docs/performance.md): only rows read this step get a
     # gradient; train the table with a lazy optimizer (train.param_groups optimizer =
@@ -181,6 +189,7 @@ class MemoryConfig:
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
 
     def __post_init__(self) -> None:
+        require_literals(self, "memory")
         require(len(self.layers) > 0, "memory.layers: empty; list at least one layer index")
         require(len(set(self.layers)) == len(self.layers),
                 f"memory.layers: {self.layers} repeats a layer")
@@ -192,12 +201,6 @@ class MemoryConfig:
                 f"memory.value_dim: {self.value_dim} cannot be set with readout = 'experts' "
                 "(rows hold expert weights; set experts.hidden instead)")
         _dropout_ok("memory", "value_dropout", self.value_dropout)
-        require(self.table_dtype in ("float32", "bfloat16"),
-                f"memory.table_dtype: {self.table_dtype!r} is not allowed; choose 'float32' "
-                "or 'bfloat16'")
-        require(self.table_storage in ("device", "host", "mmap"),
-                f"memory.table_storage: {self.table_storage!r} is not allowed; choose 'device', "
-                "'host' or 'mmap'")
         require(self.table_storage == "device" or self.readout != "experts",
                 f"memory.table_storage: {self.table_storage!r} is not supported with readout = "
                 "'experts' (expert rows are gathered on the model's device); use 'device'")

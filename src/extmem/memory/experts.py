@@ -1,4 +1,4 @@
-"""Table rows as expert networks (REFERENCE.md section 3, "experts").
+"""Table rows as expert networks (readout "experts", docs/design-space.md).
 
 Row i holds the weights of expert e_i(h) = W_out,i act(W_in,i h) (d -> hidden -> d), flattened
 as [W_in (hidden x d) ; W_out (d x hidden)]. The output is sum_j w_j e_{idx_j}(h). With a token

@@ -1,4 +1,4 @@
-"""SimHash lookup (REFERENCE.md section 2, "lsh"; Baykal et al. 2022 on LSH-routed memory).
+"""SimHash lookup (lookup "lsh", docs/design-space.md; Baykal et al. 2022 on LSH-routed memory).
 
 `heads` independent hashes, each with `bits` frozen random hyperplanes R (bits x d): the
 bucket is the integer formed by the sign bits of R h. Nearby hidden states share a bucket.

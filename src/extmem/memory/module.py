@@ -1,4 +1,5 @@
-"""Memory = Lookup x Table x Readout (REFERENCE.md section 1).
+"""Memory = Lookup x Table x Readout (the framing of Baykal et al. 2023, "The Power of External
+Memory in Increasing Predictive Model Capacity"; docs/design-space.md).
 
 A memory reads a hidden state `h` (B, T, d) (and the token ids, for lookups that need them) and
 returns a tensor shaped like `h`. The lookup picks rows and weights (B, T, H, k), the table
@@ -11,11 +12,12 @@ state dict, serialised once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
+from extmem.config import require
 from extmem.memory.config import MemoryConfig
 from extmem.memory.experts import ExpertsReadout, expert_row_width, init_expert_table
 from extmem.memory.host_table import HostValueTable
@@ -27,23 +29,55 @@ from extmem.memory.stats import UsageCounters
 from extmem.memory.table import ValueTable
 from extmem.memory.token import NgramLookup, TokenLookup
 
-_READOUTS = {"add": AddReadout, "gated": GatedReadout, "memory_plus": MemoryPlusReadout,
-             "concat": ConcatReadout}
+# (cfg, d_model, vocab_size, layer) -> lookup module
+LookupBuilder = Callable[[MemoryConfig, int, int, int], nn.Module]
+# (cfg, d_model, row width) -> readout module
+ReadoutBuilder = Callable[[MemoryConfig, int, int], nn.Module]
+
+
+def _needs_vocab(cfg: MemoryConfig, vocab_size: int) -> int:
+    if vocab_size <= 0:
+        raise ValueError(f"the {cfg.lookup} lookup needs the vocabulary size")
+    return vocab_size
+
+
+# One builder per name of MemoryConfig.lookup / .readout; the keys are exactly the names the
+# config's Literals allow (LOOKUPS / READOUTS, checked by tests/memory/test_registries.py).
+LOOKUP_BUILDERS: dict[str, LookupBuilder] = {
+    "product_keys": lambda cfg, d, vocab, layer: ProductKeyLookup(cfg.product_keys, d),
+    "token": lambda cfg, d, vocab, layer: TokenLookup(cfg.token, _needs_vocab(cfg, vocab)),
+    "ngram": lambda cfg, d, vocab, layer: NgramLookup(cfg.ngram, _needs_vocab(cfg, vocab)),
+    "lsh": lambda cfg, d, vocab, layer: LshLookup(cfg.lsh, d, layer_seed=layer),
+    "router": lambda cfg, d, vocab, layer: RouterLookup(cfg.router, d),
+}
+READOUT_BUILDERS: dict[str, ReadoutBuilder] = {
+    "add": lambda cfg, d, width: AddReadout(d, width, cfg.value_dropout, cfg.zero_init_output),
+    "gated": lambda cfg, d, width: GatedReadout(d, width, cfg.value_dropout,
+                                                cfg.zero_init_output),
+    "memory_plus": lambda cfg, d, width: MemoryPlusReadout(d, width, cfg.value_dropout,
+                                                           cfg.zero_init_output),
+    "concat": lambda cfg, d, width: ConcatReadout(d, width, cfg.value_dropout,
+                                                  cfg.zero_init_output,
+                                                  cfg.concat_into == "altup"),
+    "experts": lambda cfg, d, width: ExpertsReadout(d, cfg.experts, cfg.value_dropout),
+}
+
+
+def _builder(registry: dict[str, Callable[..., nn.Module]], field: str,
+             name: str) -> Callable[..., nn.Module]:
+    require(name in registry, f"memory.{field}: {name!r} is not allowed; choose one of "
+                              f"{', '.join(repr(n) for n in registry)}")
+    return registry[name]
 
 
 def build_lookup(cfg: MemoryConfig, d_model: int, vocab_size: int, layer: int) -> nn.Module:
     """The lookup module; it exposes `num_slots`, `reads_per_token`, `flops_per_token(d)`."""
-    if cfg.lookup == "product_keys":
-        return ProductKeyLookup(cfg.product_keys, d_model)
-    if cfg.lookup in ("token", "ngram") and vocab_size <= 0:
-        raise ValueError(f"the {cfg.lookup} lookup needs the vocabulary size")
-    if cfg.lookup == "token":
-        return TokenLookup(cfg.token, vocab_size)
-    if cfg.lookup == "ngram":
-        return NgramLookup(cfg.ngram, vocab_size)
-    if cfg.lookup == "lsh":
-        return LshLookup(cfg.lsh, d_model, layer_seed=layer)
-    return RouterLookup(cfg.router, d_model)
+    return _builder(LOOKUP_BUILDERS, "lookup", cfg.lookup)(cfg, d_model, vocab_size, layer)
+
+
+def build_readout(cfg: MemoryConfig, d_model: int, width: int) -> nn.Module:
+    """The readout module for rows `width` wide: `readout(h, table, indices, weights)`."""
+    return _builder(READOUT_BUILDERS, "readout", cfg.readout)(cfg, d_model, width)
 
 
 def row_width(cfg: MemoryConfig, d_model: int) -> int:
@@ -77,14 +111,7 @@ class Memory(nn.Module):
         if self.table.num_rows != self.lookup.num_slots:
             raise ValueError(f"shared table has {self.table.num_rows} rows, the lookup needs "
                              f"{self.lookup.num_slots}")
-        if cfg.readout == "experts":
-            self.readout: nn.Module = ExpertsReadout(d_model, cfg.experts, cfg.value_dropout)
-        elif cfg.readout == "concat":
-            self.readout = ConcatReadout(d_model, self.value_dim, cfg.value_dropout,
-                                         cfg.zero_init_output, cfg.concat_into == "altup")
-        else:
-            self.readout = _READOUTS[cfg.readout](d_model, self.value_dim, cfg.value_dropout,
-                                                  cfg.zero_init_output)
+        self.readout = build_readout(cfg, d_model, self.value_dim)
         self.usage = UsageCounters(self.lookup.num_slots)
         self.altup_first_block: int | None = None  # AltUp memory block for concat_into="altup"
         self._collectors: list[UsageCounters] = []

@@ -1,14 +1,15 @@
-"""Readouts: how the rows read from a table are consumed (REFERENCE.md section 3).
+"""Readouts: how the rows read from a table are consumed (docs/design-space.md).
 
 Every readout takes h (B, T, d), the table and the lookup's indices/weights (B, T, H, k) and
 returns the update (B, T, d). `zero_init_output` zeroes the last layer of the readout so a new
-memory leaves the model unchanged at step 0 (seed 2's dense initialisation).
+memory leaves the model unchanged at step 0 (the dense initialisation of Kim & Jung 2020, "Large
+Product Key Memory for Pretrained Language Models").
 
 - add: the weighted bag of rows, projected to d when d_v != d (or for zero init).
 - gated: Gemma 3n per-layer embeddings: act(W_g h) * bag, then W_up, then RMSNorm.
 - memory_plus: Memory Layers at Scale (Meta 2024): W_2(bag * silu(W_1 h)).
 - concat: [h ; bag] projected back to d (costs (d + d_v) * d per token). AltUp can carry the
-  wider token instead (the AltUp issue).
+  wider token instead (`concat_into = "altup"`, `extmem.altup`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Learned softmax routing (REFERENCE.md section 2, "router"; Switch Transformer, Fedus 2021).
+"""Learned softmax routing (lookup "router", docs/design-space.md; Switch Transformer, Fedus 2021).
 
 logits = W_r h over N entries; top-k; weights = the softmax probabilities of the chosen
 entries, so the router learns through the weights. The Switch load-balancing loss

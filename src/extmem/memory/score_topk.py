@@ -10,9 +10,10 @@ with a 1M-slot memory (docs/performance.md). Only the k kept scores carry gradie
     d K[b, i]    = sum_{(m, j): idx[b, m, j] = i} g[b, m, j] * q[b, m]
 
 both computed from the k selected entries (`F.embedding_bag` with per-sample weights, and for
-dK the fused kernel of `subkey_grad` on CPU, else `row_sparse_grad`), and the forward keeps
-no (2H, M, n) scores for backward. Same values, indices and gradients as
-`topk(torch.bmm(q, K^T), k)` up to float summation order (tested via the search's reference).
+dK the numba kernel of `kernels.subkey_grad` where the kernel back-end allows it, else
+`row_sparse_grad`), and the forward keeps no (2H, M, n) scores for backward. Same values,
+indices and gradients as `topk(torch.bmm(q, K^T), k)` up to float summation order (tested via
+the search's reference).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from extmem.memory import subkey_grad
+from extmem.memory.kernels import backend
+from extmem.memory.kernels.subkey_grad import subkey_grad
 from extmem.memory.sparse import row_sparse_grad
 from extmem.memory.topk import topk
 
@@ -55,8 +57,8 @@ class _ScoreTopK(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_q = F.embedding_bag(bags, keys.reshape(b * n, half), mode="sum",
                                      per_sample_weights=weights).view(b, m, half)
-        if ctx.needs_input_grad[1] and subkey_grad.fused_available(q, keys):
-            grad_keys = subkey_grad.subkey_grad(q, indices, grad_values, n)  # (B, n, half)
+        if ctx.needs_input_grad[1] and backend.fused_available(q, keys):
+            grad_keys = subkey_grad(q, indices, grad_values, n)  # (B, n, half)
         elif ctx.needs_input_grad[1]:
             flat_q = q.reshape(b * m, half).to(keys.dtype)  # (B*M, half)
             grad_keys = row_sparse_grad(flat_q, bags, weights, b * n).to_dense().view(b, n, half)

@@ -1,6 +1,6 @@
 """Row-sparse weighted embedding bag: gradients only for the table rows read in the step.
 
-REFERENCE.md section 7: a dense gradient for a large table costs a table-sized tensor and an
+docs/performance.md: a dense gradient for a large table costs a table-sized tensor and an
 optimizer pass over every row per step. `sparse_bag` computes the same forward as
 `F.embedding_bag(mode="sum", per_sample_weights=w)`, but its backward returns the table
 gradient as a *coalesced* sparse COO tensor holding one row per distinct row read (sorted

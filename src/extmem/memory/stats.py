@@ -1,4 +1,5 @@
-"""Memory usage counters and metrics (REFERENCE.md section 6).
+"""Memory usage counters and metrics (Lample et al. 2019; Kim & Jung 2020, "Large Product Key
+Memory for Pretrained Language Models"; the README's `extmem usage`).
 
 Counters live on the memory's device as tensors and are updated with index_add / index_fill,
 so no indices are copied to the host during training (on CPU with the `fast` extra, one fused
@@ -9,7 +10,7 @@ numba pass does all three updates). Metrics:
   read counts (experts);
 - Gini of the weight distribution and top-50/90/99: slots holding that share of the mass;
 - windowed usage: fraction of slots read in the last W training steps, and staleness (steps
-  since a slot was last read; seed 2's "outdated" slots).
+  since a slot was last read; Kim & Jung 2020's "outdated" slots).
 """
 
 from __future__ import annotations
@@ -19,23 +20,10 @@ import math
 import torch
 from torch import nn
 
-from extmem.memory import topk
+from extmem.memory.kernels import backend
+from extmem.memory.kernels import usage as usage_kernel
 
 FUSED_MIN_READS = 1 << 14  # below this, the three index ops cost less than a kernel call
-def _build_record(numba):
-    """One serial pass over the reads updating all three counters (numba, the `fast` extra):
-    at 524K reads of a 1M-slot table 6 ms instead of 12 ms for index_add_ x 2 + index_fill_."""
-    @numba.njit(cache=True, nogil=True)
-    def record(counts, weight, last_step, flat, weights, step):
-        for r in range(flat.shape[0]):
-            slot = flat[r]
-            counts[slot] += 1
-            weight[slot] += weights[r]
-            last_step[slot] = step
-    return record
-
-
-_record_kernel = topk.jit_once(_build_record)
 
 
 class UsageCounters(nn.Module):
@@ -56,19 +44,14 @@ class UsageCounters(nn.Module):
             keep = ~padding_mask  # (B, T)
             indices, weights = indices[keep], weights[keep]  # (n, H, k)
         flat = indices.reshape(-1)
-        if topk.fused_cpu(self.weight, weights) and flat.numel() >= FUSED_MIN_READS:
-            _record_kernel()(self.counts.numpy(), self.weight.numpy(), self.last_step.numpy(),
-                             flat.contiguous().numpy(), weights.detach().reshape(-1).contiguous().numpy(),
-                             int(self.step))  # CPU: no device sync
+        if backend.fused_available(self.weight, weights) and flat.numel() >= FUSED_MIN_READS:
+            # kernels.usage: one pass for all three updates (CPU: no device sync)
+            usage_kernel.record(self.counts, self.weight, self.last_step, flat, weights,
+                                int(self.step))
             return
         self.counts.index_add_(0, flat, torch.ones_like(flat))
         self.weight.index_add_(0, flat, weights.reshape(-1).float())
         self.last_step.index_fill_(0, flat, self.step)  # 0-dim tensor value: no host sync
-
-    def reset(self) -> None:
-        self.counts.zero_()
-        self.weight.zero_()
-        self.last_step.fill_(-1)
 
     def read_ages(self) -> torch.Tensor:
         """(n_read,) steps since each slot that was ever read was last read (its staleness)."""
@@ -165,7 +148,7 @@ def staleness_histogram(last_step: torch.Tensor, step: int,
 
 
 def staleness_figures(last_step: torch.Tensor, step: int, bins: int = 20) -> dict:
-    """Seed 2's outdated slots at training step `step`: histogram of steps since each read slot
+    """Kim & Jung 2020's outdated slots at training step `step`: histogram of steps since each read slot
     was last read (`counts` per bin, bin `edges` in steps), its mean and median, and the
     fraction of slots never read."""
     seen = last_step[last_step >= 0]

@@ -1,6 +1,6 @@
 """Value storage: a table of N rows read as a weighted embedding bag.
 
-Shared by every lookup (REFERENCE.md section 3, "add"): out = sum_{h,j} w_hj * V[idx_hj].
+Shared by every lookup (readout "add", docs/design-space.md): out = sum_{h,j} w_hj * V[idx_hj].
 Options (docs/performance.md): `sparse` gives the table a row-sparse gradient (only the rows
 read this step; `extmem.memory.sparse`), for the lazy optimizers of `extmem.train.sparse_optim`;
 `dtype=torch.bfloat16` halves the bytes gathered per read (the bag sums in fp32 inside ATen's

@@ -1,4 +1,4 @@
-"""Token-id lookups (REFERENCE.md section 2, "token").
+"""Token-id lookups (lookups "token" and "ngram", docs/design-space.md).
 
 - `TokenLookup`: the row is the token id (a per-layer token table), or a fixed random hash of
   it into fewer rows (Hash Layers, Roller et al. 2021: the rows are then experts).

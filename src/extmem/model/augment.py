@@ -1,5 +1,5 @@
-"""Insert memories into a trained dense model (seed 2, "Large Product Key Memory for Pretrained
-Language Models": initialise the memory model from a dense one, then continue training).
+"""Insert memories into a trained dense model (Kim & Jung 2020, "Large Product Key Memory for
+Pretrained Language Models": initialise the memory model from a dense one, then continue training).
 
 The surgery is done on configs and state dicts:
 - `default_memory` builds product-key memory with the paper's settings scaled to the model;
@@ -21,11 +21,12 @@ from torch import nn
 
 from extmem.config import require
 from extmem.errors import CheckpointError
-from extmem.memory.config import PLACEMENTS, MemoryConfig, ProductKeyConfig
+from extmem.memory.config import MemoryConfig, Placement, ProductKeyConfig
 from extmem.model.config import ModelConfig
 
-# The seed papers' product-key memory on a BERT-base sized model (d = 768): 4 heads, top-32,
-# 512 sub-keys per half (262,144 slots), query width 256 (Lample et al. 2019; seed 2 keeps them).
+# Kim & Jung 2020's product-key memory on a BERT-base sized model (d = 768): 4 heads, top-32,
+# 512 sub-keys per half (262,144 slots), query width 256 (Lample et al. 2019's settings, which
+# Kim & Jung 2020 keep).
 PAPER_WIDTH = 768
 PAPER_N_KEYS = 512
 PAPER_HEADS = 4
@@ -56,13 +57,10 @@ def default_product_keys(d_model: int) -> ProductKeyConfig:
 
 
 def default_memory(model: ModelConfig, layers: list[int],
-                   placement: str = "parallel_ffn") -> MemoryConfig:
-    """Product-key memory scaled to `model`, with a zero-initialised output path."""
-    require(placement in PLACEMENTS,
-            f"--placement: {placement!r} is not allowed; choose one of "
-            f"{', '.join(repr(p) for p in PLACEMENTS)}")
-    return MemoryConfig(layers=list(layers), placement=placement,  # type: ignore[arg-type]
-                        zero_init_output=True,
+                   placement: Placement = "parallel_ffn") -> MemoryConfig:
+    """Product-key memory scaled to `model`, with a zero-initialised output path (MemoryConfig
+    checks `placement` against PLACEMENTS)."""
+    return MemoryConfig(layers=list(layers), placement=placement, zero_init_output=True,
                         product_keys=default_product_keys(model.d_model))
 
 

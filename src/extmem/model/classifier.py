@@ -1,5 +1,5 @@
 """Sequence classification on top of a pretrained `Transformer` (downstream finetuning, as in
-seed 2, "Large Product Key Memory for Pretrained Language Models", which finetunes its PKM
+Kim & Jung 2020, "Large Product Key Memory for Pretrained Language Models", which finetunes its PKM
 models on classification tasks).
 
 The body runs exactly as in `Transformer.forward` up to the final norm (embedding, the layer

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from extmem.altup.config import AltUpConfig
-from extmem.config import require
+from extmem.config import require, require_literals
 from extmem.memory.config import MemoryConfig
 
 
@@ -36,6 +36,7 @@ class ModelConfig:
     altup: AltUpConfig | None = None  # [model.altup]: Alternating Updates (extmem.altup)
 
     def __post_init__(self) -> None:
+        require_literals(self, "model")
         require(self.vocab_size >= 0, f"model.vocab_size: {self.vocab_size} must be >= 0")
         require(self.d_model >= 2, f"model.d_model: {self.d_model} must be >= 2")
         require(self.n_layers >= 1, f"model.n_layers: {self.n_layers} must be >= 1")
@@ -90,5 +91,6 @@ class ModelConfig:
             return 4 * self.d_model
         return 16 * round(8 * self.d_model / 3 / 16) or 16
 
-    def memories_at(self, layer: int) -> list[MemoryConfig]:
-        return [m for m in self.memories if layer in m.layers]
+    def memories_at(self, layer: int) -> list[tuple[int, MemoryConfig]]:
+        """(index in `memories`, config) of each memory placed at `layer`, in config order."""
+        return [(i, m) for i, m in enumerate(self.memories) if layer in m.layers]

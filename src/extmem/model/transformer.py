@@ -1,7 +1,8 @@
 """A pre-norm transformer (nanoGPT-style, one file) whose FFN slots can carry memories.
 
 Block: x = x + Attn(norm(x)); x = x + FFN(norm(x)) + sum(Mem(norm(x))) where `replace_ffn`
-drops the FFN (Lample et al. 2019) and `parallel_ffn` keeps it (ResM, seed 2).
+drops the FFN (Lample et al. 2019) and `parallel_ffn` keeps it (ResM: Kim & Jung 2020, "Large
+Product Key Memory for Pretrained Language Models").
 Decoding can pass a `DecodeCache` (keys/values per layer and the token history that token and
 n-gram lookups need), so generation costs one position per step.
 """
@@ -103,7 +104,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg, layer)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        placed = [(i, m) for i, m in enumerate(cfg.memories) if layer in m.layers]
+        placed = cfg.memories_at(layer)
         replaced = any(m.placement == "replace_ffn" for _, m in placed)
         self.ffn = None if replaced else FeedForward(cfg)
         self.memories = nn.ModuleList()

@@ -1,7 +1,8 @@
 """PNG plots of memory usage (matplotlib `Figure` objects rendered by Agg: no display and no
 pyplot state, so importing this module never changes the caller's backend).
 
-REFERENCE.md section 6 / seed 2 ("Large Product Key Memory for Pretrained Language Models"):
+Figures after Kim & Jung 2020, "Large Product Key Memory for Pretrained Language Models"
+(outdated slots during training), and Lample et al. 2019 (usage over an evaluation set):
 - windowed_usage.png: windowed usage of the training reads and eval-set usage over training;
 - staleness.png: per memory layer, slots by steps since last selected, plus never selected;
 - heatmap.png: per memory layer, eval-set read weight and training read counts per slot,
@@ -96,7 +97,7 @@ def plot_staleness(report: dict[str, Any], arrays: dict[str, dict[str, torch.Ten
         ax.grid(alpha=0.3, axis="y")
     for ax in list(axes.flat)[len(report["memories"]):]:
         ax.axis("off")
-    fig.suptitle("Staleness of memory slots (seed 2's outdated slots)")
+    fig.suptitle("Staleness of memory slots (steps since last selected)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path

@@ -1,8 +1,9 @@
 """`extmem usage`: memory usage per layer of a trained run, as a table and PNG plots.
 
-REFERENCE.md section 6, after seed 2 ("Large Product Key Memory for Pretrained Language
-Models"): Lample's usage over an evaluation set can look healthy while the training-time
-figures show that most slots are outdated. This report puts both side by side, per memory layer:
+After Kim & Jung 2020, "Large Product Key Memory for Pretrained Language Models" (their memory
+usage metric) and Lample et al. 2019 (usage; measured in docs/results.md, claims 9-11):
+Lample's usage over an evaluation set can look healthy while the training-time figures show
+that most slots are outdated. This report puts both side by side, per memory layer:
 - evaluation set (the run's validation split): usage, KL to uniform (weighted by read weight
   and by read counts), Gini, top-50/90/99;
 - training counters saved in the checkpoint: windowed usage over the last `train.usage_window`

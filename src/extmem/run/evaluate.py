@@ -85,7 +85,7 @@ def evaluate(model: Transformer, data: LMData, probes: list[FactProbe], batch_si
             figures = collectors[name].summary()  # distribution over the evaluation set
             for training_only in ("windowed_usage", "never_read", "rows_read_last_step"):
                 figures.pop(training_only)
-            # training-time counters (seed 2's outdated slots): windowed usage, never read
+            # training-time counters (Kim & Jung 2020's outdated slots): windowed usage, never read
             train = memory.usage.summary(usage_window)
             for key in ("windowed_usage", "never_read", "rows_read_last_step", "usage", "load_cv"):
                 figures[f"train_{key}"] = train[key]

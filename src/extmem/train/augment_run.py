@@ -1,6 +1,6 @@
 """`extmem augment`: a new run directory holding a trained dense model with memories added.
 
-Seed 2 ("Large Product Key Memory for Pretrained Language Models") initialises the memory
+Kim & Jung 2020 ("Large Product Key Memory for Pretrained Language Models") initialise the memory
 model from a dense one: train dense, insert the memory with a zero-initialised output path,
 continue training. The new run directory holds
 - config.toml: the source's config with the memories appended and `train.data_offset`

@@ -1,7 +1,7 @@
 """`train.compile`: torch.compile the dense parts of a model that carries memory.
 
-Inductor does not lower the row-sparse table backward (REFERENCE.md section 7), and the
-lookups' data-dependent top-k / gathers gain little from it. So every `Memory` module runs
+Inductor does not lower the row-sparse table backward (docs/performance.md, "torch.compile"),
+and the lookups' data-dependent top-k / gathers gain little from it. So every `Memory` module runs
 eagerly (`torch.compiler.disable` on its forward: a clean graph break around it) while the
 attention, FFN, norms and output head around it are compiled.
 """

@@ -13,11 +13,15 @@ directory, writers), `train_step` (one optimizer step), `log_window` (train metr
 from __future__ import annotations
 
 import gc
+import math
+import shutil
+import signal
 import sys
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from rich.console import Console
@@ -32,6 +36,7 @@ from extmem.distributed.parallel import (
     replica_divergence,
 )
 from extmem.distributed.tables import ShardedValueTable, shard_tables
+from extmem.errors import CheckpointError, TrainingError
 from extmem.model import Transformer, flops_per_token, parameter_counts
 from extmem.run.checkpoint import (
     latest_checkpoint,
@@ -53,20 +58,31 @@ from extmem.run.run_dir import (
 from extmem.run.session import RunData, build_model, load_run_data, resolve_device, with_vocab
 from extmem.train.optim import build_optimizer, lr_factor, set_lr
 from extmem.train.sparse_optim import clip_grad_norm
+from extmem.train.stop import StopRequest
 
 
 class TrainingInterrupted(Exception):
-    """Raised after Ctrl-C once the current state has been checkpointed."""
+    """Raised after SIGINT / SIGTERM once the finished step has been checkpointed (or, for an
+    interrupt that had to act inside a step, with the newest checkpoint left as it was)."""
 
-    def __init__(self, run_dir: Path, step: int) -> None:
-        super().__init__(f"interrupted at step {step}; checkpoint saved. Continue with: "
+    def __init__(self, run_dir: Path, step: int, signum: int, saved: bool) -> None:
+        name = signal.Signals(signum).name
+        what = (f"checkpoint step-{step} saved" if saved else
+                "interrupted inside a step: nothing saved after the newest checkpoint")
+        super().__init__(f"{name} at step {step}; {what}. Continue with: "
                          f"extmem train --resume --out {run_dir}")
-        self.run_dir, self.step = run_dir, step
+        self.run_dir, self.step, self.signum, self.saved = run_dir, step, signum, saved
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 @dataclass
 class TrainOptions:
-    resume: bool = False
+    # True: continue from the newest complete checkpoint (none is an error); "auto": continue
+    # if there is one, else start at step 0 (what `extmem compare` does with a killed run).
+    resume: bool | Literal["auto"] = False
     quiet: bool = False   # no progress bar or tables (e.g. tests)
     # The process group; the CLI builds it (it needs it to pick the run directory on rank 0).
     # None: `train` joins torchrun's group itself, or runs as one process.
@@ -93,6 +109,9 @@ class Trainer:
     log: MetricsLog | None                  # rank 0 only
     autocast: AbstractContextManager
     rows: slice                             # this rank's rows of each global batch
+    step: int = 0                           # steps finished so far (the run's, not the session's)
+    in_step: bool = False                   # between the forward and the optimizer update
+    skipped: int = 0                        # non-finite steps skipped this session
 
     @property
     def tokens_per_step(self) -> int:
@@ -105,6 +124,10 @@ class StepResult:
     aux: float                    # router balance / z-loss (0 when the model has none)
     grad_norm: float | None       # before clipping; None when clipping is off
 
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss) and (self.grad_norm is None or math.isfinite(self.grad_norm))
+
 
 @dataclass
 class Window:
@@ -116,6 +139,8 @@ class Window:
     started: float = field(default_factory=time.perf_counter)
 
     def add(self, result: StepResult) -> None:
+        if not result.finite:  # a skipped step: no update, nothing to average
+            return
         self.loss += result.loss
         self.aux += result.aux
         self.steps += 1
@@ -171,6 +196,14 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, data: RunData, accounting: d
     write_json(run_dir / "accounting.json", accounting)
 
 
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Half-written checkpoint directories of a killed process (kill -9, power loss)."""
+    root = run_dir / "checkpoints"
+    if root.is_dir():
+        for path in [*root.glob(".tmp-step-*"), *root.glob(".old-step-*")]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions) -> Trainer:
     """Data, model (resumed if asked), table shards, optimizer, run directory and writers."""
     tc = cfg.train
@@ -180,6 +213,9 @@ def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions) -> Trainer:
     check_distributed_config(cfg, ctx)
 
     checkpoint = latest_checkpoint(run_dir) if options.resume else None
+    if options.resume is True and checkpoint is None:
+        raise CheckpointError(f"--resume: {run_dir} has no complete checkpoint to continue "
+                              "from; train it anew (without --resume, or another --out)")
     data = _load_data(cfg, run_dir, ctx, options.resume)
     cfg = with_vocab(cfg, data.lm.vocab_size)
     model = build_model(cfg, device)
@@ -195,6 +231,7 @@ def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions) -> Trainer:
     forward_model = _wrap_for_forward(model, cfg, ctx, sharded, device)
 
     if ctx.is_main:
+        _remove_stale_temporaries(run_dir)
         _write_run_files(run_dir, cfg, data, accounting)
     ctx.barrier()
     console.print(_group_table(groups))
@@ -219,8 +256,11 @@ def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions) -> Trainer:
 
 
 def train_step(t: Trainer, step: int) -> StepResult:
-    """One optimizer step at `step` (learning rate, batch, forward, backward, clip, update)."""
+    """One optimizer step at `step` (learning rate, batch, forward, backward, clip, update).
+
+    A non-finite loss or gradient norm skips the update (the gradients are dropped)."""
     tc = t.cfg.train
+    t.in_step = True
     set_lr(t.optimizer, lr_factor(step, tc))
     t.model.set_memory_step(step)
     data_step = step + tc.data_offset  # augmented runs continue their source's data
@@ -235,11 +275,35 @@ def train_step(t: Trainer, step: int) -> StepResult:
     if tc.grad_clip:  # sparse-aware; sharded tables' norms are summed over ranks
         grad_norm = float(clip_grad_norm(t.model.parameters(), tc.grad_clip,
                                          sharded={id(s.weight) for s in t.sharded.values()}))
-    t.optimizer.step()
+    result = StepResult(loss=t.ctx.mean(float(loss.detach())),
+                        aux=0.0 if aux is None else t.ctx.mean(float(aux.detach())),
+                        grad_norm=grad_norm)
+    if result.finite:
+        t.optimizer.step()
     t.optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss=t.ctx.mean(float(loss.detach())),
-                      aux=0.0 if aux is None else t.ctx.mean(float(aux.detach())),
-                      grad_norm=grad_norm)
+    t.in_step = False
+    return result
+
+
+def check_finite(t: Trainer, step: int, result: StepResult) -> None:
+    """Count a skipped non-finite step; past train.max_nonfinite_steps, stop with one line."""
+    if result.finite:
+        return
+    t.skipped += 1
+    tc = t.cfg.train
+    if t.skipped <= tc.max_nonfinite_steps:
+        t.console.print(f"step {step}: loss {result.loss} / grad norm {result.grad_norm} is not "
+                        f"finite; update skipped ({t.skipped} of {tc.max_nonfinite_steps} allowed)")
+        return
+    raise TrainingError(
+        f"step {step}: the loss is {result.loss} and the gradient norm {result.grad_norm}, not "
+        f"finite; training stopped and nothing was saved after the newest checkpoint. Lower "
+        f"train.lr (now {tc.lr:g}) or set train.grad_clip, then resume: extmem train --resume "
+        f"--out {t.run_dir} --set train.lr=...")
+
+
+def _nonfinite_weights(model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
 def log_window(t: Trainer, window: Window, step: int, last: StepResult) -> dict:
@@ -281,7 +345,14 @@ def evaluate_now(t: Trainer, step: int | None = None) -> dict:
 
 
 def checkpoint_now(t: Trainer, step: int) -> None:
-    """Collective under torchrun: every rank writes its part of RUN/checkpoints/step-N."""
+    """Collective under torchrun: every rank writes its part of RUN/checkpoints/step-N.
+    Non-finite weights are never written (the newest finite checkpoint stays the newest)."""
+    bad = _nonfinite_weights(t.model)
+    if bad:
+        raise TrainingError(f"step {step}: {len(bad)} weight tensors are not finite (e.g. "
+                            f"{bad[0]}); not saved, the newest checkpoint is unchanged. Lower "
+                            f"train.lr (now {t.cfg.train.lr:g}) and resume with extmem train "
+                            f"--resume --out {t.run_dir}")
     save_checkpoint(t.run_dir, step, t.model, t.optimizer, {"tokens": step * t.tokens_per_step},
                     keep=t.cfg.train.keep_checkpoints, ctx=t.ctx, sharded=t.sharded)
 
@@ -306,37 +377,59 @@ def _due(every: int, step: int, last: int) -> bool:
 
 
 def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) -> dict:
-    """Train (or resume) the run in `run_dir`; returns the results dict (also results.json)."""
-    t = set_up(cfg, run_dir, options or TrainOptions())
-    tc = t.cfg.train
-    quiet = (options or TrainOptions()).quiet
-    step, last_eval, window = t.start, {}, Window()
-    t.model.train()
-    bar = tqdm(total=tc.steps, initial=t.start, desc="train", unit="step", file=sys.stderr,
-               disable=quiet or not t.ctx.is_main, dynamic_ncols=True, mininterval=0.5)
-    started = time.perf_counter()
-    try:
-        while step < tc.steps:
-            result = train_step(t, step)
-            step += 1
-            window.add(result)
-            bar.update(1)
-            if _due(tc.log_every, step, tc.steps):
-                record = log_window(t, window, step, result)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                window = Window()
-            if _due(tc.eval_every, step, tc.steps):
-                last_eval = evaluate_now(t, step)
-            if _due(tc.checkpoint_every, step, tc.steps):
-                checkpoint_now(t, step)
-    except KeyboardInterrupt:
+    """Train (or resume) the run in `run_dir`; returns the results dict (also results.json).
+
+    SIGINT / SIGTERM at any moment (set-up included) finish the current step, checkpoint it
+    and raise TrainingInterrupted; a signal while the results are written is ignored."""
+    options = options or TrainOptions()
+    with StopRequest() as stop:
+        t = set_up(cfg, run_dir, options)
+        tc = t.cfg.train
+        t.step = t.start
+        t.model.train()
+        bar = tqdm(total=tc.steps, initial=t.start, desc="train", unit="step", file=sys.stderr,
+                   disable=options.quiet or not t.ctx.is_main, dynamic_ncols=True,
+                   mininterval=0.5)
+        started = time.perf_counter()
+        try:
+            last_eval = _run_steps(t, bar, stop)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the handler's reach
+            bar.close()
+            saved = not t.in_step and t.step > t.start
+            if saved:
+                checkpoint_now(t, t.step)
+            t.writer.close()
+            raise TrainingInterrupted(run_dir, t.step, signal.SIGINT, saved) from None
         bar.close()
-        if step > t.start:
-            checkpoint_now(t, step)
         t.writer.close()
-        raise TrainingInterrupted(run_dir, step) from None
-    bar.close()
-    t.writer.close()
-    if not last_eval:  # resumed a finished run: nothing trained, evaluate what is there
-        last_eval = evaluate_now(t)
-    return finish(t, step, last_eval, time.perf_counter() - started)
+        if stop.signum is not None and t.step < tc.steps:
+            raise TrainingInterrupted(run_dir, t.step, stop.signum, saved=True)
+        if not last_eval:  # resumed a finished run: nothing trained, evaluate what is there
+            last_eval = evaluate_now(t)
+        return finish(t, t.step, last_eval, time.perf_counter() - started)
+
+
+def _run_steps(t: Trainer, bar: tqdm, stop: StopRequest) -> dict:
+    """Steps until train.steps or a stop request (then a checkpoint of the finished step);
+    returns the last evaluation."""
+    tc = t.cfg.train
+    last_eval: dict = {}
+    window = Window()
+    while t.step < tc.steps:
+        result = train_step(t, t.step)
+        t.step = step = t.step + 1
+        check_finite(t, step, result)
+        window.add(result)
+        bar.update(1)
+        if _due(tc.log_every, step, tc.steps) and window.steps:
+            record = log_window(t, window, step, result)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            window = Window()
+        if _due(tc.eval_every, step, tc.steps):
+            last_eval = evaluate_now(t, step)
+        stopping = stop.requested(t.ctx) is not None
+        if stopping or _due(tc.checkpoint_every, step, tc.steps):
+            checkpoint_now(t, step)
+        if stopping:
+            break
+    return last_eval

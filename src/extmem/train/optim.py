@@ -1,6 +1,7 @@
 """Optimizers per parameter group declared by name pattern, and the warmup + cosine schedule.
 
-REFERENCE.md section 7: memory value tables want their own group (higher LR, no weight decay).
+Memory value tables want their own group (higher LR, no weight decay): Lample et al. 2019 train
+the values with their own Adam at a constant 1e-3; see docs/performance.md.
 Every trainable parameter lands in exactly one group: the first group whose patterns match,
 else the implicit `default` group. Each group names its optimizer (AdamW by default; lazy Adam
 or row-wise Adagrad for row-sparse tables, `extmem.train.sparse_optim`); the groups of one

@@ -1,7 +1,7 @@
 """Optimizers that update only the table rows read in a step, and clipping for sparse grads.
 
-REFERENCE.md section 7 and docs/performance.md. Row-sparse table gradients come from
-`extmem.memory.sparse` (sparse COO, one row per distinct row read). Here:
+See docs/performance.md ("Row-sparse training of value tables"). Row-sparse table gradients
+come from `extmem.memory.sparse` (sparse COO, one row per distinct row read). Here:
 
 - `LazyAdam`: lazy Adam (torch.optim.SparseAdam / TF LazyAdam semantics): the moments and the
   value of a row change only in steps that read it; bias correction uses the parameter's

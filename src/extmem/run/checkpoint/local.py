@@ -55,23 +55,33 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
 
 
 def save_local_checkpoint(run_dir: Path, step: int, model: nn.Module,
-                    optimizer: torch.optim.Optimizer, extra: dict | None = None,
-                    keep: int = 0) -> Path:
-    """Write RUN/checkpoints/step-N atomically; keep only the newest `keep` (0: all)."""
+                          optimizer: torch.optim.Optimizer, extra: dict | None = None,
+                          keep: int = 0) -> Path:
+    """Write RUN/checkpoints/step-N atomically; keep only the newest `keep` (0: all).
+
+    A failed write (a full disk, a quota) removes the half-written directory and ends in a
+    CheckpointError; the checkpoints already there are untouched."""
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(unique_state_dict(model), str(tmp / "model.safetensors"))
-    save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
-    save_file(rng_tensors(), str(tmp / "rng.safetensors"))
-    files = {name: sha256_file(tmp / name)
-             for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors")}
-    state = {"format_version": FORMAT_VERSION, "step": step, "time": time.time(),
-             "files": files, "optimizers": optimizer_kinds(optimizer), **(extra or {})}
-    return publish_checkpoint(run_dir, tmp, final, state, keep)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file(unique_state_dict(model), str(tmp / "model.safetensors"))
+        save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
+        save_file(rng_tensors(), str(tmp / "rng.safetensors"))
+        files = {name: sha256_file(tmp / name)
+                 for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors")}
+        state = {"format_version": FORMAT_VERSION, "step": step, "time": time.time(),
+                 "files": files, "optimizers": optimizer_kinds(optimizer), **(extra or {})}
+        return publish_checkpoint(run_dir, tmp, final, state, keep)
+    except (OSError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise CheckpointError(f"cannot write checkpoint step-{step} in {root}: {reason}; the "
+                              "checkpoints already there are intact. Free space, then resume: "
+                              f"extmem train --resume --out {run_dir}") from None
 
 
 def load_local_optimizer(path: Path) -> dict[str, torch.Tensor]:

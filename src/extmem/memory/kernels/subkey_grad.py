@@ -1,23 +1,24 @@
-"""Gradient of the kept sub-key scores w.r.t. the sub-keys, fused on CPU (numba).
+"""numba gradient of the kept sub-key scores w.r.t. the sub-keys: accelerates the dK part of
+the backward of `extmem.memory.score_topk.score_topk`.
 
 In the product-key search (Lample et al. 2019) each (head, half) row b keeps k of its n sub-key
 scores s[b, m, i] = <q[b, m], K[b, i]>; only those carry gradient, so
 
     d K[b, i] = sum over kept (m, j) with idx[b, m, j] = i of g[b, m, j] * q[b, m].
 
-The portable path (`score_topk`) sorts the M*k reads of each row by sub-key and sums them with
-an embedding bag (`row_sparse_grad`); at 4,096 tokens x 8 rows x k = 32 that sort of 1M reads
-and its bag take 27-67 ms here. The sub-key table of a row is small (n x half: 512 KB at
-n = 1,024, half = 128, cache resident), so this kernel accumulates the reads straight into it,
-one task per row b (rows own disjoint outputs: no races): 7 ms. Same sums (tested). Used for
-CPU float32 inputs when the `fast` extra (numba) is installed and torch owns every core.
+The portable path (`score_topk`'s backward) sorts the M*k reads of each row by sub-key and sums
+them with an embedding bag (`extmem.memory.sparse.row_sparse_grad`); this kernel accumulates
+the reads straight into the small, cache-resident (n, half) sub-key table of each row (512 KB at
+n = 1,024, half = 128), one task per row b (rows own disjoint outputs: no races): 7 ms instead
+of 27-67 ms at 4,096 tokens x 8 rows x k = 32 (docs/performance.md). Must equal the portable
+sums up to float summation order.
 """
 
 from __future__ import annotations
 
 import torch
 
-from extmem.memory import topk
+from extmem.memory.kernels.backend import jit_once
 
 
 def _build(numba):
@@ -33,17 +34,13 @@ def _build(numba):
     return accumulate
 
 
-_kernel = topk.jit_once(_build)
-
-
-def fused_available(q: torch.Tensor, keys: torch.Tensor) -> bool:
-    return topk.fused_cpu(q, keys)
+kernel = jit_once(_build)
 
 
 def subkey_grad(q: torch.Tensor, indices: torch.Tensor, grad_values: torch.Tensor,
                 n: int) -> torch.Tensor:
     """q (B, M, half), indices and grad_values (B, M, k) -> dense (B, n, half) float32."""
     out = torch.zeros(q.shape[0], n, q.shape[2], dtype=torch.float32)  # (B, n, half)
-    _kernel()(q.float().contiguous().numpy(), indices.contiguous().numpy(),
-              grad_values.float().contiguous().numpy(), out.numpy())
+    kernel()(q.float().contiguous().numpy(), indices.contiguous().numpy(),
+             grad_values.float().contiguous().numpy(), out.numpy())
     return out
