@@ -19,13 +19,14 @@ import pytest
 import extmem
 from extmem.altup.config import AltUpConfig
 from extmem.bench.capacity import CapacityBenchConfig
+from extmem.bench.kernels import KernelsBenchConfig
 from extmem.bench.model import ModelBenchConfig
 from extmem.bench.pkm import PkmBenchConfig
 from extmem.config import (
     LiteralField,
     from_dict,
     literal_fields,
-    require_literals,
+    require_valid_fields,
     write_toml,
 )
 from extmem.data.config import DataConfig
@@ -51,6 +52,7 @@ CONFIGS: dict[type, tuple[str, dict[str, Any]]] = {
     PkmBenchConfig: ("bench.pkm", {}),
     CapacityBenchConfig: ("bench.capacity", {}),
     ModelBenchConfig: ("bench.model", {}),
+    KernelsBenchConfig: ("bench.kernels", {}),
 }
 # where each section of a run config sits in its TOML (keys, list indices)
 RUN_SECTIONS: dict[type, list[str | int]] = {
@@ -63,7 +65,8 @@ RUN_SECTIONS: dict[type, list[str | int]] = {
     TrainConfig: ["train"],
     ParamGroupConfig: ["train", "param_groups", 0],
 }
-BENCHES = {PkmBenchConfig: "pkm", CapacityBenchConfig: "capacity", ModelBenchConfig: "model"}
+BENCHES = {PkmBenchConfig: "pkm", CapacityBenchConfig: "capacity", ModelBenchConfig: "model",
+           KernelsBenchConfig: "kernels"}
 
 FIELDS = [(cls, name) for cls in CONFIGS for name in literal_fields(cls)]
 IDS = [f"{cls.__name__}.{name}" for cls, name in FIELDS]
@@ -209,8 +212,7 @@ BENCH_FIELDS = [(cls, name) for cls, name in FIELDS if cls in BENCHES]
                          ids=[f"{cls.__name__}.{name}" for cls, name in BENCH_FIELDS])
 def test_bench_set_rejects_a_typo(cls, name, tmp_path, capsys):
     value, index, message = bad_value(cls, name)
-    line = error_line(capsys, "bench", BENCHES[cls], "--no-write",
-                      "--set", f"{name}={json.dumps(value)}")
+    line = error_line(capsys, "bench", BENCHES[cls], "--set", f"{name}={json.dumps(value)}")
     assert line == f"error: bench.{BENCHES[cls]}.{name}{index}{message}"
 
 
@@ -219,7 +221,7 @@ class OptionalChoice:
     mode: Literal["a", "b"] | None = None
 
     def __post_init__(self) -> None:
-        require_literals(self, "example")
+        require_valid_fields(self, "example")
 
 
 def test_a_literal_or_none_field_accepts_none_and_checks_the_rest():

@@ -72,7 +72,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = default_dir if args.resume else fresh_run_dir(default_dir)
     run_dir = ctx.from_main(run_dir)  # every rank writes the run rank 0 chose
     try:
-        results = train(cfg, run_dir, TrainOptions(resume=args.resume, quiet=args.quiet, ctx=ctx))
+        results = train(cfg, run_dir, TrainOptions(resume=args.resume, quiet=args.quiet, ctx=ctx,
+                                                   force=args.force))
     finally:
         ctx.close()
     if not ctx.is_main:
@@ -111,9 +112,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from extmem.generate import sample
+    from extmem.generate import check_sampling, sample
     from extmem.run.session import load_trained
 
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.seed)  # before loading
     run = load_trained(Path(args.run_dir), args.set, args.checkpoint)
     data, model = run.data, run.model
     prompt_ids = data.tokenizer.encode(args.prompt).ids
@@ -151,25 +153,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.name == "altup":
-        from extmem.bench.altup import bench_command, print_table
-        result = bench_command(args.set, None if args.no_write else Path(args.doc),
-                               progress=not args.json)
-        if args.json:
-            _print_json(result)
-        else:
-            print_table(result)
-        return 0
-    from extmem.bench.suite import bench_command as run_bench
-    from extmem.bench.suite import summary
-    result = run_bench(args.name, args.set, None if args.no_write else Path(args.doc),
-                       progress=not args.json)
+    from extmem.bench.suite import bench_command, summary
+
+    result = bench_command(args.name, args.set, Path(args.out) if args.out else None,
+                           Path(args.doc) if args.doc else None, progress=not args.json)
     if args.json:
         _print_json(result)
     else:
         print(summary(result))
-        if not args.no_write:
-            print(f"written to {args.doc}")
+        print(f"results: {Path(result['out_dir']) / 'results.md'} (and results.json)")
+        if args.doc:
+            print(f"updated the {args.name} section of {args.doc}")
     return 0
 
 
@@ -179,7 +173,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
     report = augment_run(Path(args.source), Path(args.out),
                          Path(args.memory) if args.memory else None,
                          parse_layers(args.layers) if args.layers else None, args.placement,
-                         args.set)
+                         args.set, force=args.force)
     if args.json:
         _print_json(report)
     else:
@@ -257,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in the run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+    p.add_argument("--force", action="store_true",
+                   help="skip the check that the memory tables (with optimizer state and "
+                        "gradients) fit in the memory available")
     common(p)
     p.set_defaults(func=cmd_train)
 
@@ -289,13 +286,24 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("bench", help="performance benchmarks")
-    p.add_argument("name", choices=["pkm", "capacity", "model", "altup"],
+    p = sub.add_parser("bench", help="performance benchmarks (docs/benchmarks.md)")
+    p.add_argument("name", choices=["pkm", "capacity", "model", "altup", "kernels", "host-table",
+                                    "scaling"],
                    help="pkm: our PKM vs product-key-memory, gather floor and dense FFN; "
                         "capacity: latency vs table rows per lookup; model: training tokens/s "
-                        "dense vs memory models; altup: AltUp vs dense-d / dense-2d step")
-    p.add_argument("--doc", default="docs/benchmarks.md", help="Markdown file to update")
-    p.add_argument("--no-write", action="store_true", help="do not update the Markdown file")
+                        "dense vs memory models; altup: AltUp vs dense-d / dense-2d step; "
+                        "kernels: each numba kernel vs its portable path; host-table: resident "
+                        "memory of an mmap host table; scaling: tokens/s on 1, 2, 4 torchrun "
+                        "processes")
+    p.add_argument("--out", metavar="DIR",
+                   help="where results.md, results.json and plots go (default: a fresh "
+                        "runs/bench/NAME, then NAME-2, NAME-3, ...)")
+    doc = p.add_mutually_exclusive_group()
+    doc.add_argument("--doc", metavar="FILE.md",
+                     help="also replace this benchmark's section of FILE.md, e.g. "
+                          "docs/benchmarks.md (plots are copied beside it); default: no doc")
+    doc.add_argument("--no-write", action="store_true",
+                     help="update no Markdown doc (the default; kept for old commands)")
     common(p)
     p.set_defaults(func=cmd_bench)
 
@@ -312,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "input: at the start of the layer (default: the TOML's, else "
                         "parallel_ffn)")
     p.add_argument("--out", required=True, help="the new run directory (must not exist)")
+    p.add_argument("--force", action="store_true",
+                   help="skip the check that the new memory tables fit in the memory available")
     common(p)
     p.set_defaults(func=cmd_augment)
 

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from extmem.errors import ConfigError
 from extmem.model import DecodeCache, Transformer
+
+SEED_LIMIT = 1 << 64  # torch generators take seeds in [0, 2**64)
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, seed: int) -> None:
+    """The sampling options `sample` accepts; anything else is a ConfigError naming it."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens: {max_new_tokens} must be an integer >= 1")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ConfigError(f"--temperature: {temperature} must be a finite number >= 0 "
+                          "(0 = greedy)")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ConfigError(f"--top-k: {top_k} must be an integer >= 0 (0 = no limit)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"--seed: {seed} must be an integer in [0, 2**64)")
 
 
 @torch.no_grad()
@@ -15,10 +33,7 @@ def sample(model: Transformer, prompt_ids: list[int], max_new_tokens: int, tempe
     if not model.cfg.causal:
         raise ConfigError("generate: this run is a masked-LM encoder (model.causal = false); "
                           "generation needs a causal decoder")
-    if temperature < 0:
-        raise ConfigError(f"--temperature: {temperature} must be >= 0 (0 = greedy)")
-    if top_k < 0:
-        raise ConfigError(f"--top-k: {top_k} must be >= 0 (0 = no limit)")
+    check_sampling(max_new_tokens, temperature, top_k, seed)
     if not prompt_ids:
         raise ConfigError("--prompt: empty; give at least one character of text")
     model.eval()

@@ -13,7 +13,7 @@ TINY = ["d_model=16", "n_heads=2", "n_layers=2", "vocab_size=40", "batch_size=2"
 def test_cli_writes_the_altup_section_and_prints_json(tmp_path, capsys):
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## pkm\n\nkept\n", encoding="utf-8")
-    argv = ["bench", "altup", "--json", "--doc", str(doc)]
+    argv = ["bench", "altup", "--json", "--doc", str(doc), "--out", str(tmp_path / "out")]
     for setting in TINY:
         argv += ["--set", setting]
     assert main(argv) == 0
@@ -26,10 +26,12 @@ def test_cli_writes_the_altup_section_and_prints_json(tmp_path, capsys):
     assert "## pkm\n\nkept" in text and text.count("## altup") == 1
     assert "extmem bench altup --set d_model=16" in text
     assert "| altup-k2 | 16 | 32 |" in text
+    assert "| altup-k2 | 16 | 32 |" in (tmp_path / "out" / "results.md").read_text()
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["ratios"] == result["ratios"]
 
 
 def test_bad_settings_are_config_errors(capsys):
     with pytest.raises(ConfigError, match=r"bench\.altup\.k: 1 must be >= 2"):
         AltUpBenchConfig(k=1)
-    assert main(["bench", "altup", "--no-write", "--set", "d_model=10", "--set", "n_heads=4"]) == 2
+    assert main(["bench", "altup", "--set", "d_model=10", "--set", "n_heads=4"]) == 2
     assert capsys.readouterr().err.startswith("error: bench.altup.d_model: 10")

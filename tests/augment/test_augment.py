@@ -158,3 +158,16 @@ def test_data_offset_shifts_the_training_batches(tmp_path, monkeypatch):
                  "--set", "train.steps=2", "--set", "train.eval_every=0",
                  "--set", "train.data_offset=5"]) == 0
     assert seen == [5, 6]
+
+
+def test_tables_that_do_not_fit_are_refused_unless_forced(dense_runs, tmp_path, capsys,
+                                                          monkeypatch):
+    from extmem.model import resources
+    monkeypatch.setattr(resources, "available_ram_bytes", lambda: 1)  # extmem.model.resources
+    out = tmp_path / "aug"
+    args = ["augment", str(dense_runs["causal"]), "--layers", "1", "--out", str(out)]
+    line = error_line(capsys, *args)
+    assert line.startswith("error: memory tables need ") and line.endswith("or pass --force")
+    assert not out.exists()
+    assert main([*args, "--force"]) == 0
+    assert (out / "augment.json").is_file()

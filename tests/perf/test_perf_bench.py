@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from extmem.bench.capacity import CapacityBenchConfig, run_capacity_bench
+from extmem.bench.capacity import CapacityBenchConfig, run_capacity_bench, write_plots
 from extmem.bench.capacity import write_markdown as write_capacity
 from extmem.bench.model import ModelBenchConfig, run_model_bench
 from extmem.bench.model import write_markdown as write_model
@@ -19,8 +19,7 @@ from extmem.errors import ConfigError
 
 def test_capacity_bench_structure_growth_and_plot(tmp_path) -> None:
     cfg = CapacityBenchConfig(tokens=32, d_model=16, log2_rows=[8, 10], topk=4, key_dim=8,
-                              repeats=1, warmup=1, router_max_rows=256,
-                              plot=str(tmp_path / "capacity.png"))
+                              repeats=1, warmup=1, router_max_rows=256)
     result = run_capacity_bench(cfg, progress=False)
     json.dumps(result)
     assert [r["rows"] for r in result["sizes"]] == [256, 1024]
@@ -33,7 +32,8 @@ def test_capacity_bench_structure_growth_and_plot(tmp_path) -> None:
     assert "router" not in result["sizes"][1]["latency_ms"]  # O(N) lookup capped
     pk = [r["latency_ms"]["product_keys"]["median"] for r in result["sizes"]]
     assert result["latency_growth"] == pytest.approx(pk[1] / pk[0], rel=1e-2, abs=1e-3)  # rounded to 3 places
-    assert (tmp_path / "capacity.png").stat().st_size > 0
+    assert write_plots(result, tmp_path) == [tmp_path / "capacity.png"]
+    assert (tmp_path / "capacity.png").stat().st_size > 0 and result["plot"] == "capacity.png"
     doc = tmp_path / "b.md"
     doc.write_text("# B\n\n## altup\n\nkeep\n")
     write_capacity(result, doc, "extmem bench capacity")
@@ -56,14 +56,16 @@ def test_model_bench_structure_and_ratios(tmp_path) -> None:
 
 
 def test_bench_cli_json_and_bad_config(capsys, tmp_path) -> None:
-    assert main(["bench", "capacity", "--json", "--no-write", "--set", "tokens=8",
+    out_dir = tmp_path / "out"
+    assert main(["bench", "capacity", "--json", "--out", str(out_dir), "--set", "tokens=8",
                  "--set", "d_model=8", "--set", "log2_rows=[4, 6]", "--set", "topk=2",
                  "--set", "key_dim=4", "--set", "repeats=1", "--set", "warmup=0",
-                 "--set", "lookups=[\"product_keys\", \"token\"]", "--set", "plot=\"\""]) == 0
+                 "--set", "lookups=[\"product_keys\", \"token\"]", "--set", "plot=false"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["latency_growth"] > 0
+    assert out["latency_growth"] > 0 and "plot" not in out
+    assert {p.name for p in out_dir.iterdir()} == {"results.md", "results.json"}
     with pytest.raises(ConfigError, match="bench.capacity.log2_rows"):
         CapacityBenchConfig(log2_rows=[15])
     with pytest.raises(ConfigError, match="bench.model.models"):
         ModelBenchConfig(models=["huge"])
-    assert main(["bench", "model", "--no-write", "--set", "models=[\"nope\"]"]) == 2
+    assert main(["bench", "model", "--set", "models=[\"nope\"]"]) == 2

@@ -65,12 +65,11 @@ def test_nonfinite_steps_can_be_skipped(tiny_config, tmp_path, monkeypatch, caps
         return (loss * float("nan") if step == 2 else loss), n
     monkeypatch.setattr("extmem.train.loop.batch_loss", nan_at_step_2)
     out = tmp_path / "run"
-    assert "not finite" in error_line(capsys, "train", str(tiny_config), "--out", str(out),
-                                      "--quiet")
-    assert checkpoint_names(out) == []  # step 3 was never reached
-    out2 = tmp_path / "run2"
-    assert train(tiny_config, out2, "--set", "train.max_nonfinite_steps=1") == 0
-    assert all_finite(out2, "step-6")
+    line = error_line(capsys, "train", str(tiny_config), "--out", str(out), "--quiet")
+    assert "not finite" in line and "train again with the same --out" in line
+    assert not out.exists()  # no checkpoint yet: nothing half-made is left to trip a rerun
+    assert train(tiny_config, out, "--set", "train.max_nonfinite_steps=1") == 0
+    assert all_finite(out, "step-6")
 
 
 def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tiny_config, tmp_path,
@@ -119,7 +118,7 @@ def _final(run: Path, steps: int) -> tuple[dict, list]:
     return weights, [(r["step"], r.get("loss"), r.get("val_loss")) for r in rows]
 
 
-STEPS = ["--set", "train.steps=30", "--set", "train.checkpoint_every=10"]
+STEPS = ["--set", "train.steps=150", "--set", "train.checkpoint_every=50", "--set", "train.eval_every=50"]
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +146,14 @@ def test_signal_at_a_random_moment_then_resume_equals_uninterrupted(uninterrupte
     time.sleep(random.Random(trial).uniform(0.0, 1.5))
     proc.send_signal(signum)
     code = proc.wait(timeout=300)
-    assert code in (0, 128 + signum), proc.stderr.read()
-    if code:
+    finished = (out / "results.json").is_file()
+    # 128 + signal: stopped and saved; or the signal came after the run had finished (then
+    # SIGTERM's default action may end the process while it exits): nothing left to save
+    assert code == 128 + signum or (finished and code in (0, -signum)), (code, proc.stderr.read())
+    if not finished:
         resumed = _launch(config, out, "--resume", *STEPS)
         assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
-    (wa, ma), (wb, mb) = _final(out, 30), _final(reference, 30)
+    (wa, ma), (wb, mb) = _final(out, 150), _final(reference, 150)
     assert wa.keys() == wb.keys()
     for name in wa:
         assert wa[name].equal(wb[name]), name

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from extmem.config import require, require_literals
+from extmem.config import require, require_valid_fields
 
 
 @dataclass
@@ -57,7 +57,7 @@ class AltUpConfig:
     extra_blocks: int = 0
 
     def __post_init__(self) -> None:
-        require_literals(self, "model.altup")
+        require_valid_fields(self, "model.altup")
         require(isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 2,
                 f"model.altup.k: {self.k!r} must be an integer >= 2 (K = 1 is the dense model: "
                 "leave out [model.altup])")

@@ -1,4 +1,6 @@
-"""Performance benchmarks behind `extmem bench` (results as Markdown in docs/benchmarks.md)."""
+"""Performance benchmarks behind `extmem bench NAME` (suite.py): every measurement the project
+reports lives here, so an installed wheel reproduces docs/benchmarks.md on the user's hardware.
+"""
 
 from extmem.bench.pkm import PkmBenchConfig, render_markdown, run_pkm_bench, write_markdown
 

@@ -12,18 +12,22 @@ dense-d. The step-time ratios are the figure to quote; absolute times move with 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from extmem.altup import AltUpConfig
-from extmem.bench.markdown import update_section
-from extmem.bench.timing import environment, peak_rss_mb, summarize, time_ms, torch_threads
-from extmem.config import apply_overrides, from_dict
+from extmem.bench.markdown import command_lines
+from extmem.bench.timing import (
+    environment,
+    log_progress,
+    peak_rss_mb,
+    summarize,
+    time_ms,
+    torch_threads,
+)
 from extmem.errors import ConfigError
 from extmem.model import ModelConfig, Transformer, flops_per_token, parameter_counts
 
@@ -113,11 +117,6 @@ def _ratios(samples: list[float], base: list[float]) -> dict[str, float]:
             "min": min(samples) / min(base)}
 
 
-def _log(progress: bool, message: str) -> None:
-    if progress:
-        print(message, file=sys.stderr, flush=True)
-
-
 def run_altup_bench(cfg: AltUpBenchConfig, progress: bool = True) -> dict:
     """Time every model's training step in one run; return a JSON-serialisable dict."""
     with torch_threads(cfg.threads):
@@ -132,7 +131,7 @@ def _run(cfg: AltUpBenchConfig, progress: bool) -> dict:
     subjects = [_Subject(name, model_cfg, tokens)
                 for name, model_cfg in cfg.model_configs().items()]
     rounds = cfg.warmup + cfg.repeats
-    _log(progress, f"bench altup: {', '.join(s.name for s in subjects)}; batch "
+    log_progress(progress, f"bench altup: {', '.join(s.name for s in subjects)}; batch "
                    f"{cfg.batch_size} x {cfg.seq_len}, {torch.get_num_threads()} threads, "
                    f"{cfg.warmup} warmup + {cfg.repeats} timed rounds")
     for r in range(rounds):
@@ -141,7 +140,7 @@ def _run(cfg: AltUpBenchConfig, progress: bool) -> dict:
             ms = time_ms(s.train_step)
             if r >= cfg.warmup:
                 s.step_ms.append(ms)
-        _log(progress, f"round {r + 1}/{rounds}" + ("" if r >= cfg.warmup else " (warmup)"))
+        log_progress(progress, f"round {r + 1}/{rounds}" + ("" if r >= cfg.warmup else " (warmup)"))
 
     rows = [s.row(cfg.seq_len) for s in subjects]
     base = subjects[0].step_ms
@@ -182,12 +181,7 @@ def render_markdown(result: dict, command: str) -> str:
         f"the medians and of the minima. FLOPs/token are forward FLOPs from "
         f"`extmem.model.flops_per_token`.",
         "",
-        "Command:",
-        "",
-        "```",
-        command,
-        "```",
-        "",
+        *command_lines(command),
         "Config: " + ", ".join(f"`{k}={v}`" for k, v in cfg.items()),
         "",
         f"Environment: torch {env['torch']}, Python {env['python']}, {env['platform']}, "
@@ -212,24 +206,8 @@ def render_markdown(result: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench_command(overrides: list[str], doc: Path | None, progress: bool) -> dict:
-    """`extmem bench altup`: run, and update the `## altup` section of `doc` unless None."""
-    cfg = from_dict(AltUpBenchConfig, apply_overrides({}, overrides), "bench.altup")
-    result = run_altup_bench(cfg, progress=progress)
-    if doc is not None:
-        command = "extmem bench altup" + "".join(f" --set {s}" for s in overrides)
-        update_section(doc, "altup", render_markdown(result, command))
-    return result
-
-
-def print_table(result: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="bench altup (training step, ms)")
-    for column in ("model", "token width", "median", "min", "ratio to dense-d"):
-        table.add_column(column)
-    for row in result["models"]:
-        table.add_row(row["name"], str(row["token_width"]), f"{row['step_ms']['median']:.1f}",
-                      f"{row['step_ms']['min']:.1f}", f"{row['ratio_to_dense_d']['paired']:.2f}")
-    Console().print(table)
+def summary(result: dict) -> str:
+    return "\n".join(f"{row['name']} (token width {row['token_width']}): step "
+                     f"{row['step_ms']['median']:.1f} ms median, {row['step_ms']['min']:.1f} min, "
+                     f"{row['ratio_to_dense_d']['paired']:.2f}x dense-d"
+                     for row in result["models"])

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from extmem.allocator import release_free_memory
-from extmem.bench.markdown import update_section
-from extmem.bench.timing import environment, log_progress, summarize, time_ms
-from extmem.config import require_literals
+from extmem.bench.markdown import command_lines, environment_line, update_section
+from extmem.bench.timing import available_bytes, environment, log_progress, summarize, time_ms
+from extmem.config import require_valid_fields
 from extmem.errors import ConfigError
 from extmem.memory import (
     LshLookupConfig,
@@ -56,10 +56,10 @@ class CapacityBenchConfig:
     repeats: int = 7
     warmup: int = 2
     seed: int = 0
-    plot: str = "docs/capacity.png"  # "" for no plot
+    plot: bool = True           # capacity.png in the output directory (`write_plots`)
 
     def __post_init__(self) -> None:
-        require_literals(self, "bench.capacity")
+        require_valid_fields(self, "bench.capacity")
         if not self.log2_rows or any(e < 4 or e % 2 for e in self.log2_rows):
             raise ConfigError(f"bench.capacity.log2_rows: {self.log2_rows} must be even "
                               "exponents >= 4 (product keys need N = n^2)")
@@ -91,16 +91,6 @@ def memory_config(name: str, rows: int, cfg: CapacityBenchConfig) -> MemoryConfi
                         router=RouterLookupConfig(entries=rows, topk=cfg.topk))
 
 
-def _available_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def run_capacity_bench(cfg: CapacityBenchConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
     env = environment()
@@ -112,7 +102,7 @@ def run_capacity_bench(cfg: CapacityBenchConfig, progress: bool = True) -> dict:
     for exp in cfg.log2_rows:
         rows = 1 << exp
         need = rows * cfg.d_model * 4 + rows * 24  # table + usage counters
-        avail = _available_bytes()
+        avail = available_bytes()
         if avail is not None and need * 1.15 + (1 << 30) > avail:
             skipped.append({"rows": rows, "reason": f"needs ~{need / 2**30:.1f} GiB, "
                             f"{avail / 2**30:.1f} GiB available"})
@@ -150,8 +140,6 @@ def run_capacity_bench(cfg: CapacityBenchConfig, progress: bool = True) -> dict:
               "sizes": rows_out, "skipped": skipped, "growth": growth,
               "latency_growth": growth.get("product_keys", {}).get("ratio"),
               "wall_s": round(time.perf_counter() - started, 2)}
-    if cfg.plot:
-        result["plot"] = plot_capacity(result, Path(cfg.plot))
     return result
 
 
@@ -168,6 +156,16 @@ def time_gather_floor(weight: torch.Tensor, cfg: CapacityBenchConfig) -> dict:
     for _ in range(cfg.warmup):
         run()
     return summarize([time_ms(run) for _ in range(cfg.repeats)])
+
+
+def write_plots(result: dict, out: Path) -> list[Path]:
+    """capacity.png in `out` (unless the config's `plot` is false); records its name in
+    `result["plot"]`, which the Markdown links relative to itself."""
+    if not result["config"]["plot"]:
+        return []
+    path = Path(plot_capacity(result, Path(out) / "capacity.png"))
+    result["plot"] = path.name
+    return [path]
 
 
 def plot_capacity(result: dict, path: Path) -> str:
@@ -197,7 +195,7 @@ def plot_capacity(result: dict, path: Path) -> str:
 
 
 def render_markdown(result: dict, command: str) -> str:
-    cfg, env = result["config"], result["environment"]
+    cfg = result["config"]
     names = [*cfg["lookups"], FLOOR]
     lines = [
         "## capacity", "",
@@ -210,10 +208,8 @@ def render_markdown(result: dict, command: str) -> str:
         f"{cfg['tokens']} x {cfg['heads'] * cfg['topk']} random rows of the same table (the "
         "product-key read pattern with no lookup): its growth is the memory hierarchy's alone.",
         "",
-        "Command:", "", "```", command, "```", "",
-        f"Environment: torch {env['torch']}, {env['cpu_count']} CPUs, {env['torch_threads']} "
-        f"torch threads, load average {env['load_average']} at start, "
-        f"{env.get('load_average_end')} at end, {env['date_utc']}; run took {result['wall_s']} s.",
+        *command_lines(command),
+        environment_line(result),
         "", "| rows | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
     ]
     for r in result["sizes"]:
@@ -232,3 +228,8 @@ def render_markdown(result: dict, command: str) -> str:
 
 def write_markdown(result: dict, path: Path, command: str) -> None:
     update_section(Path(path), "capacity", render_markdown(result, command))
+
+
+def summary(result: dict) -> str:
+    return "\n".join(f"{k}: latency growth x{v['ratio']} ({v['from_rows']:,} -> "
+                     f"{v['to_rows']:,} rows)" for k, v in result["growth"].items())

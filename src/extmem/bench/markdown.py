@@ -19,6 +19,21 @@ FILE_HEADER = (
 )
 
 
+def command_lines(command: str) -> list[str]:
+    """The "Command:" block of a section: the exact command that reruns it, fenced."""
+    return ["Command:", "", "```", command, "```", ""]
+
+
+def environment_line(result: dict) -> str:
+    """One "Environment: ..." line from a result's `environment` (bench/timing.py) and
+    `wall_s`: torch, CPUs, torch threads, load average at start and end, date, run time."""
+    env = result["environment"]
+    return (f"Environment: torch {env['torch']}, {env['cpu_count']} CPUs, {env['torch_threads']} "
+            f"torch threads, load average {env['load_average']} at start, "
+            f"{env.get('load_average_end')} at end, {env['date_utc']}; run took "
+            f"{result['wall_s']} s.")
+
+
 def _heading_lines(lines: list[str]) -> list[int]:
     """Indices of level-2 headings (`## x`), ignoring lines inside fenced code blocks."""
     found, fenced = [], False

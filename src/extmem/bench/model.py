@@ -23,9 +23,9 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 
-from extmem.bench.markdown import update_section
+from extmem.bench.markdown import command_lines, environment_line, update_section
 from extmem.bench.timing import environment, log_progress, timed_rounds, warm_up
-from extmem.config import require_literals
+from extmem.config import require_valid_fields
 from extmem.errors import ConfigError
 from extmem.memory import MemoryConfig, ProductKeyConfig
 from extmem.model.config import ModelConfig
@@ -53,7 +53,7 @@ class ModelBenchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require_literals(self, "bench.model")
+        require_valid_fields(self, "bench.model")
         if not self.models:
             raise ConfigError("bench.model.models: empty; list at least one of "
                               f"{', '.join(MODELS)}")
@@ -136,7 +136,7 @@ def run_model_bench(cfg: ModelBenchConfig, progress: bool = True) -> dict:
 
 
 def render_markdown(result: dict, command: str) -> str:
-    cfg, env = result["config"], result["environment"]
+    cfg = result["config"]
     lines = [
         "## model", "",
         "Whole-model training throughput (forward, cross-entropy, backward, clipping, optimizer "
@@ -147,10 +147,8 @@ def render_markdown(result: dict, command: str) -> str:
         "pkm_1m_*: the quickstart memory (layer 2, heads=4, topk=8, key width 64) with "
         f"{cfg['big_n_keys'] ** 2:,} slots; _sparse = row-sparse table + lazy Adam, _dense = "
         "AdamW over the whole table.", "",
-        "Command:", "", "```", command, "```", "",
-        f"Environment: torch {env['torch']}, {env['cpu_count']} CPUs, {env['torch_threads']} "
-        f"torch threads, load average {env['load_average']} at start, "
-        f"{env.get('load_average_end')} at end, {env['date_utc']}; run took {result['wall_s']} s.",
+        *command_lines(command),
+        environment_line(result),
         "", "| model | params | step ms median / min | tokens/s | vs dense |", "|---|---|---|---|---|",
     ]
     for name, m in result["models"].items():
@@ -163,3 +161,10 @@ def render_markdown(result: dict, command: str) -> str:
 
 def write_markdown(result: dict, path: Path, command: str) -> None:
     update_section(Path(path), "model", render_markdown(result, command))
+
+
+def summary(result: dict) -> str:
+    return "\n".join(f"{k}: {m['tokens_per_s']:,.0f} tokens/s"
+                     + (f" ({result['throughput_vs_dense'][k + '_vs_dense']:.2f}x dense)"
+                        if k + "_vs_dense" in result["throughput_vs_dense"] else "")
+                     for k, m in result["models"].items())

@@ -35,17 +35,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from extmem.allocator import release_free_memory
-from extmem.bench.markdown import update_section
+from extmem.bench.markdown import command_lines, update_section
 from extmem.bench.timing import (
     Ops,
+    available_bytes,
     environment,
     log_progress,
     peak_rss_mb,
+    proc_status_bytes,
     timed_rounds,
     torch_threads,
     warm_up,
 )
-from extmem.config import require_literals
+from extmem.config import require_valid_fields
 from extmem.errors import ConfigError
 from extmem.memory import Memory, MemoryConfig, ProductKeyConfig
 from extmem.model.config import ModelConfig
@@ -74,7 +76,7 @@ class PkmBenchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require_literals(self, "bench.pkm")
+        require_valid_fields(self, "bench.pkm")
         for name, low in {"tokens": 1, "d_model": 2, "heads": 1, "topk": 1, "key_dim": 2,
                           "repeats": 1, "warmup": 0, "threads": 0, "seed": 0}.items():
             value = getattr(self, name)
@@ -138,13 +140,8 @@ def _reset_peak() -> bool:
 
 
 def _vm_hwm_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return peak_rss_mb()
+    hwm = proc_status_bytes("VmHWM").get("VmHWM")
+    return peak_rss_mb() if hwm is None else hwm / (1 << 20)
 
 
 def subject_ops(module: nn.Module, optimizer: object, x: torch.Tensor) -> Ops:
@@ -196,11 +193,8 @@ def _free() -> None:
 def _fits(state_bytes: int, row: dict | None, who: str) -> bool:
     """Skip a subject whose persistent state would not fit in available memory (the OOM
     killer ends the whole run otherwise); records why in `row["skipped"]`."""
-    try:
-        avail = next(int(line.split()[1]) * 1024 for line in
-                     Path("/proc/meminfo").read_text().splitlines()
-                     if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
+    avail = available_bytes()
+    if avail is None:
         return True
     need = state_bytes * 1.2 + (2 << 30)  # + transients of a step (measured ~1-2 GiB)
     if need <= avail:
@@ -351,7 +345,7 @@ def render_markdown(result: dict, command: str) -> str:
         "within each round, each timed call after an untimed call of the same operation; at "
         "sizes where ours and the peer do not fit together they run one after the other). "
         "Peak RSS: VmHWM of one training step with only that subject alive.",
-        "", "Command:", "", "```", command, "```", "",
+        "", *command_lines(command),
         "Environment: " + ", ".join([
             f"torch {env['torch']}", f"Python {env['python']}", str(env["platform"]),
             f"{env['cpu_count']} CPUs", f"{env['torch_threads']} torch threads",
@@ -388,3 +382,14 @@ def render_markdown(result: dict, command: str) -> str:
 def write_markdown(result: dict, path: Path, command: str) -> None:
     """Write or update the `## pkm` section of `path` (other sections kept), atomically."""
     update_section(Path(path), "pkm", render_markdown(result, command))
+
+
+def summary(result: dict) -> str:
+    lines = []
+    for row in result["sizes"]:
+        r = row["ratios"]
+        lines.append(f"{row['slots']:>10,} slots: infer x{r['infer_speedup_vs_peer']} vs peer, "
+                     f"train x{r['train_speedup_vs_peer']} vs peer, "
+                     f"{r['infer_vs_gather_floor']} x gather floor"
+                     + (f" ({row['error']})" if "error" in row else ""))
+    return "\n".join(lines)

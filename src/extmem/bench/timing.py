@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 
@@ -74,6 +75,33 @@ def timed_rounds(subjects: dict[str, Ops], repeats: int) -> dict[str, dict]:
                     samples[name][op].append(time_ms(subjects[name][op]))
     return {name: {op: summarize(values) for op, values in ops.items()}
             for name, ops in samples.items()}
+
+
+def proc_status_bytes(*names: str) -> dict[str, int]:
+    """Fields of /proc/self/status (e.g. "VmRSS", "VmHWM", "RssFile"), in bytes; the fields
+    found only, so {} where there is no /proc (not Linux)."""
+    fields: dict[str, int] = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                name, _, value = line.partition(":")
+                if name in names:
+                    fields[name] = int(value.split()[0]) * 1024  # reported in kB
+    except OSError:
+        pass
+    return fields
+
+
+def available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where unknown): what a benchmark can still
+    allocate without swapping or meeting the OOM killer."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def peak_rss_mb() -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from extmem.config import require, require_literals
+from extmem.config import require, require_valid_fields
 from extmem.data.facts_vocab import ATTRIBUTE_NAMES, TEMPLATES
 
 MIN_VOCAB_SIZE = 260  # 256 byte-level symbols + 3 special tokens + at least one merge
@@ -33,6 +33,7 @@ class FactsConfig:
 
     def __post_init__(self) -> None:
         p = "data.facts"
+        require_valid_fields(self, p)
         require(_is_int(self.n_entities) and 1 <= self.n_entities <= MAX_ENTITIES,
                 f"{p}.n_entities: {self.n_entities!r} is out of range; "
                 f"allowed 1 <= n_entities <= {MAX_ENTITIES}")
@@ -79,7 +80,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         p = "data"
-        require_literals(self, p)
+        require_valid_fields(self, p)
         for name in ("path", "hf_name", "hf_config", "hf_split", "text_field"):
             value = getattr(self, name)
             require(isinstance(value, str), f"{p}.{name}: expected a string, got {value!r}")

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extmem.config import apply_overrides, from_dict, read_toml, require
+from extmem.config import apply_overrides, from_dict, read_toml, require, require_valid_fields
 from extmem.errors import ConfigError
 from extmem.run.config import RunConfig
 
@@ -52,6 +52,7 @@ class VariantConfig:
                                         # different data: e.g. facts n_entities)
 
     def __post_init__(self) -> None:
+        require_valid_fields(self, "variants")
         require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
                 f"variants.name: {self.name!r} must be a non-empty name without '/'")
         require(self.steps >= 0, f"variants.steps: {self.steps} must be >= 0")
@@ -72,6 +73,7 @@ class SweepConfig:
     description: str = ""
 
     def __post_init__(self) -> None:
+        require_valid_fields(self, "sweep")
         require(bool(self.name), "sweep.name: must not be empty")
         require(len(self.variants) > 0, "sweep.variants: list at least one [[variants]]")
         names = [v.name for v in self.variants]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from extmem.config import require, require_literals
+from extmem.config import require, require_valid_fields
 from extmem.model.classifier import Pooling
 
 MODES = ("full", "frozen-base", "memory-only")
@@ -40,7 +40,7 @@ class FinetuneConfig:
     facts_entities: int = 100       # size of the generated facts-attribute task
 
     def __post_init__(self) -> None:
-        require_literals(self, "finetune")
+        require_valid_fields(self, "finetune")
         for name in ("steps", "batch_size", "max_len", "eval_batch_size", "log_every",
                      "facts_entities"):
             value = getattr(self, name)

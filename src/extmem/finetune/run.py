@@ -120,7 +120,7 @@ def train_classifier(model: SequenceClassifier, data: TaskData, train_ids: list[
     for step in range(cfg.steps):
         model.train()
         set_lr(optimizer, lr_factor(step, schedule))
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        generator = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) % (1 << 64))
         pick = torch.randint(0, len(train_ids), (cfg.batch_size,), generator=generator)  # (B,)
         ids, padding = pad_batch([train_ids[i] for i in pick.tolist()], pad_id)
         logits = model(ids.to(device), padding.to(device))  # (B, C)

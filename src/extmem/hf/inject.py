@@ -33,6 +33,7 @@ from extmem.config import from_dict, require, to_dict
 from extmem.errors import CheckpointError, ConfigError
 from extmem.memory.config import PLACEMENTS, MemoryConfig
 from extmem.memory.module import Memory
+from extmem.model.resources import check_table_memory, memory_need
 
 CONFIG_KEY = "extmem_memories"
 # Memories go into a Hugging Face layer's feed-forward slot, so not at its input
@@ -168,13 +169,16 @@ def _slot(layer: nn.Module, placement: str, context: _Context) -> nn.Module:
 
 def add_memory(model: nn.Module, memory_config: MemoryConfig,
                layers: Sequence[int] | None = None,
-               placement: str | None = None) -> list[Memory]:
+               placement: str | None = None, force: bool = False) -> list[Memory]:
     """Insert one memory per layer in `layers` (default: memory_config.layers) at the FFN slot,
     `parallel_ffn` or `replace_ffn` (default: memory_config.placement); returns them.
 
     One table per layer, or one for all of them with `share_table`. The memories are on the
-    model's device, in float32 (inputs are cast; `model.to(dtype)` converts them too), in the
-    model's train / eval mode, and recorded in `model.config`.
+    model's device, in float32 (inputs are cast; `model.to(dtype)` converts them too, except
+    their usage counters, which stay int64 / float32), in the model's train / eval mode, and
+    recorded in `model.config`. Unless `force`, a ConfigError first if the tables (and usage
+    counters; not the optimizer state of training) would not fit in the memory available
+    (`extmem.model.resources`).
     """
     cfg = dataclasses.replace(memory_config,
                               layers=sorted(memory_config.layers if layers is None else layers),
@@ -187,8 +191,11 @@ def add_memory(model: nn.Module, memory_config: MemoryConfig,
     require(not bad, f"add_memory: layers {bad} out of range; this model has layers "
                      f"0..{len(blocks) - 1}")
     hf_config = model.config
-    context = _context(model)
     device = next(model.parameters()).device
+    if not force:
+        need = memory_need(cfg, hf_config.hidden_size, hf_config.vocab_size, "add_memory")
+        check_table_memory([need], device, "pass force=True")
+    context = _context(model)
     added: list[Memory] = []
     for layer in cfg.layers:
         shared = added[0].table if cfg.share_table and added else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from extmem.config import require, require_literals
+from extmem.config import require, require_valid_fields
 
 # The names a MemoryConfig accepts; extmem.memory.module builds the lookup / readout of each
 # name from a registry with exactly these keys, and every placement check uses PLACEMENTS.
@@ -42,7 +42,7 @@ class ProductKeyConfig:
     query_dropout: float = 0.0   # on the query
 
     def __post_init__(self) -> None:
-        require_literals(self, "product_keys")
+        require_valid_fields(self, "product_keys")
         require(self.n_keys >= 1, f"product_keys.n_keys: {self.n_keys} must be >= 1")
         require(self.heads >= 1, f"product_keys.heads: {self.heads} must be >= 1")
         require(1 <= self.topk <= self.n_keys,
@@ -69,7 +69,9 @@ class TokenLookupConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        require_valid_fields(self, "token")
         require(self.rows >= 0, f"token.rows: {self.rows} must be >= 0 (0 = vocabulary size)")
+        require(self.seed >= 0, f"token.seed: {self.seed} must be >= 0")
 
 
 @dataclass
@@ -84,6 +86,7 @@ class NgramLookupConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        require_valid_fields(self, "ngram")
         require(len(self.orders) > 0 and all(n >= 2 for n in self.orders),
                 f"ngram.orders: {self.orders} must list orders >= 2 (unigrams are the token lookup)")
         require(len(set(self.orders)) == len(self.orders), f"ngram.orders: {self.orders} repeats")
@@ -92,6 +95,11 @@ class NgramLookupConfig:
         require(self.rows >= 4 * segments,
                 f"ngram.rows: {self.rows} is too small for {segments} hash segments; "
                 f"allowed >= {4 * segments}")
+        require(self.seed >= 0, f"ngram.seed: {self.seed} must be >= 0")
+
+    @property
+    def num_slots(self) -> int:
+        return self.rows
 
 
 @dataclass
@@ -106,8 +114,14 @@ class LshLookupConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        require_valid_fields(self, "lsh")
         require(1 <= self.bits <= 24, f"lsh.bits: {self.bits} must be in 1..24")
         require(self.heads >= 1, f"lsh.heads: {self.heads} must be >= 1")
+        require(self.seed >= 0, f"lsh.seed: {self.seed} must be >= 0")
+
+    @property
+    def num_slots(self) -> int:
+        return self.heads << self.bits  # a segment of 2**bits buckets per hash
 
 
 @dataclass
@@ -121,12 +135,17 @@ class RouterLookupConfig:
     z_loss_coef: float = 0.0
 
     def __post_init__(self) -> None:
+        require_valid_fields(self, "router")
         require(self.entries >= 1, f"router.entries: {self.entries} must be >= 1")
         require(1 <= self.topk <= self.entries,
                 f"router.topk: {self.topk} is impossible with entries={self.entries}; "
                 "allowed 1 <= topk <= entries")
         require(self.balance_coef >= 0, f"router.balance_coef: {self.balance_coef} must be >= 0")
         require(self.z_loss_coef >= 0, f"router.z_loss_coef: {self.z_loss_coef} must be >= 0")
+
+    @property
+    def num_slots(self) -> int:
+        return self.entries
 
 
 @dataclass
@@ -138,7 +157,7 @@ class ExpertsConfig:
     activation: Literal["gelu", "relu", "silu"] = "gelu"
 
     def __post_init__(self) -> None:
-        require_literals(self, "experts")
+        require_valid_fields(self, "experts")
         require(self.hidden >= 1, f"experts.hidden: {self.hidden} must be >= 1")
 
 
@@ -189,7 +208,7 @@ class MemoryConfig:
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
 
     def __post_init__(self) -> None:
-        require_literals(self, "memory")
+        require_valid_fields(self, "memory")
         require(len(self.layers) > 0, "memory.layers: empty; list at least one layer index")
         require(len(set(self.layers)) == len(self.layers),
                 f"memory.layers: {self.layers} repeats a layer")
@@ -216,3 +235,10 @@ class MemoryConfig:
         require(self.concat_into == "projection" or self.readout == "concat",
                 f"memory.concat_into: {self.concat_into!r} needs readout = 'concat' "
                 f"(this memory's readout is {self.readout!r})")
+
+    def num_slots(self, vocab_size: int = 0) -> int:
+        """Rows of this memory's table (its lookup's slots), from the config alone; the token
+        lookup with `rows = 0` has one per vocabulary entry (`vocab_size`)."""
+        if self.lookup == "token":
+            return self.token.rows or vocab_size
+        return getattr(self, self.lookup).num_slots

@@ -20,7 +20,7 @@ the table need not fit in RAM: only the parts of the file that reads touch becom
 page cache that the kernel can reclaim rather than anonymous memory, and optimizer updates write
 through to the file. Residency grows at the kernel's granularity, not per row: a fault maps the
 whole cached folio or readahead window around the row (often 64 KiB to 2 MiB; measured with
-benchmarks/host_table_rss.py), so dense random reads soon map most of the file. The file is a
+`extmem bench host-table`), so dense random reads soon map most of the file. The file is a
 working store, not a checkpoint: it is (re)created at every build, and the trainer's
 checkpoints save the weight into safetensors like any other parameter; `load_state_dict`
 copies into the mapped storage in place, so a loaded table stays file-backed. With no file

@@ -19,7 +19,7 @@ class LshLookup(nn.Module):
         super().__init__()
         self.bits, self.heads = cfg.bits, cfg.heads
         self.buckets = 1 << cfg.bits
-        self.num_slots = self.heads * self.buckets
+        self.num_slots = cfg.num_slots  # heads segments of 2**bits buckets
         self.reads_per_token = self.heads
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + layer_seed)
         # frozen hyperplanes: a buffer, not a parameter (saved with the model, never trained)

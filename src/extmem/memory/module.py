@@ -86,8 +86,12 @@ def row_width(cfg: MemoryConfig, d_model: int) -> int:
     return cfg.value_dim or d_model
 
 
+def table_dtype(cfg: MemoryConfig) -> torch.dtype:
+    return torch.bfloat16 if cfg.table_dtype == "bfloat16" else torch.float32
+
+
 def build_table(cfg: MemoryConfig, d_model: int, num_rows: int) -> ValueTable:
-    dtype = torch.bfloat16 if cfg.table_dtype == "bfloat16" else torch.float32
+    dtype = table_dtype(cfg)
     width = row_width(cfg, d_model)
     if cfg.table_storage == "device":
         table = ValueTable(num_rows, width, sparse=cfg.sparse_updates, dtype=dtype)

@@ -30,7 +30,7 @@ class RouterLookup(nn.Module):
     def __init__(self, cfg: RouterLookupConfig, d_model: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.num_slots = cfg.entries
+        self.num_slots = cfg.num_slots
         self.reads_per_token = cfg.topk
         self.router = nn.Linear(d_model, cfg.entries, bias=False)
         nn.init.normal_(self.router.weight, std=d_model ** -0.5)

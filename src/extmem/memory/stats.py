@@ -16,6 +16,7 @@ numba pass does all three updates). Metrics:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -27,7 +28,12 @@ FUSED_MIN_READS = 1 << 14  # below this, the three index ops cost less than a ke
 
 
 class UsageCounters(nn.Module):
-    """Per-slot read counts, read weight and the last step each slot was read (-1: never)."""
+    """Per-slot read counts, read weight and the last step each slot was read (-1: never).
+
+    The buffers keep their dtypes (int64 counts and steps, float32 weight) when the model is
+    converted (`.to(torch.bfloat16)`, `.half()`, `.double()`): a sum of many reads in bf16
+    would stop growing, and the updates below need them. `.to(device)` moves them as usual.
+    """
 
     def __init__(self, num_slots: int) -> None:
         super().__init__()
@@ -35,6 +41,17 @@ class UsageCounters(nn.Module):
         self.register_buffer("weight", torch.zeros(num_slots, dtype=torch.float32))
         self.register_buffer("last_step", torch.full((num_slots,), -1, dtype=torch.int64))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True):
+        """Apply `fn` (a move or conversion) to the buffers, but undo a dtype change: each buffer
+        goes to the device `fn` picks in its own dtype, from its original values. (This module
+        holds buffers only: no parameters or children for nn.Module._apply to visit.)"""
+        for name, buf in self._buffers.items():
+            if buf is None:
+                continue
+            moved = fn(buf)
+            self._buffers[name] = moved if moved.dtype == buf.dtype else buf.to(moved.device)
+        return self
 
     @torch.no_grad()
     def record(self, indices: torch.Tensor, weights: torch.Tensor,
@@ -44,13 +61,14 @@ class UsageCounters(nn.Module):
             keep = ~padding_mask  # (B, T)
             indices, weights = indices[keep], weights[keep]  # (n, H, k)
         flat = indices.reshape(-1)
-        if backend.fused_available(self.weight, weights) and flat.numel() >= FUSED_MIN_READS:
+        read_weights = weights.reshape(-1).float()  # (R,): the counters sum in float32
+        if backend.fused_available(self.weight, read_weights) and flat.numel() >= FUSED_MIN_READS:
             # kernels.usage: one pass for all three updates (CPU: no device sync)
-            usage_kernel.record(self.counts, self.weight, self.last_step, flat, weights,
+            usage_kernel.record(self.counts, self.weight, self.last_step, flat, read_weights,
                                 int(self.step))
             return
         self.counts.index_add_(0, flat, torch.ones_like(flat))
-        self.weight.index_add_(0, flat, weights.reshape(-1).float())
+        self.weight.index_add_(0, flat, read_weights.to(self.weight.dtype))
         self.last_step.index_fill_(0, flat, self.step)  # 0-dim tensor value: no host sync
 
     def read_ages(self) -> torch.Tensor:

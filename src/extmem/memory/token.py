@@ -66,7 +66,7 @@ class NgramLookup(nn.Module):
         self.orders = list(cfg.orders)
         self.heads = cfg.heads
         self.pad_id = vocab_size  # an id no real token has
-        self.num_slots = cfg.rows
+        self.num_slots = cfg.num_slots
         self.reads_per_token = len(self.orders) * cfg.heads
         segment = cfg.rows // self.reads_per_token
         primes = _primes_below(segment, self.reads_per_token)

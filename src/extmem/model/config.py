@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from extmem.altup.config import AltUpConfig
-from extmem.config import require, require_literals
+from extmem.config import require, require_valid_fields
 from extmem.memory.config import MemoryConfig
 
 
@@ -36,7 +36,7 @@ class ModelConfig:
     altup: AltUpConfig | None = None  # [model.altup]: Alternating Updates (extmem.altup)
 
     def __post_init__(self) -> None:
-        require_literals(self, "model")
+        require_valid_fields(self, "model")
         require(self.vocab_size >= 0, f"model.vocab_size: {self.vocab_size} must be >= 0")
         require(self.d_model >= 2, f"model.d_model: {self.d_model} must be >= 2")
         require(self.n_layers >= 1, f"model.n_layers: {self.n_layers} must be >= 1")
@@ -49,6 +49,10 @@ class ModelConfig:
                 "for rotary positions")
         require(self.d_ff >= 0, f"model.d_ff: {self.d_ff} must be >= 0 (0 = automatic)")
         require(self.max_seq_len >= 1, f"model.max_seq_len: {self.max_seq_len} must be >= 1")
+        require(self.rope_base > 0, f"model.rope_base: {self.rope_base} must be > 0 (rotary "
+                                    "frequencies are rope_base ** (-2i / head width))")
+        require(self.norm_eps > 0, f"model.norm_eps: {self.norm_eps} must be > 0 (it keeps "
+                                   "RMSNorm finite on an all-zero vector)")
         require(0.0 <= self.dropout < 1.0, f"model.dropout: {self.dropout} must be in [0, 1)")
         require(self.init_std > 0, f"model.init_std: {self.init_std} must be > 0")
         for i, memory in enumerate(self.memories):

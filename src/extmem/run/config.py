@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from typing import Literal
 
-from extmem.config import require, require_literals
+from extmem.config import require, require_valid_fields
 from extmem.data.config import DataConfig
 from extmem.model.config import ModelConfig
 
@@ -27,13 +28,21 @@ class ParamGroupConfig:
     optimizer: Literal["adamw", "lazy_adam", "rowwise_adagrad"] = "adamw"
 
     def __post_init__(self) -> None:
-        require_literals(self, f"train.param_groups[{self.name}]")
+        require_valid_fields(self, f"train.param_groups[{self.name}]")
         require(bool(self.name), "train.param_groups.name: must not be empty")
         require(len(self.patterns) > 0, f"train.param_groups[{self.name}].patterns: empty")
         require(self.lr is None or self.lr > 0,
                 f"train.param_groups[{self.name}].lr: {self.lr} must be > 0")
         require(self.weight_decay is None or self.weight_decay >= 0,
                 f"train.param_groups[{self.name}].weight_decay: {self.weight_decay} must be >= 0")
+
+
+def matching_group(name: str, groups: list[ParamGroupConfig]) -> ParamGroupConfig | None:
+    """The first group with a pattern matching parameter `name`; None: the default group."""
+    for group in groups:
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in group.patterns):
+            return group
+    return None
 
 
 def default_param_groups() -> list[ParamGroupConfig]:
@@ -81,7 +90,7 @@ class TrainConfig:
     table_sharding: Literal["rows", "columns", "replicate"] = "rows"
 
     def __post_init__(self) -> None:
-        require_literals(self, "train")
+        require_valid_fields(self, "train")
         for name in ("steps", "batch_size", "eval_batch_size", "log_every", "usage_window"):
             value = getattr(self, name)
             require(value >= 1, f"train.{name}: {value} must be >= 1")
@@ -89,6 +98,8 @@ class TrainConfig:
                      "keep_checkpoints", "seed", "data_offset"):
             value = getattr(self, name)
             require(value >= 0, f"train.{name}: {value} must be >= 0")
+        # torch generators take seeds in [0, 2**64) (torch.manual_seed)
+        require(self.seed < 1 << 64, f"train.seed: {self.seed} must be < 2**64")
         require(self.lr > 0, f"train.lr: {self.lr} must be > 0")
         require(0 <= self.min_lr_ratio <= 1,
                 f"train.min_lr_ratio: {self.min_lr_ratio} must be in [0, 1]")
@@ -113,6 +124,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        require_valid_fields(self, "run")
         require(self.data.seq_len <= self.model.max_seq_len,
                 f"data.seq_len: {self.data.seq_len} exceeds model.max_seq_len="
                 f"{self.model.max_seq_len}")

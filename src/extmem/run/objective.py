@@ -11,7 +11,8 @@ from extmem.data import LMData, mask_tokens
 
 def mlm_generator(seed: int, step: int) -> torch.Generator:
     """Masking randomness depends only on (seed, step), so a resumed run masks identically."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step + 17)
+    # modulo 2**64, the generator's range: the same seeds as before for every seed that fit
+    return torch.Generator().manual_seed((seed * 1_000_003 + step + 17) % (1 << 64))
 
 
 def batch_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, data: LMData,

@@ -20,10 +20,11 @@ RESULTS_FILE = "results.json"
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def fresh_run_dir(base: Path) -> Path:
-    """`base` if it holds no run yet, else base-2, base-3, ... (never overwrite a run)."""
+def fresh_run_dir(base: Path, marker: str = CONFIG_FILE) -> Path:
+    """`base` if it holds no run yet, else base-2, base-3, ... (never overwrite a run); a
+    directory holds one when it has `marker` (`extmem bench` marks its own by results.json)."""
     candidate, n = base, 1
-    while (candidate / CONFIG_FILE).exists():
+    while (candidate / marker).exists():
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
@@ -59,7 +60,7 @@ class MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
         self.path = run_dir / METRICS_FILE
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in _lines(self.path)
                     if line.strip() and _step_of(line) <= resume_step]
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
@@ -70,24 +71,41 @@ class MetricsLog:
             f.write(json.dumps(json_safe(record)) + "\n")
 
 
-def _step_of(line: str) -> int:
+def _lines(path: Path) -> list[str]:
+    """The lines of a JSONL file; a line that is not UTF-8 (a torn or damaged write) reads as
+    an empty one, which every reader skips like any other line it cannot parse."""
+    out = []
+    for raw in path.read_bytes().splitlines():
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append("")
+    return out
+
+
+def _record(line: str) -> dict | None:
+    """One metrics record, or None for a line that is not a JSON object (a torn write)."""
     try:
-        return int(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, TypeError, ValueError):
-        return 1 << 62  # a torn last line from a crash: drop it
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _step_of(line: str) -> int:
+    record = _record(line)
+    try:
+        return int(record.get("step", 0)) if record is not None else 1 << 62
+    except (TypeError, ValueError, OverflowError):
+        return 1 << 62  # a damaged line (e.g. from a crash): drop it
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """Every record of metrics.jsonl; lines that are not JSON objects are skipped."""
     path = run_dir / METRICS_FILE
     if not path.exists():
         return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    return [record for line in _lines(path) if (record := _record(line)) is not None]
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -15,7 +15,8 @@ from tokenizers import Tokenizer
 from extmem.data import Corpus, LMData, build_lm_data, get_tokenizer, load_corpus
 from extmem.errors import CheckpointError, ConfigError
 from extmem.model import Transformer
-from extmem.run.config import RunConfig
+from extmem.model.resources import check_table_memory, table_needs
+from extmem.run.config import RunConfig, matching_group
 from extmem.run.run_dir import TOKENIZER_FILE
 
 
@@ -59,8 +60,19 @@ def with_vocab(cfg: RunConfig, vocab_size: int) -> RunConfig:
     return cfg
 
 
-def build_model(cfg: RunConfig, device: torch.device) -> Transformer:
-    """Model with deterministic initialisation from train.seed."""
+def build_model(cfg: RunConfig, device: torch.device, force: bool = False,
+                training: bool = True) -> Transformer:
+    """Model with deterministic initialisation from train.seed.
+
+    First, unless `force`, a ConfigError if the memory tables (with the optimizer state and
+    gradients of training, if `training`) would not fit in the memory available
+    (`extmem.model.resources`)."""
+    if not force:
+        def optimizer_for(name: str) -> str:
+            group = matching_group(name, cfg.train.param_groups)
+            return group.optimizer if group is not None else "adamw"
+        check_table_memory(table_needs(cfg.model, optimizer_for if training else None), device,
+                           "pass --force" if training else "free memory")
     torch.manual_seed(cfg.train.seed)
     return Transformer(cfg.model).to(device)
 
@@ -90,6 +102,6 @@ def load_trained(run_dir: Path, overrides: list[str] | None = None,
                               f"({'no ' + checkpoint if checkpoint else 'train it first'})")
     data = load_run_data(cfg, run_dir)
     cfg = with_vocab(cfg, data.lm.vocab_size)
-    model = build_model(cfg, resolve_device(cfg.train.device))
+    model = build_model(cfg, resolve_device(cfg.train.device), training=False)
     loaded = load_checkpoint(path, model)
     return TrainedRun(run_dir, cfg, data, model, loaded.path, loaded.step)

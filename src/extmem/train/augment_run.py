@@ -31,7 +31,13 @@ from extmem.config import apply_overrides, from_dict, read_toml, to_dict
 from extmem.errors import CheckpointError, ConfigError
 from extmem.memory.config import PLACEMENTS, MemoryConfig
 from extmem.model.augment import add_memories, default_memory, replaced_layers, transplant
-from extmem.run.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
+from extmem.run.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+    sha256_file,
+)
 from extmem.run.config import RunConfig
 from extmem.run.evaluate import validation_loss
 from extmem.run.run_dir import (
@@ -145,7 +151,8 @@ def _check(dense: torch.nn.Module, augmented: torch.nn.Module, cfg: RunConfig, d
 def _refuse_existing(out: Path) -> None:
     """Never write into an existing run (or any non-empty directory)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        what = "already holds a run" if (out / CONFIG_FILE).exists() else "is not empty"
+        what = ("is a file" if not out.is_dir() else
+                "already holds a run" if (out / CONFIG_FILE).exists() else "is not empty")
         raise ConfigError(f"--out {out}: {what}; choose a new directory")
 
 
@@ -161,9 +168,10 @@ def _prepare_out(out: Path) -> Path:
 def augment_run(source: Path, out: Path, memory_path: Path | None = None,
                 layers: list[int] | None = None, placement: str | None = None,
                 overrides: list[str] | None = None,
-                memories: list[MemoryConfig] | None = None) -> dict[str, Any]:
+                memories: list[MemoryConfig] | None = None, force: bool = False) -> dict[str, Any]:
     """Write the augmented run directory `out`; returns what augment.json holds.
-    `memories` (already validated) take the place of `memory_path` / `layers` / `placement`."""
+    `memories` (already validated) take the place of `memory_path` / `layers` / `placement`;
+    `force` skips the check that the new tables fit in memory (`extmem.model.resources`)."""
     run_dir, checkpoint = resolve_source(source)
     source_cfg = load_run_config(run_dir)
     source_step = int(read_state(checkpoint)["step"])
@@ -178,9 +186,9 @@ def augment_run(source: Path, out: Path, memory_path: Path | None = None,
     data = load_run_data(source_cfg, run_dir)
     source_cfg, cfg = with_vocab(source_cfg, data.lm.vocab_size), with_vocab(cfg, data.lm.vocab_size)
     device = resolve_device(cfg.train.device)
-    dense = build_model(source_cfg, device)
+    dense = build_model(source_cfg, device, force=force, training=False)
     load_checkpoint(checkpoint, dense)
-    model = build_model(cfg, device)  # new memories initialised from train.seed
+    model = build_model(cfg, device, force=force)  # new memories initialised from train.seed
     dense_state = load_file(str(checkpoint / "model.safetensors"))
     moved = transplant(dense_state, model, replaced_layers(cfg.model) - replaced_layers(source_cfg.model))
     check = _check(dense, model, cfg, data, device)
@@ -198,11 +206,17 @@ def augment_run(source: Path, out: Path, memory_path: Path | None = None,
         save_run_config(tmp, cfg)
         shutil.copyfile(run_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         optimizer, _ = build_optimizer(model, cfg.train)  # no state yet: a fresh optimizer
-        save_checkpoint(tmp, 0, model, optimizer, {"tokens": 0, "augmented_from": str(checkpoint)})
+        save_checkpoint(tmp, 0, model, optimizer, {
+            "tokens": 0, "augmented_from": str(checkpoint), "data_vocab_size": cfg.data.vocab_size,
+            "tokenizer_sha256": sha256_file(tmp / TOKENIZER_FILE)})  # what a resume must match
         write_json(tmp / AUGMENT_FILE, report)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        tmp.rename(out)
+        try:
+            if out.exists():
+                out.rmdir()  # empty (checked above)
+            tmp.rename(out)
+        except OSError:  # another process wrote `out` meanwhile
+            raise ConfigError(f"--out {out}: was written by another process meanwhile; choose "
+                              "a new directory") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report

@@ -18,7 +18,7 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from extmem.config import read_toml
 from extmem.distributed.context import DistContext, init_distributed, rank_device
 from extmem.distributed.parallel import (
     NullWriter,
@@ -36,19 +37,23 @@ from extmem.distributed.parallel import (
     replica_divergence,
 )
 from extmem.distributed.tables import ShardedValueTable, shard_tables
-from extmem.errors import CheckpointError, TrainingError
+from extmem.errors import CheckpointError, ConfigError, ExtmemError, TrainingError
 from extmem.model import Transformer, flops_per_token, parameter_counts
 from extmem.run.checkpoint import (
     latest_checkpoint,
     load_model_state,
     load_optimizer_state,
+    read_state,
     restore_rng_state,
     save_checkpoint,
+    sha256_file,
 )
 from extmem.run.config import RunConfig
 from extmem.run.evaluate import evaluate
+from extmem.run.lock import RunLock
 from extmem.run.objective import batch_loss
 from extmem.run.run_dir import (
+    CONFIG_FILE,
     RESULTS_FILE,
     TOKENIZER_FILE,
     MetricsLog,
@@ -65,12 +70,14 @@ class TrainingInterrupted(Exception):
     """Raised after SIGINT / SIGTERM once the finished step has been checkpointed (or, for an
     interrupt that had to act inside a step, with the newest checkpoint left as it was)."""
 
-    def __init__(self, run_dir: Path, step: int, signum: int, saved: bool) -> None:
+    def __init__(self, run_dir: Path, step: int, signum: int, saved: bool,
+                 resumable: bool = True) -> None:
         name = signal.Signals(signum).name
         what = (f"checkpoint step-{step} saved" if saved else
                 "interrupted inside a step: nothing saved after the newest checkpoint")
-        super().__init__(f"{name} at step {step}; {what}. Continue with: "
-                         f"extmem train --resume --out {run_dir}")
+        then = (f"Continue with: extmem train --resume --out {run_dir}" if resumable else
+                "There was no checkpoint yet, so nothing was kept: train again with the same --out")
+        super().__init__(f"{name} at step {step}; {what}. {then}")
         self.run_dir, self.step, self.signum, self.saved = run_dir, step, signum, saved
 
     @property
@@ -87,6 +94,8 @@ class TrainOptions:
     # The process group; the CLI builds it (it needs it to pick the run directory on rank 0).
     # None: `train` joins torchrun's group itself, or runs as one process.
     ctx: DistContext | None = None
+    # skip the check that the memory tables fit in memory (`extmem.model.resources`)
+    force: bool = False
 
 
 @dataclass
@@ -109,6 +118,10 @@ class Trainer:
     log: MetricsLog | None                  # rank 0 only
     autocast: AbstractContextManager
     rows: slice                             # this rank's rows of each global batch
+    # what every checkpoint's state.json records besides the step (tokenizer_sha256, ...)
+    extra: dict = field(default_factory=dict)
+    # RUN's entries before this session (None: this process created RUN); rank 0 only
+    existing: frozenset[str] | None = None
     step: int = 0                           # steps finished so far (the run's, not the session's)
     in_step: bool = False                   # between the forward and the optimizer update
     skipped: int = 0                        # non-finite steps skipped this session
@@ -204,24 +217,88 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions) -> Trainer:
-    """Data, model (resumed if asked), table shards, optimizer, run directory and writers."""
+def _lock_run(run_dir: Path, ctx: DistContext, held: ExitStack) -> frozenset[str] | None:
+    """Rank 0 takes RUN/.lock (run/lock.py: one writer per run directory) before anything in
+    RUN is touched; under torchrun the ranks share RUN, and all stop if rank 0 cannot take it.
+    Returns RUN's entries before this session (None: this process created RUN)."""
+    failure, existing = None, None
+    if ctx.is_main:
+        before = frozenset(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else None
+        try:
+            lock = held.enter_context(RunLock(run_dir))
+        except ExtmemError as exc:
+            failure = exc
+        else:
+            existing = None if lock.created else before
+    failure = ctx.from_main(failure)
+    if failure is not None:
+        raise failure
+    return existing
+
+
+def _saved_config(run_dir: Path) -> dict:
+    """RUN/config.toml as written by the last session (empty if missing or unreadable)."""
+    try:
+        return read_toml(run_dir / CONFIG_FILE)
+    except ConfigError:
+        return {}
+
+
+def _check_resume(cfg: RunConfig, run_dir: Path, checkpoint: Path, state: dict,
+                  console: Console) -> None:
+    """What a resumed run must share with its checkpoint: the tokenizer (token ids) and
+    data.vocab_size. train.steps may change (extending a run is how it is done): one line."""
+    tokenizer = run_dir / TOKENIZER_FILE
+    if "tokenizer_sha256" in state and (not tokenizer.is_file()
+                                        or sha256_file(tokenizer) != state["tokenizer_sha256"]):
+        what = "is missing" if not tokenizer.is_file() else "was changed or replaced"
+        raise CheckpointError(f"{tokenizer} {what}: {checkpoint.name} was trained with another "
+                              "tokenizer (its SHA-256 is in state.json), so the token ids would "
+                              "not match; restore the run's tokenizer.json, or train a new run")
+    saved = _saved_config(run_dir)
+    vocab = state.get("data_vocab_size", saved.get("data", {}).get("vocab_size"))
+    if vocab is not None and vocab != cfg.data.vocab_size:
+        raise ConfigError(f"data.vocab_size: {cfg.data.vocab_size} differs from the {vocab} "
+                          f"{run_dir} was trained with (tokenizer and embeddings depend on it); "
+                          f"resume with data.vocab_size={vocab}, or train a new run")
+    steps = saved.get("train", {}).get("steps")
+    if isinstance(steps, int) and steps != cfg.train.steps:
+        console.print(f"train.steps: {steps} -> {cfg.train.steps}")
+
+
+def _resume_from(cfg: RunConfig, run_dir: Path, options: TrainOptions,
+                 console: Console) -> tuple[Path | None, dict | None]:
+    """The checkpoint to resume from and its verified state.json (None, None: start anew)."""
+    checkpoint = latest_checkpoint(run_dir) if options.resume else None
+    if checkpoint is None:
+        if options.resume is True:
+            raise CheckpointError(f"--resume: {run_dir} has no complete checkpoint to continue "
+                                  "from; train it anew (without --resume, or another --out)")
+        return None, None
+    state = read_state(checkpoint)
+    _check_resume(cfg, run_dir, checkpoint, state, console)
+    return checkpoint, state
+
+
+def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions, held: ExitStack) -> Trainer:
+    """Data, model (resumed if asked), table shards, optimizer, run directory and writers.
+    The run directory's lock is entered on `held` (released when the caller closes it); the
+    run files are written only after the checkpoint has loaded (a mismatch changes nothing)."""
     tc = cfg.train
     ctx = options.ctx or init_distributed(resolve_device(tc.device))  # one process unless torchrun
+    existing = _lock_run(run_dir, ctx, held)
     device = rank_device(resolve_device(tc.device), ctx)
     console = Console(stderr=True, quiet=options.quiet or not ctx.is_main)
     check_distributed_config(cfg, ctx)
 
-    checkpoint = latest_checkpoint(run_dir) if options.resume else None
-    if options.resume is True and checkpoint is None:
-        raise CheckpointError(f"--resume: {run_dir} has no complete checkpoint to continue "
-                              "from; train it anew (without --resume, or another --out)")
+    checkpoint, state = _resume_from(cfg, run_dir, options, console)
     data = _load_data(cfg, run_dir, ctx, options.resume)
     cfg = with_vocab(cfg, data.lm.vocab_size)
-    model = build_model(cfg, device)
+    model = build_model(cfg, device, force=options.force)
     accounting = {"params": parameter_counts(model),  # the whole model, before sharding
                   "flops_per_token": flops_per_token(model, cfg.data.seq_len)}
-    state = load_model_state(checkpoint, model) if checkpoint is not None else None  # full weights
+    if checkpoint is not None:  # full weights
+        load_model_state(checkpoint, model, state)
     sharded = shard_tables(model, tc.table_sharding, ctx) if ctx.enabled else {}
     optimizer, groups = build_optimizer(model, tc)
     if checkpoint is not None:
@@ -230,9 +307,12 @@ def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions) -> Trainer:
         console.print(f"resuming {run_dir} from {checkpoint.name}")
     forward_model = _wrap_for_forward(model, cfg, ctx, sharded, device)
 
+    extra = {}
     if ctx.is_main:
         _remove_stale_temporaries(run_dir)
         _write_run_files(run_dir, cfg, data, accounting)
+        extra = {"tokenizer_sha256": sha256_file(run_dir / TOKENIZER_FILE),
+                 "data_vocab_size": cfg.data.vocab_size}
     ctx.barrier()
     console.print(_group_table(groups))
     console.print(f"params {accounting['params']}  flops/token {accounting['flops_per_token']}")
@@ -252,7 +332,7 @@ def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions) -> Trainer:
                    forward_model=forward_model, optimizer=optimizer, sharded=sharded,
                    accounting=accounting, start=start, console=console, writer=writer, log=log,
                    autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16),
-                   rows=rows)
+                   rows=rows, extra=extra, existing=existing)
 
 
 def train_step(t: Trainer, step: int) -> StepResult:
@@ -297,9 +377,19 @@ def check_finite(t: Trainer, step: int, result: StepResult) -> None:
         return
     raise TrainingError(
         f"step {step}: the loss is {result.loss} and the gradient norm {result.grad_norm}, not "
-        f"finite; training stopped and nothing was saved after the newest checkpoint. Lower "
-        f"train.lr (now {tc.lr:g}) or set train.grad_clip, then resume: extmem train --resume "
-        f"--out {t.run_dir} --set train.lr=...")
+        f"finite; training stopped. Lower train.lr (now {tc.lr:g}) or set train.grad_clip, "
+        f"{_restart_advice(t)}")
+
+
+def _restart_advice(t: Trainer) -> str:
+    """How to go on after a stop: resume from the newest checkpoint, or (none yet: the caller
+    removes what this session wrote, see `nothing_to_resume`) train again."""
+    newest = latest_checkpoint(t.run_dir)
+    if newest is None:
+        return ("then train again with the same --out (there was no checkpoint yet, so "
+                "nothing was kept)")
+    return (f"then resume from {newest.name} (unchanged): extmem train --resume --out "
+            f"{t.run_dir} --set train.lr=...")
 
 
 def _nonfinite_weights(model: torch.nn.Module) -> list[str]:
@@ -350,10 +440,10 @@ def checkpoint_now(t: Trainer, step: int) -> None:
     bad = _nonfinite_weights(t.model)
     if bad:
         raise TrainingError(f"step {step}: {len(bad)} weight tensors are not finite (e.g. "
-                            f"{bad[0]}); not saved, the newest checkpoint is unchanged. Lower "
-                            f"train.lr (now {t.cfg.train.lr:g}) and resume with extmem train "
-                            f"--resume --out {t.run_dir}")
-    save_checkpoint(t.run_dir, step, t.model, t.optimizer, {"tokens": step * t.tokens_per_step},
+                            f"{bad[0]}); not saved. Lower train.lr (now {t.cfg.train.lr:g}), "
+                            f"{_restart_advice(t)}")
+    save_checkpoint(t.run_dir, step, t.model, t.optimizer,
+                    {"tokens": step * t.tokens_per_step, **t.extra},
                     keep=t.cfg.train.keep_checkpoints, ctx=t.ctx, sharded=t.sharded)
 
 
@@ -372,6 +462,52 @@ def finish(t: Trainer, step: int, last_eval: dict, seconds: float) -> dict:
     return results
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: torch.OutOfMemoryError (CUDA and other accelerators), or the CPU
+    allocator's RuntimeError. Nothing else (other RuntimeErrors are bugs, not user errors)."""
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(exc, oom) or "DefaultCPUAllocator: can't allocate memory" in str(exc)
+
+
+def _remove_written(run_dir: Path, existing: frozenset[str] | None) -> None:
+    """Remove what this session wrote into RUN (all of RUN if it created it)."""
+    if existing is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for path in run_dir.iterdir():
+        if path.name not in existing:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def out_of_memory(t: Trainer, exc: BaseException) -> TrainingError:
+    """The error for running out of memory at the step after `t.step`. A run with no
+    checkpoint yet cannot be resumed, so what this session wrote is removed (a later train
+    with the same --out starts clean); a run with checkpoints keeps them all."""
+    step = t.step + 1
+    lines = str(exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    kept = "the checkpoints already there are intact"
+    if t.ctx.is_main and latest_checkpoint(t.run_dir) is None:
+        _remove_written(t.run_dir, t.existing)
+        kept = (f"{t.run_dir} was removed" if t.existing is None
+                else f"what it wrote into {t.run_dir} was removed")
+    return TrainingError(f"out of memory at step {step} ({reason}); {kept}. Lower "
+                         f"train.batch_size (now {t.cfg.train.batch_size}), data.seq_len or the "
+                         "model / memory size, or use a device with more memory")
+
+
+def nothing_to_resume(t: Trainer, exc: TrainingError) -> TrainingError:
+    """A run stopped before its first checkpoint cannot be resumed: remove what this session
+    wrote, so the same --out trains anew (the message already says so: `_restart_advice`)."""
+    if not t.ctx.is_main or latest_checkpoint(t.run_dir) is not None:
+        return exc
+    _remove_written(t.run_dir, t.existing)
+    return exc
+
+
 def _due(every: int, step: int, last: int) -> bool:
     return bool(every and step % every == 0) or step == last
 
@@ -380,10 +516,11 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
     """Train (or resume) the run in `run_dir`; returns the results dict (also results.json).
 
     SIGINT / SIGTERM at any moment (set-up included) finish the current step, checkpoint it
-    and raise TrainingInterrupted; a signal while the results are written is ignored."""
+    and raise TrainingInterrupted; a signal while the results are written is ignored. The run
+    directory is locked (one writer) from the start of set-up until this returns or raises."""
     options = options or TrainOptions()
-    with StopRequest() as stop:
-        t = set_up(cfg, run_dir, options)
+    with StopRequest() as stop, ExitStack() as held:
+        t = set_up(cfg, run_dir, options, held)
         tc = t.cfg.train
         t.step = t.start
         t.model.train()
@@ -399,7 +536,20 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
             if saved:
                 checkpoint_now(t, t.step)
             t.writer.close()
-            raise TrainingInterrupted(run_dir, t.step, signal.SIGINT, saved) from None
+            resumable = saved or latest_checkpoint(run_dir) is not None
+            if not resumable:
+                nothing_to_resume(t, TrainingError("interrupted"))  # removes what it wrote
+            raise TrainingInterrupted(run_dir, t.step, signal.SIGINT, saved, resumable) from None
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one too
+            if not is_out_of_memory(exc):
+                raise
+            bar.close()
+            t.writer.close()
+            raise out_of_memory(t, exc) from None
+        except TrainingError as exc:  # non-finite loss / weights
+            bar.close()
+            t.writer.close()
+            raise nothing_to_resume(t, exc) from None
         bar.close()
         t.writer.close()
         if stop.signum is not None and t.step < tc.steps:

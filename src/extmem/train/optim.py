@@ -10,7 +10,6 @@ kind share one optimizer and all are driven as one `OptimizerSet`.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 
 import torch
@@ -18,7 +17,7 @@ from torch import nn
 
 from extmem.errors import ConfigError
 from extmem.memory.table import ValueTable
-from extmem.run.config import TrainConfig
+from extmem.run.config import TrainConfig, matching_group
 from extmem.train.sparse_optim import LazyAdam, OptimizerSet, RowwiseAdagrad
 
 
@@ -29,12 +28,8 @@ def assign_groups(model: nn.Module, cfg: TrainConfig) -> dict[str, list[tuple[st
     for name, param in model.named_parameters():  # shared (tied) parameters appear once
         if not param.requires_grad:
             continue
-        for group in cfg.param_groups:
-            if any(fnmatch.fnmatchcase(name, pattern) for pattern in group.patterns):
-                groups[group.name].append((name, param))
-                break
-        else:
-            groups["default"].append((name, param))
+        group = matching_group(name, cfg.param_groups)
+        groups[group.name if group is not None else "default"].append((name, param))
     return groups
 
 

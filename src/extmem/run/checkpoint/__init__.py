@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from extmem.errors import CheckpointError
 from extmem.run.checkpoint.format import (
     DCP_DIR,
     FORMAT_VERSION,
     READABLE_VERSIONS,
     LoadedCheckpoint,
     check_optimizer_kinds,
+    check_state,
     is_distributed_checkpoint,
     latest_checkpoint,
     list_checkpoints,
@@ -43,7 +45,8 @@ if TYPE_CHECKING:
     from extmem.distributed.tables import ShardedValueTable
 
 __all__ = [
-    "DCP_DIR", "FORMAT_VERSION", "READABLE_VERSIONS", "LoadedCheckpoint", "is_distributed_checkpoint",
+    "DCP_DIR", "FORMAT_VERSION", "READABLE_VERSIONS", "LoadedCheckpoint", "check_state",
+    "is_distributed_checkpoint",
     "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_model_state",
     "load_model_weights", "load_optimizer_state", "read_state", "restore_rng_state",
     "save_checkpoint", "sha256_file", "unique_state_dict",
@@ -65,15 +68,22 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module,
     return save_local_checkpoint(run_dir, step, model, optimizer, extra, keep=keep)
 
 
-def load_model_state(path: Path, model: nn.Module) -> dict:
+def load_model_state(path: Path, model: nn.Module, state: dict | None = None) -> dict:
     """Verify the checkpoint and load its model weights into the full (unsharded) model,
-    whichever way it was written (one process: safetensors; torchrun: DCP). Returns state."""
-    state = read_state(path)
+    whichever way it was written (one process: safetensors; torchrun: DCP). Returns state
+    (`state`: what `read_state(path)` already returned, to skip hashing the files again).
+    Weights that are not finite (NaN / inf) are an error: nothing can be evaluated from them."""
+    state = read_state(path) if state is None else state
     if is_distributed_checkpoint(path):
         from extmem.run.checkpoint.distributed import load_dcp_model
         load_dcp_model(path, model)
     else:
         load_model_weights(model, path / "model.safetensors")
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: the weights are not finite ({len(bad)} "
+                              f"tensors hold NaN or inf, e.g. {bad[0]}); use an earlier "
+                              "checkpoint (--checkpoint step-N)")
     return state
 
 
@@ -99,7 +109,7 @@ def restore_rng_state(path: Path, rank: int = 0) -> bool:
                    else "rng.safetensors")
     if not file.is_file():
         return False
-    set_rng_tensors(load_rng_file(file))
+    set_rng_tensors(load_rng_file(file), file)
     return True
 
 

@@ -9,6 +9,9 @@ and a SHA-256 of every file, checked on load (a truncated or corrupted file is a
 Version 2 adds `optimizers` (param group -> optimizer kind: adamw, lazy_adam, rowwise_adagrad);
 optimizer tensors stay keyed "param name::state key" (lazy Adam: step, exp_avg, exp_avg_sq;
 row-wise Adagrad: step, sum). Version 1 checkpoints (AdamW only) still load.
+A training run also records `tokenizer_sha256` (RUN/tokenizer.json) and `data_vocab_size`,
+which a resume must match. `check_state` is the schema: nothing is loaded from a state.json
+that fails it (a missing `files` entry would skip a hash; a bad `step` would drop metrics).
 """
 
 from __future__ import annotations
@@ -64,7 +67,18 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, cpu: bool = True) -> dic
     return out
 
 
+def _state_shapes(field: str, param: torch.Tensor) -> list[tuple[int, ...]]:
+    """Shapes an optimizer state tensor of `param` may have: Adam moments are shaped like the
+    parameter, row-wise Adagrad's sum has one value per row, step counters are scalars."""
+    shape = tuple(param.shape)
+    known = {"step": [()], "exp_avg": [shape], "exp_avg_sq": [shape], "max_exp_avg_sq": [shape],
+             "momentum_buffer": [shape], "sum": [shape[:1]]}
+    return known.get(field, [(), shape, shape[:1]])
+
+
 def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Assign saved optimizer state; every tensor is checked against its parameter first, so a
+    checkpoint that does not match leaves the optimizer as it was."""
     by_name = {}
     for group in optimizer.param_groups:
         by_name.update(zip(group["param_names"], group["params"], strict=False))
@@ -73,6 +87,14 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         if name not in by_name:
             raise CheckpointError(f"optimizer state names parameter {name!r}, which this model "
                                   "does not have; the checkpoint does not match the config")
+        allowed = _state_shapes(field, by_name[name])
+        if tuple(value.shape) not in allowed:
+            raise CheckpointError(
+                f"optimizer state {key} has shape {tuple(value.shape)} but the parameter "
+                f"{name} needs {' or '.join(str(s) for s in allowed)}; the checkpoint does not "
+                "match the config")
+    for key, value in tensors.items():
+        name, _, field = key.partition("::")
         param = by_name[name]
         optimizer.state[param][field] = value.to(param.device) if field != "step" else value
 
@@ -105,8 +127,13 @@ def rng_tensors() -> dict[str, torch.Tensor]:
     return out
 
 
-def set_rng_tensors(tensors: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(tensors["torch_cpu"])
+def set_rng_tensors(tensors: dict[str, torch.Tensor], source: Path | None = None) -> None:
+    """Restore the RNG states `rng_tensors` saved; one that is not an RNG state is an error."""
+    cpu, expected = tensors.get("torch_cpu"), torch.get_rng_state()
+    if cpu is None or cpu.dtype != expected.dtype or cpu.shape != expected.shape:
+        raise CheckpointError(f"{source or 'checkpoint'}: holds no CPU RNG state (torch_cpu, "
+                              f"{expected.dtype} of shape {tuple(expected.shape)})")
+    torch.set_rng_state(cpu)
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
@@ -154,17 +181,91 @@ class LoadedCheckpoint:
     state: dict
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+LOCAL_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
+DCP_METADATA = f"{DCP_DIR}/.metadata"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_step(path: Path, state: dict, bad) -> None:
+    step = state.get("step")
+    if not _is_int(step) or step < 0:
+        raise bad("step", f"{step!r} is not an integer >= 0")
+    match = _STEP_DIR.match(path.name)
+    if match and int(match.group(1)) != step:
+        raise bad("step", f"{step} does not match the directory name {path.name}")
+
+
+def _check_files(path: Path, state: dict, bad) -> dict[str, str]:
+    files = state.get("files")
+    if not isinstance(files, dict) or not files:
+        raise bad("files", "must be a non-empty object of file name -> SHA-256 (every file of "
+                  "the checkpoint is hashed)")
+    for name, digest in files.items():
+        parts = Path(name).parts
+        if not name or Path(name).is_absolute() or ".." in parts:
+            raise bad("files", f"{name!r} is not a file name inside the checkpoint")
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise bad(f"files.{name}", f"{digest!r} is not a SHA-256 (64 hex digits)")
+    return files
+
+
+def _required_files(path: Path, state: dict, files: dict[str, str]) -> list[str]:
+    """The files the checkpoint's layout cannot do without (local or DCP, `distributed.py`)."""
+    if not (is_distributed_checkpoint(path) or any(n.startswith(f"{DCP_DIR}/") for n in files)):
+        return list(LOCAL_FILES)
+    # one RNG file per rank that wrote it (a world size beyond the files listed is missing)
+    ranks = min(state.get("world_size", 1), len(files) + 1)
+    required = [DCP_METADATA] + [f"rng-rank{r}.safetensors" for r in range(ranks)]
+    if not any(n.startswith(f"{DCP_DIR}/") and n.endswith(".distcp") for n in files):
+        required.append(f"{DCP_DIR}/*.distcp")
+    return required
+
+
+def check_state(path: Path, state: object) -> dict:
+    """The schema of state.json; every problem a CheckpointError naming the field."""
+    def bad(field: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path}: state.json field {field!r}: {problem}")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path}: state.json holds a {type(state).__name__}, "
+                              "not an object")
+    version = state.get("format_version")
+    if not _is_int(version) or version not in READABLE_VERSIONS:
+        raise CheckpointError(f"checkpoint {path}: format version {version!r} is not supported; "
+                              f"this extmem reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+    _check_step(path, state, bad)
+    world = state.get("world_size", 1)
+    if not _is_int(world) or world < 1:
+        raise bad("world_size", f"{world!r} is not an integer >= 1")
+    optimizers = state.get("optimizers", {})
+    if not isinstance(optimizers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in optimizers.items()):
+        raise bad("optimizers", "must be an object of param group -> optimizer kind")
+    vocab = state.get("data_vocab_size", 0)
+    if not _is_int(vocab) or vocab < 0:
+        raise bad("data_vocab_size", f"{vocab!r} is not an integer >= 0")
+    tokenizer = state.get("tokenizer_sha256")
+    if tokenizer is not None and not (isinstance(tokenizer, str) and _SHA256.match(tokenizer)):
+        raise bad("tokenizer_sha256", f"{tokenizer!r} is not a SHA-256 (64 hex digits)")
+    files = _check_files(path, state, bad)
+    missing = [name for name in _required_files(path, state, files) if name not in files]
+    if missing:
+        raise bad("files", f"does not list {', '.join(missing)}, which this checkpoint needs")
+    return state
+
+
 def read_state(path: Path) -> dict:
-    """Read and verify state.json and the hashes of the files it lists."""
+    """Read state.json, check it against the schema (`check_state`) and verify the hash of
+    every file it lists (a missing, truncated or corrupted file is an error)."""
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {path}: unreadable state.json ({exc})") from None
-    version = state.get("format_version")
-    if version not in READABLE_VERSIONS:
-        raise CheckpointError(f"checkpoint {path}: format version {version!r} is not supported; "
-                              f"this extmem reads versions {', '.join(map(str, READABLE_VERSIONS))}")
-    for name, digest in state.get("files", {}).items():
+    check_state(path, state)
+    for name, digest in state["files"].items():
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"checkpoint {path}: {name} is missing")

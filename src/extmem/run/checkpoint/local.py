@@ -84,10 +84,18 @@ def save_local_checkpoint(run_dir: Path, step: int, model: nn.Module,
                               f"extmem train --resume --out {run_dir}") from None
 
 
+def _load(file: Path, what: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {file.parent}: {file.name} is not readable {what} "
+                              f"({exc})") from None
+
+
 def load_local_optimizer(path: Path) -> dict[str, torch.Tensor]:
     """Every optimizer tensor of a one-process checkpoint ("name::key" -> tensor)."""
-    return load_file(str(path / "optimizer.safetensors"))
+    return _load(path / "optimizer.safetensors", "optimizer state")
 
 
 def load_rng_file(file: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(file))
+    return _load(file, "RNG state")
