@@ -1,79 +1,44 @@
 """Every `float`-annotated config field rejects inf and nan with one error naming the field and
 the value (`extmem.config.require_valid_fields`, first in every config's `__post_init__`), from
 Python and from a run config's `--set`; and the range checks a user expects (learning rates
-> 0, betas in [0, 1), rope_base > 0, ...) hold from the command line. The list of configs below
-is checked against every dataclass with a float field found in the package."""
+> 0, betas in [0, 1), rope_base > 0, ...) hold from the command line. The configs are every
+config dataclass with a float field found in the package (tests/config_classes.py), checked
+against the list of names below."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
-import pkgutil
 import re
-from typing import Any
 
 import pytest
 
-import extmem
-from extmem.altup.config import AltUpConfig
 from extmem.config import FloatField, float_fields, require_valid_fields
-from extmem.data.config import DataConfig
 from extmem.errors import ConfigError
-from extmem.experiments.sweep import SweepConfig, VariantConfig
-from extmem.finetune.config import FinetuneConfig
-from extmem.memory.config import MemoryConfig, ProductKeyConfig, RouterLookupConfig
-from extmem.model.config import ModelConfig
-from extmem.run.config import ParamGroupConfig, TrainConfig
 from tests.cli_helpers import error_line
+from tests.config_classes import declares, discover, missing_setup, setups
 
+EXPECTED = {"ProductKeyConfig", "RouterLookupConfig", "MemoryConfig", "AltUpConfig", "ModelConfig",
+            "DataConfig", "ParamGroupConfig", "TrainConfig", "FinetuneConfig", "SweepConfig"}
+
+
+def has_float_fields(cls: type) -> bool:
+    """Whether a config dataclass (it validates itself in `__post_init__`) has a field that
+    extmem declares (not one of, e.g., Hugging Face's PretrainedConfig) float-annotated."""
+    return "__post_init__" in vars(cls) and declares(cls, float_fields, lambda f: False)
+
+
+DISCOVERED = discover(has_float_fields)
 # config class -> (the prefix its own error messages use, the fields a valid instance needs)
-CONFIGS: dict[type, tuple[str, dict[str, Any]]] = {
-    ProductKeyConfig: ("product_keys", {}),
-    RouterLookupConfig: ("router", {}),
-    MemoryConfig: ("memory", {}),
-    AltUpConfig: ("model.altup", {}),
-    ModelConfig: ("model", {}),
-    DataConfig: ("data", {}),
-    ParamGroupConfig: ("train.param_groups[g]", {"name": "g", "patterns": ["*"]}),
-    TrainConfig: ("train", {}),
-    FinetuneConfig: ("finetune", {}),
-    SweepConfig: ("sweep", {"name": "s", "base": "base.toml",
-                            "variants": [VariantConfig("v")]}),
-}
+CONFIGS = setups(DISCOVERED)
 FIELDS = [(cls, name) for cls in CONFIGS for name in float_fields(cls)]
 BAD = [math.inf, -math.inf, math.nan]
 
 
-def has_float_fields(cls: type) -> bool:
-    """Whether a field that extmem declares (not one of, e.g., Hugging Face's PretrainedConfig)
-    is float-annotated."""
-    ours = {name for base in cls.__mro__ if base.__module__.startswith("extmem.")
-            for name in vars(base).get("__annotations__", {})}
-    try:
-        return bool(set(float_fields(cls)) & ours)
-    except NameError:  # hints that name TYPE_CHECKING-only imports (runtime state, not configs)
-        return False
-
-
-def discover() -> set[type]:
-    """Every config dataclass (it validates itself in `__post_init__`) defined in an extmem
-    module with a float-annotated field."""
-    found = set()
-    for info in pkgutil.walk_packages(extmem.__path__, "extmem."):
-        if info.name == "extmem.__main__":  # runs the CLI when imported
-            continue
-        module = importlib.import_module(info.name)
-        for obj in vars(module).values():
-            if (isinstance(obj, type) and dataclasses.is_dataclass(obj)
-                    and obj.__module__ == info.name and "__post_init__" in vars(obj)
-                    and has_float_fields(obj)):
-                found.add(obj)
-    return found
-
-
 def test_every_config_with_float_fields_is_listed():
-    assert discover() == set(CONFIGS)
+    missing = missing_setup(DISCOVERED)
+    assert not missing, f"add {missing} to CONFIG_SETUP in tests/config_classes.py"
+    assert {cls.__name__ for cls in DISCOVERED} == EXPECTED
 
 
 def test_the_listed_configs_are_valid_with_their_defaults():

@@ -2,21 +2,19 @@
 the field, the value and the allowed values: from Python (`__post_init__`), from a run config
 TOML, a `--set` override and a sweep file (as `extmem train` / `compare` read them), from an
 `extmem augment --memory` file, and from the `--set` options of `extmem finetune` / `bench`.
-The list of configs below is checked against every dataclass found in the package."""
+The configs are every dataclass found in the package with such a field
+(tests/config_classes.py), checked against the list of names below."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
-import pkgutil
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 
-import extmem
 from extmem.altup.config import AltUpConfig
 from extmem.bench.capacity import CapacityBenchConfig
 from extmem.bench.kernels import KernelsBenchConfig
@@ -37,23 +35,21 @@ from extmem.model.config import ModelConfig
 from extmem.run.config import ParamGroupConfig, RunConfig, TrainConfig
 from extmem.train.augment_run import build_memories
 from tests.cli_helpers import error_line
+from tests.config_classes import declares, discover, missing_setup, setups
 
+EXPECTED = {"ProductKeyConfig", "ExpertsConfig", "MemoryConfig", "AltUpConfig", "ModelConfig",
+            "DataConfig", "ParamGroupConfig", "TrainConfig", "FinetuneConfig", "PkmBenchConfig",
+            "CapacityBenchConfig", "ModelBenchConfig", "KernelsBenchConfig"}
+
+
+def has_literal_fields(cls: type) -> bool:
+    """Whether fields that extmem declares include a Literal-annotated one."""
+    return declares(cls, literal_fields, lambda f: "Literal" in str(f.type))
+
+
+DISCOVERED = discover(has_literal_fields)
 # config class -> (the prefix its own error messages use, the fields a valid instance needs)
-CONFIGS: dict[type, tuple[str, dict[str, Any]]] = {
-    ProductKeyConfig: ("product_keys", {}),
-    ExpertsConfig: ("experts", {}),
-    MemoryConfig: ("memory", {}),
-    AltUpConfig: ("model.altup", {}),
-    ModelConfig: ("model", {}),
-    DataConfig: ("data", {}),
-    ParamGroupConfig: ("train.param_groups[g]", {"name": "g", "patterns": ["*"]}),
-    TrainConfig: ("train", {}),
-    FinetuneConfig: ("finetune", {}),
-    PkmBenchConfig: ("bench.pkm", {}),
-    CapacityBenchConfig: ("bench.capacity", {}),
-    ModelBenchConfig: ("bench.model", {}),
-    KernelsBenchConfig: ("bench.kernels", {}),
-}
+CONFIGS = setups(DISCOVERED)
 # where each section of a run config sits in its TOML (keys, list indices)
 RUN_SECTIONS: dict[type, list[str | int]] = {
     ModelConfig: ["model"],
@@ -70,31 +66,6 @@ BENCHES = {PkmBenchConfig: "pkm", CapacityBenchConfig: "capacity", ModelBenchCon
 
 FIELDS = [(cls, name) for cls in CONFIGS for name in literal_fields(cls)]
 IDS = [f"{cls.__name__}.{name}" for cls, name in FIELDS]
-
-
-def has_literal_fields(cls: type) -> bool:
-    """Whether fields that extmem declares (not, e.g., those of Hugging Face's dataclass
-    PretrainedConfig, which HF validates) include a Literal-annotated one."""
-    ours = {name for base in cls.__mro__ if base.__module__.startswith("extmem.")
-            for name in vars(base).get("__annotations__", {})}
-    try:
-        return bool(set(literal_fields(cls)) & ours)
-    except NameError:  # hints that name TYPE_CHECKING-only imports (runtime state, not configs)
-        return any("Literal" in str(f.type) for f in dataclasses.fields(cls) if f.name in ours)
-
-
-def discover() -> set[type]:
-    """Every dataclass defined in an extmem module that has a Literal-annotated field."""
-    found = set()
-    for info in pkgutil.walk_packages(extmem.__path__, "extmem."):
-        if info.name == "extmem.__main__":  # runs the CLI when imported
-            continue
-        module = importlib.import_module(info.name)
-        for obj in vars(module).values():
-            if (isinstance(obj, type) and dataclasses.is_dataclass(obj)
-                    and obj.__module__ == info.name and has_literal_fields(obj)):
-                found.add(obj)
-    return found
 
 
 def typo_of(spec: LiteralField) -> str:
@@ -133,7 +104,9 @@ def put(data: dict[str, Any], keys: list[str | int], value: Any) -> dict[str, An
 
 
 def test_every_config_with_literal_fields_is_listed():
-    assert discover() == set(CONFIGS)
+    missing = missing_setup(DISCOVERED)
+    assert not missing, f"add {missing} to CONFIG_SETUP in tests/config_classes.py"
+    assert {cls.__name__ for cls in DISCOVERED} == EXPECTED
 
 
 def test_the_minimal_surroundings_are_valid():
