@@ -90,8 +90,9 @@ def dotted(keys: list[str | int]) -> str:
 
 
 def minimal_run() -> dict[str, Any]:
-    """A valid run config with every section present that RUN_SECTIONS points into."""
-    return {"model": {"memories": [{"layers": [0]}]},
+    """A valid run config with every section present that RUN_SECTIONS points into (a file
+    names all of [model], [data] and [train])."""
+    return {"model": {"memories": [{"layers": [0]}]}, "data": {},
             "train": {"param_groups": [{"name": "g", "patterns": ["*"]}]}}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ def _print_json(data: dict) -> None:
 def _summary_table(results: dict, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from extmem.console import print_table
 
     table = Table(title=title, show_header=False)
     table.add_column("metric")
@@ -42,23 +45,41 @@ def _summary_table(results: dict, title: str) -> None:
                       f"{usage['kl_uniform_weighted']:.3f} / {usage['gini']:.3f}")
     if "run_dir" in results:
         table.add_row("run directory", results["run_dir"])
-    Console().print(table)
+    print_table(Console(), table)
+
+
+# How CONFIG / SWEEP arguments resolve (extmem.builtin_configs), for --help
+NAMES_HELP = ("a path if it ends in .toml or names an existing file (a path wins), else the "
+              "name of a built-in config, nested with / (extmem configs lists them)")
+
+
+def _read_run_config(arg: str, overrides: list[str]):
+    """CONFIG (a path or a built-in name) + `--set` overrides -> (RunConfig, the file)."""
+    from extmem.builtin_configs import resolve
+    from extmem.config import apply_overrides, from_dict, read_toml
+    from extmem.run.config import RunConfig, require_sections
+
+    path = resolve(arg, "run")
+    raw = read_toml(path)
+    sections = list(raw)
+    cfg = from_dict(RunConfig, apply_overrides(raw, overrides))  # unknown keys, bad values first
+    require_sections(sections, str(path))
+    return cfg, path
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from extmem.config import apply_overrides, from_dict, read_toml
     from extmem.distributed.context import init_distributed
     from extmem.errors import ConfigError
-    from extmem.run.config import RunConfig
     from extmem.run.run_dir import CONFIG_FILE, fresh_run_dir, load_run_config
     from extmem.run.session import resolve_device
     from extmem.train.loop import TrainOptions, train
 
     if args.config is None and not (args.resume and args.out):
-        raise ConfigError("train: give a CONFIG.toml, or --resume --out RUN_DIR to continue a run")
+        raise ConfigError("train: give a CONFIG (a .toml file or a built-in name, e.g. "
+                          "quickstart), or --resume --out RUN_DIR to continue a run")
     if args.config is not None:
-        cfg = from_dict(RunConfig, apply_overrides(read_toml(args.config), args.set))
-        default_dir = Path("runs") / Path(args.config).stem
+        cfg, path = _read_run_config(args.config, args.set)
+        default_dir = Path("runs") / path.stem
     else:
         cfg = load_run_config(Path(args.out), args.set)
         default_dir = Path(args.out)
@@ -132,6 +153,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from extmem.console import print_table
     from extmem.experiments import load_sweep, run_sweep
     from extmem.experiments.report import rich_table, write_report
 
@@ -145,10 +167,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(results)
     else:
-        Console().print(rich_table(results))
+        print_table(Console(), rich_table(results))
         for warning in results["warnings"]:
             print(f"warning: {warning}")
         print(f"report: {out / 'results.md'} (plots: curves.png, quality.png)")
+    return 0
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    from extmem.builtin_configs import builtin_configs, find
+
+    if args.configs_command == "show":
+        sys.stdout.write(find(args.name).path.read_text(encoding="utf-8"))
+        return 0
+    configs = builtin_configs().values()
+    if args.json:
+        _print_json({"configs": [{"name": c.name, "kind": c.kind, "description": c.description,
+                                  "path": str(c.path)} for c in configs]})
+        return 0
+    width = max(len(c.name) for c in configs)
+    for kind, heading in (("run", "run configs: extmem train NAME"),
+                          ("sweep", "sweeps: extmem compare NAME (sweeps/ may be left out)")):
+        print(heading)
+        for c in configs:
+            if c.kind == kind:
+                print(f"  {c.name:<{width}}  {c.description}")
+    print("start a config of your own from one: extmem configs show NAME > my.toml")
     return 0
 
 
@@ -188,12 +232,13 @@ def cmd_augment(args: argparse.Namespace) -> int:
 def cmd_usage(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from extmem.console import print_table
     from extmem.report.usage import usage_report, usage_tables
 
     report = usage_report(Path(args.run_dir), args.checkpoint, args.set, plots=not args.no_plots)
     console = Console(stderr=args.json)
     for table in usage_tables(report):
-        console.print(table)
+        print_table(console, table)
     for path in report.get("plots", []):
         console.print(f"wrote {path}")
     if args.json:
@@ -204,7 +249,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from extmem.finetune import finetune
 
-    results = finetune(Path(args.run_dir), args.task, args.mode, args.set, args.checkpoint)
+    results = finetune(Path(args.run_dir), args.task, args.mode, args.set, args.checkpoint,
+                       quiet=args.quiet or args.json)
     if args.json:
         _print_json(results)
     else:
@@ -225,7 +271,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     require_transformers("export --format hf")
     from extmem.hf.export import export_run
 
-    result = export_run(Path(args.run_dir), Path(args.out), args.checkpoint)
+    result = export_run(Path(args.run_dir), Path(args.out), args.checkpoint, args.license)
     if args.json:
         _print_json(result)
     else:
@@ -237,7 +283,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from extmem import __version__
+
     parser = argparse.ArgumentParser(prog="extmem", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"extmem {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -246,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     p = sub.add_parser("train", help="train (or resume) a model from a TOML config")
-    p.add_argument("config", nargs="?", help="CONFIG.toml (optional with --resume --out RUN_DIR)")
+    p.add_argument("config", nargs="?", metavar="CONFIG",
+                   help=f"the run config: {NAMES_HELP}, e.g. quickstart, design/token-add "
+                        "(optional with --resume --out RUN_DIR)")
     p.add_argument("--out", help="run directory (default: runs/<config name>, never overwritten)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in the run directory")
@@ -277,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("compare", help="run a sweep (variants x seeds) and compare the variants")
-    p.add_argument("sweep", help="SWEEP.toml (see configs/sweeps/)")
+    p.add_argument("sweep", metavar="SWEEP",
+                   help=f"the sweep file: {NAMES_HELP}; a name is looked up under sweeps/ "
+                        "first, e.g. quickstart = sweeps/quickstart")
     p.add_argument("--out", help="sweep directory (default: runs/sweeps/<sweep name>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--steps", type=int, help="budget: train every run for N steps (replaces "
@@ -285,6 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, help="budget: train every run on N tokens")
     common(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("configs", help="list the built-in configs, or show one to start a "
+                                       "config of your own from",
+                       description="List the configs that ship with extmem (run configs for "
+                                   "train, sweeps for compare) with one line about each, or "
+                                   "print one: extmem configs show quickstart > my.toml")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    shows = p.add_subparsers(dest="configs_command", metavar="[show NAME]")
+    show = shows.add_parser("show", help="print a built-in config's TOML (NAME as listed; "
+                                         "sweeps/NAME for a sweep whose name is also a run config)")
+    show.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_configs)
 
     p = sub.add_parser("bench", help="performance benchmarks (docs/benchmarks.md)")
     p.add_argument("name", choices=["pkm", "capacity", "model", "altup", "kernels", "host-table",
@@ -340,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["full", "frozen-base", "memory-only"], default="full",
                    help="what trains besides the head (default: full)")
     p.add_argument("--checkpoint", help="checkpoint directory name (default: newest)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     common(p)
     p.set_defaults(func=cmd_finetune)
 
@@ -349,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "tokenizer, for AutoModel*.from_pretrained")
     p.add_argument("--out", required=True, help="output directory (new or empty)")
     p.add_argument("--checkpoint", help="checkpoint directory name, e.g. step-100 (default: newest)")
+    p.add_argument("--license", help="license of the weights for the model card README.md, e.g. "
+                                     "apache-2.0 (default: none recorded)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_export)
     return parser
@@ -356,13 +424,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from extmem.allocator import enabled_by_environment, reuse_freed_memory
+    from extmem.run.provenance import invoked_as
     from extmem.train.loop import TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     if enabled_by_environment():
         reuse_freed_memory()  # large step buffers reused, not page-faulted anew (allocator.py)
-    try:
-        return args.func(args)
+    try:  # run directories record this command line (provenance.json)
+        with invoked_as(sys.argv if argv is None else ["extmem", *argv]):
+            return args.func(args)
     except ExtmemError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -372,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `extmem configs | head`: the reader left (Python docs, signal)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by the pipe
 
 
 if __name__ == "__main__":

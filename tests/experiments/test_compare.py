@@ -57,6 +57,12 @@ def test_tiny_sweep_results_plots_and_skip(sweep_file, tmp_path, capsys):
     mtime = (out / "pkm" / "seed-1" / "results.json").stat().st_mtime_ns
     assert main(args[:-1] + ["train.eval_every=0"]) == 0  # again: every run is skipped
     assert (out / "pkm" / "seed-1" / "results.json").stat().st_mtime_ns == mtime
+    # provenance: one session per `extmem compare` in the sweep directory, one per run
+    sweep_sessions = json.loads((out / "provenance.json").read_text())["sessions"]
+    assert [s["kind"] for s in sweep_sessions] == ["compare", "compare"]
+    assert sweep_sessions[0]["command"].startswith("extmem compare ")
+    run_sessions = json.loads((out / "pkm" / "seed-1" / "provenance.json").read_text())
+    assert [s["kind"] for s in run_sessions["sessions"]] == ["train"]
 
 
 def test_killed_sweep_resumes(sweep_file, tmp_path, monkeypatch, capsys):

@@ -134,3 +134,33 @@ def test_bad_finetune_input(pretrained, tmp_path, capsys):
                                        "facts-attribute", "--set", "max_len=1000")
     with pytest.raises(DataError, match="too few"):
         load_task("facts-attribute", FinetuneConfig(facts_entities=1, max_examples=2))
+
+
+def test_progress_bar_tensorboard_and_provenance(pretrained, capsys):
+    from pathlib import Path
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = ["finetune", str(pretrained), "--task", "facts-attribute", "--mode", "frozen-base",
+            "--set", "steps=4", "--set", "log_every=2", "--set", "facts_entities=4",
+            "--set", "save_weights=false"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "finetune" in captured.err and "4/4" in captured.err  # the tqdm bar, on stderr
+    out = Path(captured.out.strip().rsplit(" -> ", 1)[1])
+    events = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4]
+    for tag in ("eval/accuracy", "eval/macro_f1"):
+        (event,) = events.Scalars(tag)
+        assert event.step == 4
+    results = json.loads((out / "results.json").read_text())
+    assert events.Scalars("eval/accuracy")[0].value == pytest.approx(results["accuracy"])
+    assert "```toml" in events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    (session,) = json.loads((out / "provenance.json").read_text())["sessions"]
+    assert session["kind"] == "finetune" and session["command"] == " ".join(["extmem", *args])
+    assert session["checkpoint"] == results["checkpoint"]
+    assert not list(out.parent.glob(".tmp-*"))  # the staging directory is gone
+
+    assert main([*args, "--quiet"]) == 0
+    assert "4/4" not in capsys.readouterr().err

@@ -2,6 +2,9 @@
 run's logits; the tokenizer and generate() come along; bad input ends with one line, exit 2."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -17,13 +20,14 @@ from transformers import (
     AutoTokenizer,
 )
 
+import extmem
 from extmem.cli import main
 from extmem.config import from_dict
 from extmem.data.tokenizer import train_tokenizer
 from extmem.model import Transformer
 from extmem.run.checkpoint import save_checkpoint
 from extmem.run.config import RunConfig
-from extmem.run.run_dir import TOKENIZER_FILE, save_run_config
+from extmem.run.run_dir import METRICS_FILE, TOKENIZER_FILE, save_run_config
 
 DOCS = ["Bolo Tamek was born in 1901 in Varna.", "Mira Osk works as a baker in Lund.",
         "Tamek and Osk were never seen together."] * 4
@@ -38,20 +42,25 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def make_run(root, causal: bool = True) -> tuple:
-    """A run directory as `extmem train` leaves it (config, tokenizer, checkpoint step-3)."""
+def make_run(root, causal: bool = True, memories=MEMORIES) -> tuple:
+    """A run directory as `extmem train` leaves it (config, tokenizer, metrics, checkpoint
+    step-3 with its token count)."""
     tokenizer = train_tokenizer(DOCS, vocab_size=300)
     cfg = from_dict(RunConfig, {
         "model": {"vocab_size": tokenizer.get_vocab_size(), "d_model": 32, "n_layers": 2,
-                  "n_heads": 2, "max_seq_len": 64, "causal": causal, "memories": MEMORIES},
+                  "n_heads": 2, "max_seq_len": 64, "causal": causal, "memories": memories},
         "data": {"seq_len": 16}})
     root.mkdir(parents=True)
     save_run_config(root, cfg)
     tokenizer.save(str(root / TOKENIZER_FILE))
+    (root / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in [
+        {"step": 2, "split": "train", "loss": 5.0},
+        {"step": 2, "split": "val", "val_loss": 4.25, "val_ppl": 70.1, "val_tokens": 256},
+        {"step": 4, "split": "val", "val_loss": 9.0}]))  # after the checkpoint: not its metric
     torch.manual_seed(0)
     model = Transformer(cfg.model)
     optimizer = torch.optim.SGD(list(model.named_parameters()), lr=0.1)
-    save_checkpoint(root, 3, model, optimizer)
+    save_checkpoint(root, 3, model, optimizer, {"tokens": 192})
     return model.eval(), tokenizer
 
 
@@ -71,6 +80,48 @@ def test_export_writes_a_from_pretrained_directory(causal_export):
     config = json.loads((root / "hf" / "config.json").read_text())
     assert config["model_type"] == "extmem" and config["architectures"] == ["ExtmemForCausalLM"]
     assert config["model"]["memories"][1]["lookup"] == "ngram"  # our ModelConfig, nested
+
+
+def test_export_writes_a_model_card_that_says_how_to_load_it(causal_export):
+    root, model, _ = causal_export
+    card = (root / "hf" / "README.md").read_text(encoding="utf-8")
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    assert "library_name: extmem" in front and "pipeline_tag: text-generation" in front
+    assert "- product-key-memory" in front and "- ngram-embedding-table" in front
+    assert 'pip install "extmem[hf]"' in body and "import extmem" in body
+    assert 'AutoModelForCausalLM.from_pretrained("hf")' in body
+    assert "| product_keys | add | parallel_ffn | 1 | 64 x 32 (float32) | 2 x 4 |" in body
+    assert "| ngram | add | parallel_ffn | 0 | 64 x 32 (float32) | 2 x 2 |" in body
+    assert "checkpoint `step-3`, 3 steps, 192 tokens, corpus `facts`" in body
+    assert "Validation at step 2" in body and "| val_loss | 4.25 |" in body  # not step 4's
+    assert f"| parameters | {sum(p.numel() for p in model.parameters()):,} " in body
+    assert f"extmem {extmem.__version__}, transformers" in body and "license:" not in front
+    config = json.loads((root / "hf" / "config.json").read_text())
+    assert "import extmem" in config["extmem_load"] and "AutoModelForCausalLM" in config["extmem_load"]
+
+
+def test_loading_without_import_extmem_fails_naming_extmem(causal_export):
+    """A fresh interpreter without `import extmem`: transformers runs none of our code (and we
+    never ask for remote code), so its own error is the message, naming model type `extmem`."""
+    root, _, _ = causal_export
+    code = ("import sys, transformers\n"
+            "try:\n"
+            f"    transformers.AutoModelForCausalLM.from_pretrained({str(root / 'hf')!r})\n"
+            "except ValueError as exc:\n"
+            "    print(exc)\n"
+            "print('extmem imported:', 'extmem' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True)
+    assert "model type `extmem` but Transformers does not recognize" in done.stdout
+    assert "extmem imported: False" in done.stdout
+
+
+def test_export_records_a_license(tmp_path):
+    make_run(tmp_path / "run")
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"),
+                 "--license", "apache-2.0"]) == 0
+    card = (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+    assert "license: apache-2.0" in card.split("---\n")[1] and "apache-2.0." in card
 
 
 def test_causal_export_loads_with_identical_logits(causal_export):

@@ -92,3 +92,30 @@ def test_config_errors_name_the_field(kwargs, fragment):
     from extmem.errors import ConfigError
     with pytest.raises(ConfigError, match=fragment):
         ProductKeyConfig(**kwargs)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 7, 16, 32, 100])
+def test_candidate_positions_equal_the_pruned_grid(k):
+    """The Python-int candidate list (no `nonzero`, so torch.compile traces it) is the grid
+    (i+1)(j+1) <= k in row-major order, as `nonzero` gives it; under compile the search uses it
+    without the eager cache."""
+    from extmem.memory.product_keys import candidate_positions
+    grid = torch.arange(1, k + 1)
+    keep = (grid.unsqueeze(1) * grid.unsqueeze(0) <= k).nonzero()  # (C, 2)
+    first, second = candidate_positions(k)
+    assert first == keep[:, 0].tolist() and second == keep[:, 1].tolist()
+    lookup = ProductKeyLookup(ProductKeyConfig(n_keys=max(k, 2), heads=1, topk=k, key_dim=4), 8)
+    q = torch.randn(3, 5, 1, 4)
+    eager = lookup.search(q)
+    compiled = torch.compile(lookup.search, backend="eager", fullgraph=True)(q)
+    torch.testing.assert_close(compiled, eager)
+
+
+def test_dense_rows_grad_equals_the_sparse_gradient():
+    """The static-shape sub-key gradient used while compiling equals row_sparse_grad."""
+    from extmem.memory.sparse import dense_rows_grad, row_sparse_grad
+    g = torch.Generator().manual_seed(0)
+    grad_out, weights = torch.randn(12, 6, generator=g), torch.randn(12, 4, generator=g)
+    bags = torch.randint(0, 9, (12, 4), generator=g)  # repeated rows, and rows never read
+    torch.testing.assert_close(dense_rows_grad(grad_out, bags, weights, 9),
+                               row_sparse_grad(grad_out, bags, weights, 9).to_dense())

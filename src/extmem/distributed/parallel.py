@@ -19,12 +19,19 @@ from extmem.errors import ConfigError
 
 
 class NullWriter:
-    """TensorBoard writer stand-in for ranks other than 0 (only rank 0 writes logs)."""
+    """Metric writer stand-in for ranks other than 0 (only rank 0 writes logs; there the loop
+    holds `extmem.train.writers.MetricWriters`)."""
 
     def add_scalar(self, *args, **kwargs) -> None:
         pass
 
     def add_histogram(self, *args, **kwargs) -> None:
+        pass
+
+    def add_text(self, *args, **kwargs) -> None:
+        pass
+
+    def end_session(self, *args, **kwargs) -> None:
         pass
 
     def close(self) -> None:

@@ -18,9 +18,11 @@ from rich.console import Console
 from extmem.experiments.capacity import capacity_figures
 from extmem.experiments.stats import bootstrap_interval, mean_std, significance_note, welch_t_test
 from extmem.experiments.sweep import Sweep, added_memories
+from extmem.run.provenance import record_session
 from extmem.run.run_dir import CONFIG_FILE, RESULTS_FILE, load_run_config, read_metrics
 from extmem.train.augment_run import AUGMENT_FILE, augment_run
 from extmem.train.loop import TrainOptions, train
+from extmem.train.writers import require_tracker
 
 METRICS = ("val_loss", "val_ppl", "val_bpb", "facts_recalled")
 
@@ -70,6 +72,10 @@ def run_sweep(sweep: Sweep, out: Path, quiet: bool = False) -> dict:
     console = Console(stderr=True, quiet=quiet)
     order = [(variant, seed) for seed in sweep.cfg.seeds for variant in sweep.runs
              if seed in sweep.runs[variant]]
+    for variant, seed in order:  # a tracker that is not installed: before anything is written
+        require_tracker(sweep.runs[variant][seed].train)
+    out.mkdir(parents=True, exist_ok=True)
+    record_session(out, "compare", sweep=str(sweep.path), runs=len(order))  # OUT/provenance.json
     for done, (variant, seed) in enumerate(order, start=1):
         _train_one(sweep, out, variant, seed, f"[{done}/{len(order)}]", console, quiet)
     return summarize(sweep, out)

@@ -2,7 +2,8 @@
 
 ```toml
 name = "quickstart"
-base = "../quickstart.toml"    # relative to this file
+base = "dense"                 # a built-in config name, or a path ending in .toml relative to
+                               # this file ("../dense.toml")
 seeds = [0, 1, 2]
 baseline = "dense"             # variant the others are compared with
 steps = 300                    # budget: train.steps for every run (or `tokens = N`)
@@ -14,7 +15,7 @@ set = ["model.memories=[]"]    # --set style overrides
 
 [[variants]]
 name = "pkm"
-base = "../design/product_keys-add.toml"   # optional: its own base config
+base = "design/product_keys-add"           # optional: its own base config
 [variants.patch.train]                     # optional: a table deep-merged into the config
 lr = 2e-3
 
@@ -35,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from extmem.builtin_configs import resolve
 from extmem.config import apply_overrides, from_dict, read_toml, require, require_valid_fields
 from extmem.errors import ConfigError
-from extmem.run.config import RunConfig
+from extmem.run.config import RunConfig, require_sections
 
 
 @dataclass
@@ -130,9 +132,11 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None,
                steps: int | None = None, tokens: int | None = None) -> Sweep:
     """Read a sweep file and resolve + validate every (variant, seed) config.
 
-    `overrides` (`--set`) apply to every variant; `steps` / `tokens` replace the sweep's budget
-    (a dense-init variant's own `steps`, its continuation length, is kept)."""
-    path = Path(path)
+    `path`: a sweep file, or a built-in sweep's name (`quickstart`: `sweeps/quickstart`; see
+    extmem.builtin_configs). `overrides` (`--set`) apply to every variant; `steps` / `tokens`
+    replace the sweep's budget (a dense-init variant's own `steps`, its continuation length,
+    is kept)."""
+    path = path if isinstance(path, Path) else resolve(path, "sweep")
     cfg = from_dict(SweepConfig, read_toml(path), "sweep")
     require(steps is None or steps >= 1, f"--steps {steps}: must be >= 1")
     require(tokens is None or tokens >= 1, f"--tokens {tokens}: must be >= 1")
@@ -142,8 +146,11 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None,
         cfg.steps, cfg.tokens = steps or 0, tokens or 0
     runs: dict[str, dict[int, RunConfig]] = {}
     for variant in cfg.variants:
-        base_path = (path.parent / (variant.base or cfg.base)).resolve()
-        raw = _deep_merge(read_toml(base_path), variant.patch)
+        # a built-in name ("dense") or a path relative to the sweep file ("../dense.toml")
+        base_path = resolve(variant.base or cfg.base, "run", path.parent).resolve()
+        base = read_toml(base_path)
+        require_sections(base, str(base_path))
+        raw = _deep_merge(base, variant.patch)
         raw = apply_overrides(raw, [*variant.set, *(overrides or [])])
         runs[variant.name] = {}
         for seed in cfg.seeds:

@@ -8,8 +8,10 @@ Modes (which parameters train; the head always does):
 - `memory-only`: the memory layers (tables, keys, query and output networks); the dense core
   and embeddings stay frozen.
 Each example is `EOS text`, cut to `max_len` tokens with the run's tokenizer. Results go to
-RUN_DIR/finetune/<task>-<mode>[-N]/ (config.toml, metrics.jsonl, results.json and, unless
-`save_weights = false`, classifier.safetensors); the pretraining checkpoints are only read.
+RUN_DIR/finetune/<task>-<mode>[-N]/ (config.toml, metrics.jsonl, results.json, provenance.json,
+TensorBoard events in tb/ and, unless `save_weights = false`, classifier.safetensors); the
+directory is assembled under a temporary name and renamed into place at the end. The
+pretraining checkpoints are only read.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import dataclasses
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from extmem.config import apply_overrides, from_dict, to_dict, write_toml
 from extmem.errors import ConfigError
@@ -34,6 +39,7 @@ from extmem.finetune.tasks import TaskData, load_task
 from extmem.model.classifier import SequenceClassifier
 from extmem.run.checkpoint import unique_state_dict
 from extmem.run.config import TrainConfig
+from extmem.run.provenance import record_session
 from extmem.run.run_dir import MetricsLog, write_json
 from extmem.run.session import load_trained
 from extmem.train.optim import build_optimizer, lr_factor, set_lr
@@ -112,11 +118,16 @@ def _out_dir(run_dir: Path, task: str, mode: str) -> Path:
 
 def train_classifier(model: SequenceClassifier, data: TaskData, train_ids: list[list[int]],
                      cfg: FinetuneConfig, run_train: TrainConfig, pad_id: int,
-                     device: torch.device, log: list[dict]) -> None:
+                     device: torch.device, log: list[dict], writer: Any = None,
+                     quiet: bool = True) -> None:
+    """`cfg.steps` steps; train records go to `log` and, given a SummaryWriter, to
+    TensorBoard (train/loss, train/lr). A progress bar on stderr unless `quiet`."""
     optimizer, schedule = _optimizer(model, run_train, cfg)
     trainable = [p for p in model.parameters() if p.requires_grad]
     labels = torch.tensor(data.train_labels)
     window = 0.0
+    bar = tqdm(total=cfg.steps, desc="finetune", unit="step", file=sys.stderr, disable=quiet,
+               dynamic_ncols=True, mininterval=0.5)
     for step in range(cfg.steps):
         model.train()
         set_lr(optimizer, lr_factor(step, schedule))
@@ -132,16 +143,28 @@ def train_classifier(model: SequenceClassifier, data: TaskData, train_ids: list[
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         window += float(loss.detach())
+        bar.update(1)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             count = (step % cfg.log_every) + 1
-            log.append({"step": step + 1, "split": "train", "loss": window / count,
-                        "lr": cfg.lr * lr_factor(step, schedule)})
+            record = {"step": step + 1, "split": "train", "loss": window / count,
+                      "lr": cfg.lr * lr_factor(step, schedule)}
+            _log_train(record, log, writer, bar)
             window = 0.0
+    bar.close()
+
+
+def _log_train(record: dict, log: list[dict], writer: Any, bar: tqdm) -> None:
+    log.append(record)
+    if writer is not None:
+        writer.add_scalar("train/loss", record["loss"], record["step"])
+        writer.add_scalar("train/lr", record["lr"], record["step"])
+    bar.set_postfix(loss=f"{record['loss']:.3f}")
 
 
 def finetune(run_dir: Path, task: str, mode: str = "full", overrides: list[str] | None = None,
-             checkpoint: str | None = None) -> dict[str, Any]:
-    """Finetune and evaluate; returns results (also written to the results directory)."""
+             checkpoint: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Finetune and evaluate; returns results (also written to the results directory).
+    `quiet`: no progress bar."""
     cfg = parse_config(overrides or [])
     started = time.perf_counter()
     run = load_trained(run_dir, None, checkpoint)
@@ -156,44 +179,58 @@ def finetune(run_dir: Path, task: str, mode: str = "full", overrides: list[str] 
     trainable = select_trainable(model, mode)
     train_ids = encode(lm.tokenizer, data.train_texts, lm.eos_id, cfg.max_len)
     eval_ids = encode(lm.tokenizer, data.eval_texts, lm.eos_id, cfg.max_len)
-    log: list[dict] = []
-    train_classifier(model, data, train_ids, cfg, run.cfg.train, lm.pad_id, device, log)
-    predicted = predict(model, eval_ids, lm.pad_id, cfg.eval_batch_size, device)
-
     out = _out_dir(run_dir, task, mode)
-    results: dict[str, Any] = {
-        "run_dir": str(run_dir), "checkpoint": run.checkpoint.name, "task": task, "mode": mode,
-        "pooling": cfg.pooling, "steps": cfg.steps, "n_train": len(train_ids),
-        "n_eval": len(eval_ids), "n_classes": len(data.classes),
-        "accuracy": accuracy(predicted, data.eval_labels),
-        "macro_f1": macro_f1(predicted, data.eval_labels),
-        **majority_baseline(data.train_labels, data.eval_labels),
-        "trainable_params": trainable, "train_loss": log[-1]["loss"] if log else None,
-        "seconds": time.perf_counter() - started, "out_dir": str(out), "classes": data.classes}
-    results["majority_class"] = data.classes[results["majority_class"]]
-    _write(out, cfg, results, log, model)
+    tmp = _staging_dir(out)
+    try:
+        record_session(tmp, "finetune", run_dir=str(run_dir), checkpoint=run.checkpoint.name,
+                       task=task, mode=mode)
+        from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
+        log: list[dict] = []
+        with SummaryWriter(str(tmp / "tb")) as writer:
+            writer.add_text("config", f"```toml\n{tomli_w.dumps(to_dict(cfg))}\n```", 0)
+            train_classifier(model, data, train_ids, cfg, run.cfg.train, lm.pad_id, device, log,
+                             writer, quiet)
+            predicted = predict(model, eval_ids, lm.pad_id, cfg.eval_batch_size, device)
+            results: dict[str, Any] = {
+                "run_dir": str(run_dir), "checkpoint": run.checkpoint.name, "task": task,
+                "mode": mode, "pooling": cfg.pooling, "steps": cfg.steps,
+                "n_train": len(train_ids), "n_eval": len(eval_ids), "n_classes": len(data.classes),
+                "accuracy": accuracy(predicted, data.eval_labels),
+                "macro_f1": macro_f1(predicted, data.eval_labels),
+                **majority_baseline(data.train_labels, data.eval_labels),
+                "trainable_params": trainable, "train_loss": log[-1]["loss"] if log else None,
+                "seconds": time.perf_counter() - started, "out_dir": str(out),
+                "classes": data.classes}
+            writer.add_scalar("eval/accuracy", results["accuracy"], cfg.steps)
+            writer.add_scalar("eval/macro_f1", results["macro_f1"], cfg.steps)
+        results["majority_class"] = data.classes[results["majority_class"]]
+        _write(tmp, out, cfg, results, log, model)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return results
 
 
-def _write(out: Path, cfg: FinetuneConfig, results: dict, log: list[dict],
-           model: SequenceClassifier) -> None:
-    """Assemble the results directory under a temporary name, then rename it into place."""
+def _staging_dir(out: Path) -> Path:
+    """An empty directory beside `out` where the results are assembled."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    try:
-        write_toml(tmp / "config.toml", {"task": results["task"], "mode": results["mode"],
-                                         "checkpoint": results["checkpoint"],
-                                         "finetune": to_dict(cfg)})
-        metrics = MetricsLog(tmp)
-        for record in log:
-            metrics.write(record)
-        metrics.write({"step": cfg.steps, "split": "eval", "accuracy": results["accuracy"],
-                       "macro_f1": results["macro_f1"]})
-        if cfg.save_weights:
-            save_file(unique_state_dict(model), str(tmp / "classifier.safetensors"))
-        write_json(tmp / "results.json", results)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def _write(tmp: Path, out: Path, cfg: FinetuneConfig, results: dict, log: list[dict],
+           model: SequenceClassifier) -> None:
+    """The rest of the results directory in `tmp`, then `tmp` renamed to `out`."""
+    write_toml(tmp / "config.toml", {"task": results["task"], "mode": results["mode"],
+                                     "checkpoint": results["checkpoint"],
+                                     "finetune": to_dict(cfg)})
+    metrics = MetricsLog(tmp)
+    for record in log:
+        metrics.write(record)
+    metrics.write({"step": cfg.steps, "split": "eval", "accuracy": results["accuracy"],
+                   "macro_f1": results["macro_f1"]})
+    if cfg.save_weights:
+        save_file(unique_state_dict(model), str(tmp / "classifier.safetensors"))
+    write_json(tmp / "results.json", results)
+    tmp.rename(out)

@@ -3,7 +3,9 @@
 - `ExtmemConfig` and `ExtmemForCausalLM` / `ExtmemForMaskedLM` /
   `ExtmemForSequenceClassification`, registered with the Auto classes on `import extmem`;
 - `export_run`: a run directory -> a `from_pretrained` directory (`extmem export --format hf`);
-- `add_memory` / `load_with_memory`: our memories inside HF GPT-2, BERT and Llama-family models.
+- `add_memory` / `load_with_memory`: our memories inside HF GPT-2, BERT and Llama-family models;
+  a model saved after `add_memory` also loads with the Auto classes after `import extmem`;
+- `memory_module_names`: the memories for PEFT's `modules_to_save` (LoRA + trainable memory).
 
 Names are imported on first use, so `import extmem.hf` does not import transformers.
 """
@@ -23,6 +25,7 @@ _EXPORTS = {
     "wrap_tokenizer": "extmem.hf.export",
     "add_memory": "extmem.hf.inject",
     "load_with_memory": "extmem.hf.inject",
+    "memory_module_names": "extmem.hf.inject",
 }
 
 __all__ = sorted([*_EXPORTS, "require_transformers"])

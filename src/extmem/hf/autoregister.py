@@ -4,26 +4,43 @@ Importing `PreTrainedModel` costs seconds, so `import extmem` only installs an i
 (no transformers import, nothing to find when it is absent). The registration runs when
 transformers' Auto machinery is first imported (`AutoConfig`, `AutoModelFor...`), or at once if
 it already is: after `import extmem`, in either order, `AutoModelForCausalLM.from_pretrained(DIR)`
-knows `model_type = "extmem"`.
+knows `model_type = "extmem"` (an `extmem export`) and `model_type = "extmem_augmented"` (a
+Hugging Face model saved after `extmem.hf.add_memory`: loaded with its memories rebuilt).
+
+Without `import extmem`, transformers refuses both model types ("model type `extmem` ... does
+not recognize this architecture"): nothing of ours runs then, so the name of the model type and
+the `extmem_load` line of `config.json` are the message. A plain architecture class
+(`GPT2LMHeadModel.from_pretrained`) loads an `extmem_augmented` directory without its memories
+and warns that the model types differ; after `import extmem` that warning also names the fix.
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import logging
 import sys
 import warnings
 from types import ModuleType
 
+from extmem.hf.names import AUGMENTED_TYPE
+
 CONFIG_AUTO = "transformers.models.auto.configuration_auto"
 MODEL_AUTO = "transformers.models.auto.modeling_auto"
+PLAIN_LOAD_HINT = (
+    "extmem: this directory was saved after extmem.hf.add_memory and the class loading it "
+    "drops its memories (their weights are the UNEXPECTED keys). Load it with "
+    "extmem.hf.load_with_memory(DIR, <this class>), or after `import extmem` with "
+    "AutoModelForCausalLM / AutoModelForMaskedLM / AutoModelForSequenceClassification"
+    ".from_pretrained(DIR).")
 
 
 def register_config() -> None:
     from transformers.models.auto.configuration_auto import AutoConfig  # (fully imported here)
 
-    from extmem.hf.configuration import ExtmemConfig
-    AutoConfig.register(ExtmemConfig.model_type, ExtmemConfig, exist_ok=True)
+    from extmem.hf.configuration import ExtmemAugmentedConfig, ExtmemConfig
+    for config in (ExtmemConfig, ExtmemAugmentedConfig):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
 
 
 def register_models() -> None:
@@ -33,17 +50,37 @@ def register_models() -> None:
         AutoModelForSequenceClassification,
     )
 
-    from extmem.hf.configuration import ExtmemConfig
+    from extmem.hf.augmented import (
+        ExtmemAugmentedForCausalLM,
+        ExtmemAugmentedForMaskedLM,
+        ExtmemAugmentedForSequenceClassification,
+    )
+    from extmem.hf.configuration import ExtmemAugmentedConfig, ExtmemConfig
     from extmem.hf.modeling import (
         ExtmemForCausalLM,
         ExtmemForMaskedLM,
         ExtmemForSequenceClassification,
     )
     register_config()
-    for auto, model in ((AutoModelForCausalLM, ExtmemForCausalLM),
-                        (AutoModelForMaskedLM, ExtmemForMaskedLM),
-                        (AutoModelForSequenceClassification, ExtmemForSequenceClassification)):
+    for auto, model, augmented in (
+            (AutoModelForCausalLM, ExtmemForCausalLM, ExtmemAugmentedForCausalLM),
+            (AutoModelForMaskedLM, ExtmemForMaskedLM, ExtmemAugmentedForMaskedLM),
+            (AutoModelForSequenceClassification, ExtmemForSequenceClassification,
+             ExtmemAugmentedForSequenceClassification)):
         auto.register(ExtmemConfig, model, exist_ok=True)
+        auto.register(ExtmemAugmentedConfig, augmented, exist_ok=True)
+
+
+class _PlainLoadHint(logging.Filter):
+    """Adds PLAIN_LOAD_HINT to transformers' warning "You are using a model of type
+    `extmem_augmented` to instantiate a model of type `gpt2`" (a plain architecture class
+    loading a directory saved after add_memory); every other record passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg if isinstance(record.msg, str) else ""
+        if f"model of type `{AUGMENTED_TYPE}` to instantiate" in message:
+            record.msg = f"{message}\n{PLAIN_LOAD_HINT}"
+        return True
 
 
 _ACTIONS = {CONFIG_AUTO: register_config, MODEL_AUTO: register_models}
@@ -91,9 +128,14 @@ class _AutoHook(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Register now for what transformers has already imported; hook the rest."""
+    """Register now for what transformers has already imported; hook the rest; and hint at the
+    fix when a plain class loads an add_memory directory (a filter on the logger transformers'
+    configuration module writes to: creating it imports nothing)."""
     if not any(isinstance(finder, _AutoHook) for finder in sys.meta_path):
         sys.meta_path.insert(0, _AutoHook())
+    config_logger = logging.getLogger("transformers.configuration_utils")
+    if not any(isinstance(f, _PlainLoadHint) for f in config_logger.filters):
+        config_logger.addFilter(_PlainLoadHint())
     for name in _ACTIONS:
         if name in sys.modules:
             _register(name)

@@ -1,11 +1,14 @@
 """`extmem export RUN_DIR --format hf --out DIR`: a run's checkpoint as a Hugging Face directory.
 
-Writes `config.json` (ExtmemConfig: our ModelConfig nested under "model"), `model.safetensors`,
-`generation_config.json` and the run's tokenizer as a `PreTrainedTokenizerFast` (eos / pad /
-mask tokens set). After `import extmem`, `AutoModelForCausalLM.from_pretrained(DIR)` (or
+Writes `config.json` (ExtmemConfig: our ModelConfig nested under "model", and an `extmem_load`
+line saying how to load it), `model.safetensors`, `generation_config.json`, the run's tokenizer
+as a `PreTrainedTokenizerFast` (eos / pad / mask tokens set) and a model card `README.md`
+(`extmem.hf.card`). After `import extmem`, `AutoModelForCausalLM.from_pretrained(DIR)` (or
 `AutoModelForMaskedLM` for an encoder run, `AutoModelForSequenceClassification` for a new
-head on either) loads it offline with the run's logits. The directory is assembled under a
-temporary name and renamed, so an interrupted export leaves nothing that looks complete.
+head on either) loads it offline with the run's logits. Without `import extmem`, transformers
+stops with "model type `extmem` ... does not recognize this architecture" (it runs no code of
+ours, and we never ask for remote code). The directory is assembled under a temporary name and
+renamed, so an interrupted export leaves nothing that looks complete.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from transformers import PreTrainedTokenizerFast
 
 from extmem.data.tokenizer import EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, check_special_tokens
 from extmem.errors import CheckpointError, ConfigError
-from extmem.hf.configuration import ExtmemConfig
+from extmem.hf.card import CardFacts, last_validation, model_card
+from extmem.hf.configuration import ExtmemConfig, extmem_version
 from extmem.hf.modeling import ExtmemForCausalLM, ExtmemForMaskedLM
+from extmem.model import parameter_counts
 from extmem.run.checkpoint import latest_checkpoint, load_checkpoint
-from extmem.run.run_dir import TOKENIZER_FILE, load_run_config
+from extmem.run.run_dir import TOKENIZER_FILE, load_run_config, read_metrics
 from extmem.run.session import with_vocab
 
 
@@ -54,8 +59,27 @@ def _read_tokenizer(run_dir: Path) -> Tokenizer:
     return tokenizer
 
 
-def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> dict:
-    """Export `run_dir`'s checkpoint (newest, or `checkpoint` = "step-N") into `out`."""
+def _card(out: Path, run_dir: Path, cfg, model, loaded, license: str | None) -> str:
+    import torch
+    import transformers
+
+    tokens = loaded.state.get("tokens")
+    corpus = cfg.data.hf_name if cfg.data.corpus == "hf" else cfg.data.corpus
+    facts = CardFacts(name=out.name, architecture=type(model).__name__,
+                      parameters=parameter_counts(model.model), run=run_dir.name,
+                      checkpoint=loaded.path.name, step=loaded.step,
+                      tokens=tokens if isinstance(tokens, int) else None, corpus=corpus,
+                      validation=last_validation(read_metrics(run_dir), loaded.step),
+                      license=license)
+    versions = {"extmem": extmem_version(), "transformers": transformers.__version__,
+                "torch": torch.__version__}
+    return model_card(model.config.model_config, facts, versions)
+
+
+def export_run(run_dir: Path, out: Path, checkpoint: str | None = None,
+               license: str | None = None) -> dict:
+    """Export `run_dir`'s checkpoint (newest, or `checkpoint` = "step-N") into `out`;
+    `license` (an SPDX id such as "apache-2.0", or "other") goes into the model card."""
     run_dir, out = Path(run_dir), Path(out)
     check_out_dir(out)
     cfg = load_run_config(run_dir)
@@ -77,6 +101,8 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None) -> dict:
     try:
         model.save_pretrained(tmp)
         wrap_tokenizer(tokenizer, model_cfg.max_seq_len, model_cfg.causal).save_pretrained(tmp)
+        (tmp / "README.md").write_text(_card(out, run_dir, cfg, model, loaded, license),
+                                       encoding="utf-8")
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)

@@ -15,15 +15,30 @@ plain class. With `zero_init_output` a new memory returns exactly zero, so `para
 the logits unchanged at init. Token / n-gram lookups read the ids captured by a pre-hook on the
 base model (and, during cached decoding, the ids of earlier steps).
 
-The memories are recorded in `model.config.extmem_memories` (a list of MemoryConfig dicts), so
-`save_pretrained` keeps them; plain `from_pretrained` cannot rebuild them (the architecture
-class knows nothing of them): `load_with_memory(DIR, AutoModelFor...)` does.
+The memories are recorded in `model.config.extmem_memories` (a list of MemoryConfig dicts), and
+`save_pretrained` writes `config.json` with `model_type = "extmem_augmented"` (the base model's
+type under `extmem_base_model_type`, its fields unchanged). So a saved model never loads
+without its memories unnoticed (docs/huggingface.md):
+
+- `load_with_memory(DIR, AutoModelFor... or the architecture class)` rebuilds them;
+- after `import extmem`, `AutoModelForCausalLM.from_pretrained(DIR)` (MaskedLM,
+  SequenceClassification alike) does the same (`extmem.hf.augmented`);
+- without extmem, the Auto classes refuse the unknown model type `extmem_augmented`;
+- the plain class (`GPT2LMHeadModel.from_pretrained(DIR)`) loads the base model without the
+  memories, and transformers warns that the model types differ (after `import extmem` the
+  warning names the fix) and lists the memory weights as UNEXPECTED.
+
+The memories of one FFN slot live in a `MemoryList` (an nn.Module, not an nn.ModuleList), so
+PEFT's `modules_to_save=["memories"]` can wrap it; `memory_module_names(model)` names each
+memory for `modules_to_save` instead.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -31,6 +46,7 @@ from torch import nn
 
 from extmem.config import from_dict, require, to_dict
 from extmem.errors import CheckpointError, ConfigError
+from extmem.hf.names import AUGMENTED_TYPE, BASE_TYPE_KEY, LOAD_KEY, VERSION_KEY
 from extmem.memory.config import PLACEMENTS, MemoryConfig
 from extmem.memory.module import Memory
 from extmem.model.resources import check_table_memory, memory_need
@@ -70,15 +86,38 @@ def _capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
     module._extmem_context.update(ids, kwargs.get("attention_mask"), past)
 
 
+class MemoryList(nn.Module):
+    """The memories of one FFN slot, summed. Its children are named "0", "1", ... as in an
+    nn.ModuleList (weights at `...memories.N.`), but it is an nn.Module with a forward, which
+    PEFT's `modules_to_save` can wrap (it refuses an nn.ModuleList). The context is passed at
+    each call, never stored, so a copy of the list (PEFT's) reads the current forward's ids."""
+
+    def append(self, memory: Memory) -> None:
+        self.add_module(str(len(self._modules)), memory)
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return iter(self._modules.values())
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return list(self._modules.values())[index]
+
+    def forward(self, x: torch.Tensor, ctx: _Context) -> torch.Tensor:
+        """x (B, T, d) -> the sum of the memories' outputs (B, T, d), in x's dtype."""
+        out = None
+        for memory in self:  # a Memory, or PEFT's wrapper of one (modules_to_save)
+            dtype = memory.table.weight.dtype
+            y = memory(x.to(dtype), input_ids=ctx.input_ids, padding_mask=ctx.padding,
+                       past_ids=ctx.past_ids).to(x.dtype)
+            out = y if out is None else out + y
+        return out
+
+
 def _read(owner: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Sum of owner.memories on x (B, T, d), through the FFN's own dropout if it has one."""
-    ctx: _Context = owner._extmem_context
-    out = None
-    for memory in owner.memories:
-        dtype = memory.table.weight.dtype
-        y = memory(x.to(dtype), input_ids=ctx.input_ids, padding_mask=ctx.padding,
-                   past_ids=ctx.past_ids).to(x.dtype)
-        out = y if out is None else out + y
+    out = owner.memories(x, owner._extmem_context)
     dropout = getattr(owner, "dropout", None)
     return dropout(out) if isinstance(dropout, nn.Dropout) else out
 
@@ -101,7 +140,7 @@ class MemoryFFN(nn.Module):
 
     def __init__(self, context: _Context) -> None:
         super().__init__()
-        self.memories = nn.ModuleList()
+        self.memories = MemoryList()
         self._extmem_context = context
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -115,7 +154,7 @@ class MemoryBertOutput(nn.Module):
     def __init__(self, output: nn.Module, context: _Context) -> None:
         super().__init__()
         self.LayerNorm, self.dropout = output.LayerNorm, output.dropout
-        self.memories = getattr(output, "memories", nn.ModuleList())
+        self.memories = getattr(output, "memories", MemoryList())
         self._extmem_context = context
 
     def forward(self, hidden: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -151,7 +190,7 @@ def _slot(layer: nn.Module, placement: str, context: _Context) -> nn.Module:
             new.memories = getattr(mlp, "memories", new.memories)  # keep earlier memories
             layer.mlp = mlp = new
         elif not hasattr(mlp, "memories"):
-            mlp.memories, mlp._extmem_context = nn.ModuleList(), context
+            mlp.memories, mlp._extmem_context = MemoryList(), context
             mlp.register_forward_hook(_mlp_hook, with_kwargs=True)
         return mlp
     if hasattr(layer, "intermediate") and hasattr(getattr(layer, "output", None), "LayerNorm"):
@@ -160,7 +199,7 @@ def _slot(layer: nn.Module, placement: str, context: _Context) -> nn.Module:
             layer.output = output = MemoryBertOutput(output, context).train(layer.training)
             layer.intermediate = nn.Identity()  # BertOutput's dense layers are dropped
         elif not hasattr(output, "memories"):
-            output.memories, output._extmem_context = nn.ModuleList(), context
+            output.memories, output._extmem_context = MemoryList(), context
             output.register_forward_pre_hook(_bert_output_hook, with_kwargs=True)
         return output
     raise ConfigError(f"add_memory: layer {type(layer).__name__} has neither an `mlp` nor a "
@@ -207,13 +246,91 @@ def add_memory(model: nn.Module, memory_config: MemoryConfig,
         added.append(memory)
     recorded = getattr(hf_config, CONFIG_KEY, None) or []
     setattr(hf_config, CONFIG_KEY, [*recorded, to_dict(cfg)])
+    hf_config.__class__ = _saving_class(type(hf_config))
     return added
+
+
+_SAVING_CLASSES: dict[type, type] = {}
+
+
+def _augmented_json(self, use_diff: bool = True) -> str:
+    """config.json of a model with memories: the base config's JSON with `model_type` =
+    "extmem_augmented", the base model type under `extmem_base_model_type` and how to load it."""
+    import extmem
+
+    base = type(self).__mro__[1]
+    if not getattr(self, CONFIG_KEY, None):  # no memory (yet): the base model's config.json
+        return base.to_json_string(self, use_diff)
+    data = json.loads(base.to_json_string(self, use_diff))
+    data[BASE_TYPE_KEY] = data.get("model_type") or base.model_type
+    data["model_type"] = AUGMENTED_TYPE
+    arch = (data.get("architectures") or ["the architecture class"])[0]
+    data[LOAD_KEY] = (f"saved after extmem.hf.add_memory (pip install \"extmem[hf]\"): load with "
+                      f"extmem.hf.load_with_memory(DIR, {arch}), or after `import extmem` with "
+                      "the transformers Auto class (e.g. AutoModelForCausalLM.from_pretrained(DIR)"
+                      f"); {arch}.from_pretrained(DIR) alone drops the memories")
+    data[VERSION_KEY] = extmem.__version__
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def _rebuild_config(base: type, state: dict) -> object:
+    """Unpickle a config of `_saving_class(base)` (the class is made at run time)."""
+    config = _saving_class(base).__new__(_saving_class(base))
+    config.__dict__.update(state)
+    return config
+
+
+def _reduce_config(self) -> tuple:
+    return _rebuild_config, (type(self).__mro__[1], dict(self.__dict__))
+
+
+def _saving_class(base: type) -> type:
+    """`base` (e.g. GPT2Config) whose `save_pretrained` writes the config.json of a model with
+    memories (`_augmented_json`); same name, attributes and behaviour otherwise (to_dict, and so
+    PEFT and generate, still see the base model type)."""
+    if base in _SAVING_CLASSES.values():
+        return base
+    if base not in _SAVING_CLASSES:
+        _SAVING_CLASSES[base] = type(base.__name__, (base,), {
+            "__qualname__": base.__qualname__, "__doc__": base.__doc__,
+            "to_json_string": _augmented_json, "__reduce__": _reduce_config})
+    return _SAVING_CLASSES[base]
+
+
+def split_config(config) -> tuple[object, list[MemoryConfig]]:
+    """A saved config -> (a copy of the base architecture's config without memories, the
+    memories it records). Reads both the `extmem_augmented` config.json that save_pretrained
+    writes now and a base config that only lists `extmem_memories` (older saves)."""
+    if getattr(config, "model_type", None) == AUGMENTED_TYPE:
+        config = config.base_config()  # an ExtmemAugmentedConfig (extmem.hf.configuration)
+    else:
+        config = copy.deepcopy(config)
+    specs = getattr(config, CONFIG_KEY, None) or []
+    setattr(config, CONFIG_KEY, [])
+    return config, [from_dict(MemoryConfig, spec, CONFIG_KEY) for spec in specs]
+
+
+def memory_module_names(model: nn.Module) -> list[str]:
+    """The qualified names of the memories that `add_memory` put into `model` (e.g.
+    `transformer.h.1.mlp.memories.0`), for PEFT: `LoraConfig(..., modules_to_save=
+    memory_module_names(model))` trains each memory in full beside the adapter and saves it
+    with the adapter (README, "LoRA + trainable memory (PEFT)"). Call it before
+    `get_peft_model`. A ConfigError for a table shared by several layers (`share_table`):
+    PEFT copies each memory, which would untie the table."""
+    names, tables = [], set()
+    for name, module in model.named_modules():
+        if isinstance(module, Memory):
+            if id(module.table) in tables:
+                raise ConfigError(f"memory_module_names: {name} shares its table with another "
+                                  "layer (share_table); PEFT's modules_to_save would copy and "
+                                  "untie it. Use one table per layer to train it with PEFT")
+            tables.add(id(module.table))
+            names.append(name)
+    return names
 
 
 def _checkpoint_tensors(path: Path, names: set[str]) -> dict[str, torch.Tensor]:
     """The tensors `names` from the safetensors file(s) of a save_pretrained directory."""
-    import json
-
     from safetensors import safe_open
 
     index = path / "model.safetensors.index.json"
@@ -231,26 +348,26 @@ def _checkpoint_tensors(path: Path, names: set[str]) -> dict[str, torch.Tensor]:
     return found
 
 
-def load_with_memory(path: str | Path, model_class, **kwargs) -> nn.Module:
-    """`model_class.from_pretrained(path, **kwargs)` (an Auto class or an architecture class)
-    with the memories recorded in its config rebuilt and their weights loaded."""
+def load_with_memory(path: str | Path, model_class, *model_args, **kwargs) -> nn.Module:
+    """`model_class.from_pretrained(path, ...)` (an Auto class or an architecture class) with
+    the memories recorded in its config rebuilt and their weights loaded. `path` is a local
+    directory written by `save_pretrained` after `add_memory`; `config=` may override its
+    config.json (an `extmem_augmented` config or the base architecture's)."""
     from transformers import AutoConfig
     from transformers.utils import logging
 
     from extmem.run.checkpoint import unique_state_dict
 
     path = Path(path)
-    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path)
-    specs = getattr(config, CONFIG_KEY, None) or []
-    setattr(config, CONFIG_KEY, [])
+    config, specs = split_config(kwargs.pop("config", None) or AutoConfig.from_pretrained(path))
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # memory weights are "unexpected" to the plain class
     try:
-        model = model_class.from_pretrained(path, config=config, **kwargs)
+        model = model_class.from_pretrained(path, *model_args, config=config, **kwargs)
     finally:
         logging.set_verbosity(verbosity)
     for spec in specs:
-        add_memory(model, from_dict(MemoryConfig, spec, "extmem_memories"))
+        add_memory(model, spec)
     wanted = {name for name in unique_state_dict(model) if ".memories." in name}
     found = _checkpoint_tensors(path, wanted)
     missing = sorted(wanted - set(found))

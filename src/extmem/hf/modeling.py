@@ -43,10 +43,14 @@ def _shared_names(module: nn.Module, prefix: str) -> dict[str, str]:
 
 def _padding(attention_mask: torch.Tensor | None, t: int) -> torch.Tensor | None:
     """HF attention_mask (B, T_total), 1 = token -> our padding mask (B, t) for the newest t
-    positions, True at padding; None when nothing is padded (the fast attention path)."""
+    positions, True at padding; None when nothing is padded (the fast attention path). While
+    `torch.compile` traces, the mask is kept as it is: testing it is data-dependent control
+    flow (a graph break), and an all-False mask gives the same result."""
     if attention_mask is None:
         return None
     padding = attention_mask[:, -t:] == 0
+    if torch.compiler.is_compiling():
+        return padding
     return padding if bool(padding.any()) else None
 
 

@@ -19,6 +19,14 @@ from extmem.memory.pair_topk import best_pairs
 from extmem.memory.score_topk import score_topk
 
 
+def candidate_positions(k: int) -> tuple[list[int], list[int]]:
+    """The pairs (i, j), 0 <= i, j < k, with (i+1)(j+1) <= k (Lample et al. 2019's candidates,
+    pruned as in `ProductKeyLookup.search`), row-major: ([i...], [j...]), about k ln k each."""
+    first = [i for i in range(k) for _ in range(k // (i + 1))]
+    second = [j for i in range(k) for j in range(k // (i + 1))]
+    return first, second
+
+
 class MaskedBatchNorm(nn.Module):
     """BatchNorm over the feature dim that ignores padded positions when computing statistics.
 
@@ -110,12 +118,18 @@ class ProductKeyLookup(nn.Module):
                 slots.transpose(0, 1).reshape(*lead, heads, k))
 
     def _candidate_pairs(self, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions (i, j) in the two sorted top-k lists with (i+1)(j+1) <= k: (C,) each."""
+        """Positions (i, j) in the two sorted top-k lists with (i+1)(j+1) <= k: (C,) each, in
+        row-major order. Built from Python ints (no data-dependent `nonzero`), so that
+        `torch.compile` sees constants; eager calls reuse the tensors of the first call."""
+        if torch.compiler.is_compiling():  # no module-attribute side effect in a traced graph
+            first, second = candidate_positions(k)
+            return (torch.tensor(first, dtype=torch.long, device=device),
+                    torch.tensor(second, dtype=torch.long, device=device))
         cached = getattr(self, "_pairs", None)
         if cached is None or cached[0].device != device:
-            grid = torch.arange(1, k + 1, device=device)
-            keep = (grid.unsqueeze(1) * grid.unsqueeze(0) <= k).nonzero()  # (C, 2), at build
-            self._pairs = cached = (keep[:, 0].contiguous(), keep[:, 1].contiguous())
+            first, second = candidate_positions(k)
+            self._pairs = cached = (torch.tensor(first, dtype=torch.long, device=device),
+                                    torch.tensor(second, dtype=torch.long, device=device))
         return cached
 
     def search_reference(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

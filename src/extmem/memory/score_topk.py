@@ -11,7 +11,8 @@ with a 1M-slot memory (docs/performance.md). Only the k kept scores carry gradie
 
 both computed from the k selected entries (`F.embedding_bag` with per-sample weights, and for
 dK the numba kernel of `kernels.subkey_grad` where the kernel back-end allows it, else
-`row_sparse_grad`), and the forward keeps no (2H, M, n) scores for backward. Same values,
+`row_sparse_grad`; `dense_rows_grad` while `torch.compile` traces, whose shapes do not depend on
+the indices), and the forward keeps no (2H, M, n) scores for backward. Same values,
 indices and gradients as `topk(torch.bmm(q, K^T), k)` up to float summation order (tested via
 the search's reference).
 """
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from extmem.memory.kernels import backend
 from extmem.memory.kernels.subkey_grad import subkey_grad
-from extmem.memory.sparse import row_sparse_grad
+from extmem.memory.sparse import dense_rows_grad, row_sparse_grad
 from extmem.memory.topk import topk
 
 SCORE_CHUNK = 1 << 20  # floats of sub-key scores per chunk (4 MiB in fp32): cache-sized, bounds memory
@@ -61,7 +62,11 @@ class _ScoreTopK(torch.autograd.Function):
             grad_keys = subkey_grad(q, indices, grad_values, n)  # (B, n, half)
         elif ctx.needs_input_grad[1]:
             flat_q = q.reshape(b * m, half).to(keys.dtype)  # (B*M, half)
-            grad_keys = row_sparse_grad(flat_q, bags, weights, b * n).to_dense().view(b, n, half)
+            if torch.compiler.is_compiling():  # static shapes: no sort / unique of the rows
+                grad_keys = dense_rows_grad(flat_q, bags, weights, b * n).view(b, n, half)
+            else:
+                grad_keys = row_sparse_grad(flat_q, bags, weights, b * n).to_dense()
+                grad_keys = grad_keys.view(b, n, half)
         return grad_q, grad_keys, None
 
 

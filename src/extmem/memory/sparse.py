@@ -62,6 +62,17 @@ def row_sparse_grad(grad_out: torch.Tensor, bags: torch.Tensor, weights: torch.T
                                    is_coalesced=True, check_invariants=False)  # (N, d), U rows
 
 
+def dense_rows_grad(grad_out: torch.Tensor, bags: torch.Tensor, weights: torch.Tensor,
+                    num_rows: int) -> torch.Tensor:
+    """`row_sparse_grad(...).to_dense()` with shapes that do not depend on the indices (what
+    `torch.compile` can trace without a graph break): one scatter-add of the R weighted reads
+    into a dense (num_rows, d) zero tensor. Equal up to float summation order."""
+    r = bags.shape[1]
+    reads = grad_out.repeat_interleave(r, dim=0) * weights.reshape(-1, 1).to(grad_out.dtype)
+    out = grad_out.new_zeros(num_rows, grad_out.shape[1])  # (N, d)
+    return out.index_add_(0, bags.reshape(-1), reads)  # (R, d) reads summed into their rows
+
+
 def sparse_bag(weight: torch.Tensor, bags: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted bag of rows, weight (N, d), bags and weights (n, r) -> (n, d), row-sparse grad."""
     return _RowSparseBag.apply(weight, bags, weights)

@@ -59,10 +59,11 @@ def plot_windowed_usage(report: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("training step")
     ax.set_ylabel("fraction of slots")
-    ax.set_title(f"Memory usage over training (window W = {report['usage_window']} steps)")
+    ax.set_title(f"Memory usage over training: slots read in the last W = "
+                 f"{report['usage_window']} steps, and over the eval set")
     ax.grid(alpha=0.3)
     if drawn:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best", framealpha=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
@@ -93,11 +94,11 @@ def plot_staleness(report: dict[str, Any], arrays: dict[str, dict[str, torch.Ten
         ax.set_ylabel("fraction of slots (log scale)")
         ax.set_title(f"{name}\nwindowed usage {train['windowed_usage']:.2f}, "
                      f"never selected {train['never_selected']:.2f}", fontsize=10)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="best", framealpha=0.8)
         ax.grid(alpha=0.3, axis="y")
     for ax in list(axes.flat)[len(report["memories"]):]:
         ax.axis("off")
-    fig.suptitle("Staleness of memory slots (steps since last selected)")
+    fig.suptitle("Stale slots: steps since each slot was last selected in training")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -88,9 +89,15 @@ class TrainConfig:
     compile: bool = False
     # under torchrun: how memory tables are split across processes (docs/distributed.md)
     table_sharding: Literal["rows", "columns", "replicate"] = "rows"
+    # where the metrics go besides RUN/tb and metrics.jsonl: "wandb" logs the same scalars and
+    # the config to Weights & Biases (pip install "extmem[wandb]"; WANDB_MODE=offline works
+    # without a network), in project `tracker_project`, run named after the run directory
+    tracker: Literal["none", "wandb"] = "none"
+    tracker_project: str = "extmem"
 
     def __post_init__(self) -> None:
         require_valid_fields(self, "train")
+        require(bool(self.tracker_project.strip()), "train.tracker_project: must not be empty")
         for name in ("steps", "batch_size", "eval_batch_size", "log_every", "usage_window"):
             value = getattr(self, name)
             require(value >= 1, f"train.{name}: {value} must be >= 1")
@@ -115,6 +122,21 @@ class TrainConfig:
         require(len(set(names)) == len(names), f"train.param_groups: duplicate names in {names}")
         require("default" not in names,
                 "train.param_groups: 'default' is reserved for parameters no group matches")
+
+
+SECTIONS = ("model", "data", "train")
+
+
+def require_sections(sections: Iterable[str], source: str) -> None:
+    """A run config file names all of [model], [data] and [train]. Fields a section leaves out
+    take their defaults (README "Configs"), but a missing section is an error: an
+    empty or truncated file must not silently train a default model."""
+    present = set(sections)
+    missing = [name for name in SECTIONS if name not in present]
+    require(not missing, f"config file {source!r} has no {', '.join(f'[{m}]' for m in missing)} "
+                         "section: a run config needs [model], [data] and [train] (fields left "
+                         "out of a section take their defaults); start from a built-in one: "
+                         "extmem configs show quickstart > my.toml")
 
 
 @dataclass

@@ -40,6 +40,7 @@ from extmem.run.checkpoint import (
 )
 from extmem.run.config import RunConfig
 from extmem.run.evaluate import validation_loss
+from extmem.run.provenance import record_session
 from extmem.run.run_dir import (
     CONFIG_FILE,
     TOKENIZER_FILE,
@@ -210,6 +211,7 @@ def augment_run(source: Path, out: Path, memory_path: Path | None = None,
             "tokens": 0, "augmented_from": str(checkpoint), "data_vocab_size": cfg.data.vocab_size,
             "tokenizer_sha256": sha256_file(tmp / TOKENIZER_FILE)})  # what a resume must match
         write_json(tmp / AUGMENT_FILE, report)
+        record_session(tmp, "augment", source=str(checkpoint))
         try:
             if out.exists():
                 out.rmdir()  # empty (checked above)

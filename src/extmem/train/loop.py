@@ -29,6 +29,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from extmem.config import read_toml
+from extmem.console import print_table
 from extmem.distributed.context import DistContext, init_distributed, rank_device
 from extmem.distributed.parallel import (
     NullWriter,
@@ -52,6 +53,7 @@ from extmem.run.config import RunConfig
 from extmem.run.evaluate import evaluate
 from extmem.run.lock import RunLock
 from extmem.run.objective import batch_loss
+from extmem.run.provenance import record_session
 from extmem.run.run_dir import (
     CONFIG_FILE,
     RESULTS_FILE,
@@ -64,6 +66,7 @@ from extmem.run.session import RunData, build_model, load_run_data, resolve_devi
 from extmem.train.optim import build_optimizer, lr_factor, set_lr
 from extmem.train.sparse_optim import clip_grad_norm
 from extmem.train.stop import StopRequest
+from extmem.train.writers import MetricWriters, hyperparameters, open_writers, require_tracker
 
 
 class TrainingInterrupted(Exception):
@@ -114,7 +117,7 @@ class Trainer:
     accounting: dict
     start: int                              # the step this session starts from
     console: Console
-    writer: object                          # SummaryWriter (rank 0) or NullWriter
+    writer: MetricWriters | NullWriter      # TensorBoard + tracker (rank 0), or NullWriter
     log: MetricsLog | None                  # rank 0 only
     autocast: AbstractContextManager
     rows: slice                             # this rank's rows of each global batch
@@ -280,11 +283,35 @@ def _resume_from(cfg: RunConfig, run_dir: Path, options: TrainOptions,
     return checkpoint, state
 
 
+def _open_writers(cfg: RunConfig, run_dir: Path, ctx: DistContext, start: int, model: Transformer,
+                  accounting: dict, quiet: bool,
+                  existing: frozenset[str] | None) -> MetricWriters | NullWriter:
+    """TensorBoard and the tracker on rank 0, with the config and hyper-parameters. A tracker
+    that cannot start stops every rank with one line; without a checkpoint yet, what this
+    session wrote is removed (the same command can run again)."""
+    writer: MetricWriters | NullWriter = NullWriter()
+    failure = None
+    if ctx.is_main:
+        slots = sum(memory.num_slots for _, memory in model.memory_modules())
+        try:
+            writer = open_writers(cfg, run_dir, start, hyperparameters(cfg, slots, accounting),
+                                  quiet)
+        except ExtmemError as exc:
+            failure = exc
+            if latest_checkpoint(run_dir) is None:
+                _remove_written(run_dir, existing)
+    failure = ctx.from_main(failure)
+    if failure is not None:
+        raise failure
+    return writer
+
+
 def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions, held: ExitStack) -> Trainer:
     """Data, model (resumed if asked), table shards, optimizer, run directory and writers.
     The run directory's lock is entered on `held` (released when the caller closes it); the
     run files are written only after the checkpoint has loaded (a mismatch changes nothing)."""
     tc = cfg.train
+    require_tracker(tc)  # a tracker that is not installed: one line, before RUN is touched
     ctx = options.ctx or init_distributed(resolve_device(tc.device))  # one process unless torchrun
     existing = _lock_run(run_dir, ctx, held)
     device = rank_device(resolve_device(tc.device), ctx)
@@ -311,20 +338,21 @@ def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions, held: ExitStack
     if ctx.is_main:
         _remove_stale_temporaries(run_dir)
         _write_run_files(run_dir, cfg, data, accounting)
+        record_session(run_dir, "train", start_step=int(state["step"]) if state else 0,
+                       world_size=ctx.world_size, device=str(device))
         extra = {"tokenizer_sha256": sha256_file(run_dir / TOKENIZER_FILE),
                  "data_vocab_size": cfg.data.vocab_size}
     ctx.barrier()
-    console.print(_group_table(groups))
-    console.print(f"params {accounting['params']}  flops/token {accounting['flops_per_token']}")
+    print_table(console, _group_table(groups))
+    console.print(f"params {accounting['params']}  flops/token {accounting['flops_per_token']}",
+                  soft_wrap=True)  # one line in a log, however long
     if ctx.enabled:
         console.print(f"{ctx.world_size} processes: batch {tc.batch_size} split "
                       f"{tc.batch_size // ctx.world_size} per rank; tables sharded by "
                       f"{tc.table_sharding} ({len(sharded)} tables)")
 
     start = int(state["step"]) if state is not None else 0
-    from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
-    writer = (SummaryWriter(str(run_dir / "tb"), purge_step=start + 1) if ctx.is_main
-              else NullWriter())
+    writer = _open_writers(cfg, run_dir, ctx, start, model, accounting, options.quiet, existing)
     log = MetricsLog(run_dir, resume_step=start if options.resume else None) if ctx.is_main else None
     rows = slice(ctx.rank * tc.batch_size // ctx.world_size,
                  (ctx.rank + 1) * tc.batch_size // ctx.world_size)
@@ -551,11 +579,13 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
             t.writer.close()
             raise nothing_to_resume(t, exc) from None
         bar.close()
-        t.writer.close()
         if stop.signum is not None and t.step < tc.steps:
+            t.writer.close()
             raise TrainingInterrupted(run_dir, t.step, stop.signum, saved=True)
         if not last_eval:  # resumed a finished run: nothing trained, evaluate what is there
             last_eval = evaluate_now(t)
+        t.writer.end_session(_flat("val", last_eval, {}), t.step)  # HParams metric, W&B summary
+        t.writer.close()
         return finish(t, t.step, last_eval, time.perf_counter() - started)
 
 
