@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
@@ -29,14 +30,17 @@ def _band(row: dict) -> tuple[list[float], list[float]]:
 
 def _draw(ax: Axes, rows: list[dict], baseline: str, labels: bool) -> None:
     """Mean curve and +-std band of each variant; the baseline last (on top), in black."""
-    ordered = [r for r in rows if r["variant"] != baseline] + \
-        [r for r in rows if r["variant"] == baseline]
-    for row in ordered:
+    variants = [r for r in rows if r["variant"] != baseline]
+    ordered = variants + [r for r in rows if r["variant"] == baseline]
+    # tab10 repeats after 10 lines: past that, colours from tab20 (distinct up to 20 variants)
+    palette = colormaps["tab10" if len(variants) <= 10 else "tab20"].colors
+    for i, row in enumerate(ordered):
         curve = row["curve"]
         is_base = row["variant"] == baseline
         label = (f"baseline: {row['variant']}" if is_base else row["variant"]) if labels else None
         style = ({"color": BASELINE_COLOR, "linewidth": BASELINE_WIDTH, "zorder": 5}
-                 if is_base else {"linewidth": VARIANT_WIDTH, "zorder": 3})
+                 if is_base else {"color": palette[i % len(palette)], "linewidth": VARIANT_WIDTH,
+                                  "zorder": 3})
         line, = ax.plot(curve["steps"], curve["mean"], label=label, **style)
         low, high = _band(row)
         ax.fill_between(curve["steps"], low, high, color=line.get_color(),
