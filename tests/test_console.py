@@ -11,7 +11,7 @@ from extmem.cli import main
 from extmem.console import markdown_table, print_table
 from extmem.experiments.report import rich_table
 from extmem.report.usage import usage_tables
-from extmem.train.loop import _group_table
+from extmem.train.setup import group_table as _group_table
 
 LONG = "blocks.11.memories.0.token-table-with-a-name-far-wider-than-eighty-columns-of-a-log"
 

@@ -327,8 +327,8 @@ def test_generate_largest_seed(trained, capsys):
 # --- out of memory --------------------------------------------------------------------------
 
 def _oom_on_step(monkeypatch, exc: BaseException) -> None:
-    from extmem.train import loop
-    original = loop.build_optimizer
+    from extmem.train import setup
+    original = setup.build_optimizer
 
     def build(model, tc):
         optimizer, groups = original(model, tc)
@@ -337,7 +337,7 @@ def _oom_on_step(monkeypatch, exc: BaseException) -> None:
             raise exc
         optimizer.step = step
         return optimizer, groups
-    monkeypatch.setattr(loop, "build_optimizer", build)
+    monkeypatch.setattr(setup, "build_optimizer", build)
 
 
 OOMS = [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
