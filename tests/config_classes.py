@@ -20,7 +20,13 @@ from extmem.bench.pkm import PkmBenchConfig
 from extmem.data.config import DataConfig
 from extmem.experiments.sweep import SweepConfig, VariantConfig
 from extmem.finetune.config import FinetuneConfig
-from extmem.memory.config import ExpertsConfig, MemoryConfig, ProductKeyConfig, RouterLookupConfig
+from extmem.memory.config import (
+    EngramConfig,
+    ExpertsConfig,
+    MemoryConfig,
+    ProductKeyConfig,
+    RouterLookupConfig,
+)
 from extmem.model.config import ModelConfig
 from extmem.run.config import ParamGroupConfig, TrainConfig
 
@@ -29,6 +35,7 @@ CONFIG_SETUP: dict[type, tuple[str, dict[str, Any]]] = {
     ProductKeyConfig: ("product_keys", {}),
     ExpertsConfig: ("experts", {}),
     RouterLookupConfig: ("router", {}),
+    EngramConfig: ("engram", {}),
     MemoryConfig: ("memory", {}),
     AltUpConfig: ("model.altup", {}),
     ModelConfig: ("model", {}),

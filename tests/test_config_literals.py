@@ -30,14 +30,14 @@ from extmem.config import (
 from extmem.data.config import DataConfig
 from extmem.errors import ConfigError
 from extmem.finetune.config import FinetuneConfig
-from extmem.memory.config import ExpertsConfig, MemoryConfig, ProductKeyConfig
+from extmem.memory.config import EngramConfig, ExpertsConfig, MemoryConfig, ProductKeyConfig
 from extmem.model.config import ModelConfig
 from extmem.run.config import ParamGroupConfig, RunConfig, TrainConfig
 from extmem.train.augment_run import build_memories
 from tests.cli_helpers import error_line
 from tests.config_classes import declares, discover, missing_setup, setups
 
-EXPECTED = {"ProductKeyConfig", "ExpertsConfig", "MemoryConfig", "AltUpConfig", "ModelConfig",
+EXPECTED = {"ProductKeyConfig", "ExpertsConfig", "EngramConfig", "MemoryConfig", "AltUpConfig", "ModelConfig",
             "DataConfig", "ParamGroupConfig", "TrainConfig", "FinetuneConfig", "PkmBenchConfig",
             "CapacityBenchConfig", "ModelBenchConfig", "KernelsBenchConfig"}
 
@@ -57,6 +57,7 @@ RUN_SECTIONS: dict[type, list[str | int]] = {
     MemoryConfig: ["model", "memories", 0],
     ProductKeyConfig: ["model", "memories", 0, "product_keys"],
     ExpertsConfig: ["model", "memories", 0, "experts"],
+    EngramConfig: ["model", "memories", 0, "engram"],
     DataConfig: ["data"],
     TrainConfig: ["train"],
     ParamGroupConfig: ["train", "param_groups", 0],

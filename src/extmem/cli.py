@@ -29,7 +29,8 @@ def _summary_table(results: dict, title: str) -> None:
     table = Table(title=title, show_header=False)
     table.add_column("metric")
     table.add_column("value")
-    for key in ("steps", "val_loss", "val_ppl", "val_bpb", "facts_recalled"):
+    for key in ("steps", "val_loss", "val_ppl", "val_bpb", "facts_recalled",
+                "recall_train_phrasing", "stored_bits"):
         if key in results and results[key] is not None:
             value = results[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
@@ -115,16 +116,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     run = load_trained(run_dir, args.set, args.checkpoint)
     cfg, data, model = run.cfg, run.data, run.model
-    lm, probes = data.lm, data.corpus.probes
+    lm, probes, train_probes = data.lm, data.corpus.probes, data.corpus.train_probes
     if args.data:  # evaluate every document of these files (no split), no fact probes
         docs = load_files(args.data, cfg.data.text_field)
         lm = build_lm_data(Corpus(name="files", train_docs=docs, val_docs=docs), data.tokenizer,
                            cfg.data)
-        probes = []
+        probes, train_probes = [], []
     tc = cfg.train
+    tokens = (run.step + tc.data_offset) * tc.batch_size * cfg.data.seq_len
     results = {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name, "steps": run.step,
                **evaluate(model, lm, probes, tc.eval_batch_size, tc.eval_tokens, tc.mask_prob,
-                          tc.usage_window)}
+                          tc.usage_window, train_probes=train_probes, tokens_trained=tokens)}
     if args.json:
         _print_json(results)
     else:
@@ -157,11 +159,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from extmem.experiments import load_sweep, run_sweep
     from extmem.experiments.report import rich_table, write_report
 
-    sweep = load_sweep(args.sweep, args.set, steps=args.steps, tokens=args.tokens)
+    sweep = load_sweep(args.sweep, args.set, steps=args.steps, tokens=args.tokens,
+                       exposures=args.exposures)
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.cfg.name
     results = run_sweep(sweep, out, quiet=args.quiet)
-    budget = ([f"--steps {args.steps}"] if args.steps else []) + \
-        ([f"--tokens {args.tokens}"] if args.tokens else [])
+    budget = [f"--{name} {value}" for name in ("steps", "tokens", "exposures")
+              if (value := getattr(args, name))]
     command = " ".join(["extmem compare", args.sweep, *budget, *(f"--set {s}" for s in args.set)])
     write_report(results, out, command)
     if args.json:
@@ -336,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="budget: train every run for N steps (replaces "
                                              "the sweep's steps / tokens)")
     p.add_argument("--tokens", type=int, help="budget: train every run on N tokens")
+    p.add_argument("--exposures", type=int, metavar="E",
+                   help="budget: train every run until each training token was seen E times "
+                        "(steps = ceil(E x training tokens / tokens per step))")
     common(p)
     p.set_defaults(func=cmd_compare)
 

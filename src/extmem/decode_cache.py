@@ -1,7 +1,8 @@
 """The state carried between decoding steps of a causal model (`Transformer.forward(cache=...)`).
 
-Below `model/` and `altup/`, which both read it: keys / values per layer for attention, and
-the token history that token and n-gram lookups need to look back across steps.
+Below `model/` and `altup/`, which both read it: keys / values per layer for attention, the
+token history that token and n-gram lookups need to look back across steps, and the state of
+memories whose readout mixes positions (Engram's convolution keeps its last inputs).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ class DecodeCache:
 
     keys/values: per layer (B, H, T_past, head_dim); token_ids: (B, T_past) ids seen so far
     (what hashed n-gram lookups need to look back across steps); padding: (B, T_past) True at
-    padded past positions (left-padded batches), None when nothing was padded.
+    padded past positions (left-padded batches), None when nothing was padded;
+    memory_states: one dict of tensors per memory (`memory_state(key)`), batch first.
     """
 
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
     values: dict[int, torch.Tensor] = field(default_factory=dict)
     token_ids: torch.Tensor | None = None
     padding: torch.Tensor | None = None
+    memory_states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def length(self) -> int:
@@ -39,6 +42,10 @@ class DecodeCache:
         new = (padding_mask if padding_mask is not None
                else torch.zeros(past.shape[0], t, dtype=torch.bool, device=past.device))
         return torch.cat([past, new], dim=1)
+
+    def memory_state(self, key: str) -> dict[str, torch.Tensor]:
+        """The state memory `key` ("layer.slot") carries between steps, created empty."""
+        return self.memory_states.setdefault(key, {})
 
     def remember(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None) -> None:
         """Append the new positions' ids (B, T) and padding to the history."""

@@ -1,11 +1,13 @@
 """Capacity meter: knowledge bits by hand, and the capacity table + chart of a grouped sweep."""
 
+import json
 import math
 
 import pytest
 from tests.cli_helpers import run_sweep
 
 from extmem.experiments.capacity import knowledge_bits
+from extmem.experiments.plots import capacity_figure
 
 
 def test_knowledge_bits_by_hand():
@@ -49,3 +51,19 @@ def test_grouped_sweep_reports_capacity(tiny_config, tmp_path, capsys):
         bits / small12["params"]["core"])
     assert (out / "capacity.png").is_file()
     assert "knowledge bits" in (out / "results.md").read_text()
+    # the storage meter beside it (extmem.run.storage): one run's results, the summary, the table
+    run = json.loads((out / "small-e12" / "seed-0" / "results.json").read_text())
+    assert run["stored_facts"] == 36 and 0 <= run["stored_bits"] <= run["stored_bits_max"]
+    assert run["recall_heldout_phrasing"] == run["facts_recalled"]
+    assert run["training_flops"] == run["flops_per_token"]["total"] * run["tokens"]
+    assert run["stored_bits_per_flop"] == pytest.approx(run["stored_bits"] / run["training_flops"])
+    assert small12["stored_bits"]["mean"] == pytest.approx(run["stored_bits"])
+    assert small12["recall_train_phrasing"]["values"] == [run["recall_train_phrasing"]]
+    assert small12["capacity"]["bits_offered"] == pytest.approx(run["stored_bits_max"])
+    assert "bits_train_phrasing" in small12["capacity"]
+    report = (out / "results.md").read_text()
+    assert "storage meter" in report and "recall (training phrasing)" in report
+    fig = capacity_figure(results)
+    assert len(fig.axes) == 3 and "bits stored" in fig.axes[2].get_ylabel()
+    labels = [line.get_label() for line in fig.axes[2].get_lines()]
+    assert "bits offered (all stored)" in labels

@@ -119,3 +119,61 @@ def test_dense_rows_grad_equals_the_sparse_gradient():
     bags = torch.randint(0, 9, (12, 4), generator=g)  # repeated rows, and rows never read
     torch.testing.assert_close(dense_rows_grad(grad_out, bags, weights, 9),
                                row_sparse_grad(grad_out, bags, weights, 9).to_dense())
+
+
+def test_per_head_layernorm_is_layernorm_with_one_head():
+    """query_norm = "layernorm_per_head" normalises each head's key_dim on its own; with one
+    head it is the LayerNorm over the whole query, parameters and state dict included."""
+    torch.manual_seed(0)
+    whole = ProductKeyLookup(ProductKeyConfig(n_keys=6, topk=3, heads=1, key_dim=8), 12)
+    with torch.no_grad():
+        whole.query_norm.weight.uniform_(0.5, 1.5)
+        whole.query_norm.bias.normal_()
+    per_head = ProductKeyLookup(ProductKeyConfig(n_keys=6, topk=3, heads=1, key_dim=8,
+                                                 query_norm="layernorm_per_head"), 12)
+    per_head.load_state_dict(whole.state_dict())  # same names and shapes
+    h = torch.randn(2, 5, 12)
+    torch.testing.assert_close(per_head.queries(h, None), whole.queries(h, None))
+    for a, b in zip(per_head(h), whole(h), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_per_head_layernorm_normalises_each_head_on_its_own():
+    torch.manual_seed(1)
+    cfg = ProductKeyConfig(n_keys=6, topk=3, heads=3, key_dim=8)
+    whole = ProductKeyLookup(cfg, 12)
+    per_head = ProductKeyLookup(ProductKeyConfig(n_keys=6, topk=3, heads=3, key_dim=8,
+                                                 query_norm="layernorm_per_head"), 12)
+    per_head.load_state_dict(whole.state_dict())
+    h = torch.randn(2, 5, 12)
+    q = per_head.queries(h, None)  # (2, 5, 3, 8)
+    torch.testing.assert_close(q.mean(-1), torch.zeros(2, 5, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(q.var(-1, unbiased=False), torch.ones(2, 5, 3), atol=1e-3,
+                               rtol=0)
+    assert not torch.allclose(q, whole.queries(h, None), atol=1e-3)  # differs with 3 heads
+
+
+def test_per_head_layernorm_checkpoint_round_trip(tmp_path):
+    from extmem import ModelConfig, Transformer
+    from extmem.run.checkpoint import load_checkpoint, save_checkpoint
+    from extmem.train import TrainConfig
+    from extmem.train.optim import build_optimizer
+
+    def model() -> Transformer:
+        pk = ProductKeyConfig(n_keys=6, topk=3, heads=2, key_dim=8,
+                              query_norm="layernorm_per_head")
+        return Transformer(ModelConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=2,
+                                       memories=[MemoryConfig(layers=[1], product_keys=pk)]))
+
+    torch.manual_seed(0)
+    trained = model()
+    optimizer, _ = build_optimizer(trained, TrainConfig())
+    ids = torch.randint(0, 40, (2, 5))
+    trained(ids).sum().backward()
+    optimizer.step()
+    norm = trained.blocks[1].memories[0].lookup.query_norm
+    assert not torch.equal(norm.weight, torch.ones_like(norm.weight))  # trained
+    save_checkpoint(tmp_path, 1, trained, optimizer)
+    fresh = model()
+    load_checkpoint(tmp_path / "checkpoints" / "step-1", fresh)
+    torch.testing.assert_close(fresh(ids), trained(ids))

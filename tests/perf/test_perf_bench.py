@@ -24,7 +24,7 @@ def test_capacity_bench_structure_growth_and_plot(tmp_path) -> None:
     json.dumps(result)
     assert [r["rows"] for r in result["sizes"]] == [256, 1024]
     assert set(result["sizes"][0]["latency_ms"]) == {"product_keys", "token", "ngram", "lsh",
-                                                      "router", "gather_floor"}
+                                                      "router", "engram", "gather_floor"}
     floor = [r["latency_ms"]["gather_floor"]["median"] for r in result["sizes"]]
     assert all(ms > 0 for ms in floor)
     assert result["growth"]["gather_floor"]["ratio"] == pytest.approx(floor[1] / floor[0],
@@ -69,3 +69,15 @@ def test_bench_cli_json_and_bad_config(capsys, tmp_path) -> None:
     with pytest.raises(ConfigError, match="bench.model.models"):
         ModelBenchConfig(models=["huge"])
     assert main(["bench", "model", "--set", "models=[\"nope\"]"]) == 2
+
+
+def test_capacity_bench_builds_every_lookup():
+    """Every registered lookup has a benchmark config of about the asked number of rows."""
+    from extmem.bench.capacity import MEMORY_CONFIGS, CapacityBenchConfig, memory_config
+    from extmem.memory.config import LOOKUPS
+
+    assert set(MEMORY_CONFIGS) == set(LOOKUPS)
+    cfg = CapacityBenchConfig()
+    for name in LOOKUPS:
+        rows = memory_config(name, 1 << 12, cfg).num_slots(1 << 20)
+        assert (1 << 12) <= rows < (1 << 12) * 1.1, (name, rows)

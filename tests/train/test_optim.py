@@ -47,3 +47,22 @@ def test_reserved_and_duplicate_group_names():
         TrainConfig(param_groups=[ParamGroupConfig("a", ["x"]), ParamGroupConfig("a", ["y"])])
     with pytest.raises(ConfigError, match="reserved"):
         TrainConfig(param_groups=[ParamGroupConfig("default", ["x"])])
+
+
+def test_a_constant_group_skips_the_schedule():
+    from extmem.train.optim import set_lr
+    cfg = TrainConfig(lr=1e-3, steps=100, warmup_steps=10, param_groups=[
+        ParamGroupConfig("values", ["*.table.weight"], lr=5e-2, schedule="constant"),
+        ParamGroupConfig("keys", ["*.sub_keys"], lr=2e-3)])
+    optimizer, table = build_optimizer(model(), cfg)
+    assert {row["group"]: row["schedule"] for row in table} == {
+        "values": "constant", "keys": "shared", "default": "shared"}
+    for step in (0, 5, 50, 99):
+        factor = lr_factor(step, cfg)
+        set_lr(optimizer, factor)
+        by_name = {g["name"]: g["lr"] for g in optimizer.param_groups}
+        assert by_name["values"] == 5e-2  # its own lr, no warmup or cosine
+        assert by_name["keys"] == pytest.approx(2e-3 * factor)
+        assert by_name["default"] == pytest.approx(1e-3 * factor)
+    with pytest.raises(ConfigError, match=r"train.param_groups\[v\].schedule: 'cosine'"):
+        ParamGroupConfig("v", ["x"], schedule="cosine")

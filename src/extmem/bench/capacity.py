@@ -29,6 +29,7 @@ from extmem.bench.timing import available_bytes, environment, log_progress, summ
 from extmem.config import require_valid_fields
 from extmem.errors import ConfigError
 from extmem.memory import (
+    EngramConfig,
     LshLookupConfig,
     Memory,
     MemoryConfig,
@@ -74,21 +75,34 @@ class CapacityBenchConfig:
                               "smallest table")
 
 
+def _engram(rows: int, cfg: CapacityBenchConfig) -> MemoryConfig:
+    """Engram with about `rows` rows over its 2 orders x `heads` prime-sized tables (each head
+    reads one row; its table is built to its own prime sizes, a little above `rows`)."""
+    per_head = max(2, rows // (2 * cfg.heads))
+    return MemoryConfig(lookup="engram", readout="engram", value_dim=cfg.d_model,
+                        engram=EngramConfig(heads=cfg.heads, rows_per_head=per_head,
+                                            compress_tokens=False))
+
+
+# lookup name -> the memory config of about `rows` table rows that the benchmark times
+MEMORY_CONFIGS = {
+    "product_keys": lambda rows, cfg: MemoryConfig(
+        lookup="product_keys", value_dim=cfg.d_model, product_keys=ProductKeyConfig(
+            n_keys=math.isqrt(rows), heads=cfg.heads, topk=cfg.topk, key_dim=cfg.key_dim)),
+    "token": lambda rows, cfg: MemoryConfig(lookup="token", value_dim=cfg.d_model,
+                                            token=TokenLookupConfig(rows=rows)),
+    "ngram": lambda rows, cfg: MemoryConfig(lookup="ngram", value_dim=cfg.d_model,
+                                            ngram=NgramLookupConfig(rows=rows)),
+    "lsh": lambda rows, cfg: MemoryConfig(lookup="lsh", value_dim=cfg.d_model, lsh=LshLookupConfig(
+        bits=int(math.log2(rows // cfg.heads)), heads=cfg.heads)),
+    "router": lambda rows, cfg: MemoryConfig(lookup="router", value_dim=cfg.d_model,
+                                             router=RouterLookupConfig(entries=rows, topk=cfg.topk)),
+    "engram": _engram,
+}
+
+
 def memory_config(name: str, rows: int, cfg: CapacityBenchConfig) -> MemoryConfig:
-    n = math.isqrt(rows)
-    if name == "product_keys":
-        return MemoryConfig(lookup=name, value_dim=cfg.d_model, product_keys=ProductKeyConfig(
-            n_keys=n, heads=cfg.heads, topk=cfg.topk, key_dim=cfg.key_dim))
-    if name == "token":
-        return MemoryConfig(lookup=name, value_dim=cfg.d_model, token=TokenLookupConfig(rows=rows))
-    if name == "ngram":
-        return MemoryConfig(lookup=name, value_dim=cfg.d_model, ngram=NgramLookupConfig(rows=rows))
-    if name == "lsh":
-        bits = int(math.log2(rows // cfg.heads))
-        return MemoryConfig(lookup=name, value_dim=cfg.d_model,
-                            lsh=LshLookupConfig(bits=bits, heads=cfg.heads))
-    return MemoryConfig(lookup=name, value_dim=cfg.d_model,
-                        router=RouterLookupConfig(entries=rows, topk=cfg.topk))
+    return MEMORY_CONFIGS[name](rows, cfg)
 
 
 def run_capacity_bench(cfg: CapacityBenchConfig, progress: bool = True) -> dict:
@@ -114,8 +128,10 @@ def run_capacity_bench(cfg: CapacityBenchConfig, progress: bool = True) -> dict:
         for name in cfg.lookups:
             if name == "router" and rows > cfg.router_max_rows:
                 continue
-            memory = Memory(memory_config(name, rows, cfg), cfg.d_model, vocab_size=vocab,
-                            table=table).eval()
+            mcfg = memory_config(name, rows, cfg)
+            own_table = mcfg.num_slots(vocab) != rows  # engram: prime-sized tables of its own
+            memory = Memory(mcfg, cfg.d_model, vocab_size=vocab,
+                            table=None if own_table else table).eval()
             with torch.no_grad():
                 def run(memory: Memory = memory) -> None:
                     memory(x, input_ids=ids)

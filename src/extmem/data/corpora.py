@@ -29,6 +29,8 @@ class Corpus:
     train_docs: list[str]
     val_docs: list[str]
     probes: list[FactProbe] = field(default_factory=list)  # only the "facts" corpus has probes
+    # "facts": one probe per fact in a training phrasing (the storage meter, run/storage.py)
+    train_probes: list[FactProbe] = field(default_factory=list)
 
     @property
     def train_chars(self) -> int:
@@ -81,7 +83,8 @@ def load_corpus(cfg: DataConfig, cache_dir: str | Path | None = None) -> Corpus:
     """Load the corpus named by `cfg.corpus` (see `DataConfig`)."""
     if cfg.corpus == "facts":
         facts = generate_facts(cfg.facts)
-        return Corpus("facts", facts.train_docs, facts.val_docs, facts.probes)
+        return Corpus("facts", facts.train_docs, facts.val_docs, facts.probes,
+                      facts.train_probes)
     if cfg.corpus == "gcide":
         docs = load_gcide(cache_dir)
     elif cfg.corpus == "files":

@@ -5,7 +5,9 @@ Each entity gets a unique pronounceable name and one value per attribute. Every 
 `heldout_templates` are held out of training. Training documents (one per entity) hold the
 remaining sentences; validation documents hold the held-out sentences, so validation loss
 measures recall of a known fact in an unseen phrasing. Every held-out sentence is also a
-`FactProbe`: the sentence up to the value (prompt) and the value (answer).
+`FactProbe`: the sentence up to the value (prompt) and the value (answer). Each fact also gets
+one training-phrasing probe (`train_probes`, its first training template): the storage meter
+(extmem.run.storage) reads the model's loss on the value after a prompt it was trained on.
 
 Sentences inside a document are separated by newlines, so every sentence (and every probe,
 which starts after EOS) begins with the entity name at the start of a line.
@@ -15,7 +17,7 @@ The same `FactsConfig` always gives byte-identical output.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from extmem.data.config import FactsConfig
 from extmem.data.facts_vocab import CODAS, ONSETS, TEMPLATES, VALUES, VOWELS
@@ -44,6 +46,8 @@ class FactsData:
     train_docs: list[str]
     val_docs: list[str]
     probes: list[FactProbe]
+    # one probe per fact in a training phrasing (the first of its training templates)
+    train_probes: list[FactProbe] = field(default_factory=list)
 
 
 def _syllable(rng: random.Random) -> str:
@@ -85,6 +89,7 @@ def generate_facts(cfg: FactsConfig) -> FactsData:
     train_docs: list[str] = []
     val_docs: list[str] = []
     probes: list[FactProbe] = []
+    train_probes: list[FactProbe] = []
     for entity in entities:
         train_sentences: list[str] = []
         val_sentences: list[str] = []
@@ -94,6 +99,8 @@ def generate_facts(cfg: FactsConfig) -> FactsData:
             heldout, used = chosen[: cfg.heldout_templates], chosen[cfg.heldout_templates:]
             for template in used:
                 train_sentences.append(template.format(name=entity.name, value=value))
+            prompt, answer = split_template(used[0], entity.name, value)
+            train_probes.append(FactProbe(prompt, answer, entity.name, attribute, used[0]))
             for template in heldout:
                 prompt, answer = split_template(template, entity.name, value)
                 val_sentences.append(f"{prompt} {answer}.")
@@ -102,4 +109,4 @@ def generate_facts(cfg: FactsConfig) -> FactsData:
         rng.shuffle(val_sentences)
         train_docs.append("\n".join(train_sentences))
         val_docs.append("\n".join(val_sentences))
-    return FactsData(entities, train_docs, val_docs, probes)
+    return FactsData(entities, train_docs, val_docs, probes, train_probes)

@@ -7,40 +7,45 @@ attribute's value list V_a, so knowing it is worth log2 |V_a| bits. A probe is r
 the model's greedy answer is exactly right; guessing gets 1/|V_a| of them right for free.
 From the fraction recalled r over n facts (the same count per attribute):
 
-    knowledge bits = n * max(0, (r - c) / (1 - c)) * mean_a log2 |V_a|,  c = mean_a 1/|V_a|
+    knowledge bits = n * max(0, (r - c) / (1 - c)) * mean_a log2 |V_a|,  c = mean_a 1 / |V_a|
 
 (the chance-corrected count of facts known, times the bits per fact; attributes are weighted
-equally because each has one fact per entity). Bits per parameter divide it by the core
-parameters (attention, FFN, norms) and by all parameters (embeddings and tables included).
+equally because each has one fact per entity; `knowledge_bits`, extmem.run.storage). Bits per
+parameter divide it by the core parameters (attention, FFN, norms) and by all parameters
+(embeddings and tables included). Recall on held-out phrasings measures extraction; recall on
+training phrasings, and the storage meter's bits from the loss on the values
+(extmem.run.storage, `stored_bits` in each run's results), measure storage.
 """
 
 from __future__ import annotations
 
-import math
-
-from extmem.data.facts_vocab import VALUES
 from extmem.experiments.stats import mean_std
 from extmem.run.config import RunConfig
+from extmem.run.storage import attribute_bits, knowledge_bits
+
+__all__ = ["capacity_figures", "knowledge_bits"]
 
 
-def knowledge_bits(recalled: float, n_facts: int, attributes: list[str]) -> float:
-    """Chance-corrected bits of facts stored, from the fraction of facts recalled."""
-    bits = sum(math.log2(len(VALUES[a])) for a in attributes) / len(attributes)
-    chance = sum(1 / len(VALUES[a]) for a in attributes) / len(attributes)
-    known = max(0.0, (recalled - chance) / (1 - chance))
-    return n_facts * known * bits
-
-
-def capacity_figures(cfg: RunConfig, recalled: list[float], params: dict) -> dict | None:
-    """Facts, knowledge bits and bits per (core / total) parameter for one variant's seeds."""
+def capacity_figures(cfg: RunConfig, recalled: list[float], params: dict,
+                     recalled_train: list[float] | None = None) -> dict | None:
+    """Facts, knowledge bits and bits per (core / total) parameter for one variant's seeds, from
+    recall on held-out phrasings (and on training phrasings: `bits_train_phrasing`)."""
     if cfg.data.corpus != "facts" or not recalled:
         return None
     facts = cfg.data.facts
     n_facts = facts.n_entities * len(facts.attributes)
     bits = [knowledge_bits(r, n_facts, facts.attributes) for r in recalled]
-    out = {"entities": facts.n_entities, "facts": n_facts}
+    out: dict = {"entities": facts.n_entities, "facts": n_facts,
+                 "bits_offered": facts.n_entities * sum(attribute_bits(a)
+                                                        for a in facts.attributes)}
     for key, divisor in (("bits", 1), ("bits_per_core_param", params["core"]),
                          ("bits_per_param", params["total"])):
         mean, std = mean_std([b / divisor for b in bits])
         out[key] = {"mean": mean, "std": std}
+    if recalled_train:
+        mean, std = mean_std([knowledge_bits(r, n_facts, facts.attributes)
+                              for r in recalled_train])
+        out["bits_train_phrasing"] = {"mean": mean, "std": std}
+    if cfg.train.exposures:
+        out["exposures"] = cfg.train.exposures
     return out

@@ -3,8 +3,10 @@
 Each run is an ordinary run directory `OUT/<variant>/seed-<s>/`; finished runs are skipped and
 unfinished ones resumed, so a killed sweep continues where it stopped. The summary holds, per
 variant, the parameter split, FLOPs per token, tokens/s, final validation loss, perplexity,
-bits per byte and facts recalled (mean +- std over seeds), memory usage, and the difference to
-the baseline with Welch's t-test and a bootstrap interval.
+bits per byte and facts recalled (mean +- std over seeds), on `facts` the storage meter
+(extmem.run.storage: stored bits, per parameter and per training FLOP, recall on training vs
+held-out phrasings), memory usage, and the difference to the baseline with Welch's t-test and
+a bootstrap interval.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from extmem.train.loop import TrainOptions, train
 from extmem.train.writers import require_tracker
 
 METRICS = ("val_loss", "val_ppl", "val_bpb", "facts_recalled")
+# the storage meter's figures (extmem.run.storage), in a `facts` run's results
+STORAGE_METRICS = ("stored_bits", "stored_bits_max", "stored_bits_per_core_param",
+                   "stored_bits_per_param", "stored_bits_per_flop", "recall_train_phrasing",
+                   "recall_heldout_phrasing")
 
 
 def run_dir_for(out: Path, variant: str, seed: int) -> Path:
@@ -122,15 +128,19 @@ def summarize_variant(sweep: Sweep, out: Path, variant: str) -> dict:
     if offset:
         row["init_from"] = sweep.variant(variant).init_from
         row["source_steps"] = offset
-    for metric in METRICS:
+    for metric in (*METRICS, *STORAGE_METRICS):
         values = [r[metric] for r in results if r.get(metric) is not None]
         if values:
             mean, std = mean_std(values)
             row[metric] = {"mean": mean, "std": std, "values": values}
     recalled = row.get("facts_recalled", {}).get("values", [])
-    capacity = capacity_figures(sweep.runs[variant][seeds[0]], recalled, row["params"])
+    cfg = sweep.runs[variant][seeds[0]]
+    capacity = capacity_figures(cfg, recalled, row["params"],
+                                row.get("recall_train_phrasing", {}).get("values"))
     if capacity is not None:
         row["capacity"] = capacity
+    if cfg.train.exposures:
+        row["exposures"] = cfg.train.exposures
     group = sweep.variant(variant).group
     if group:
         row["group"] = group
@@ -163,7 +173,8 @@ def summarize(sweep: Sweep, out: Path) -> dict:
     warnings = []
     base_core = base["flops_per_token"]["core"]
     for row in rows:
-        row["vs_baseline"] = {m: c for m in ("val_loss", "facts_recalled", "val_bpb")
+        row["vs_baseline"] = {m: c for m in ("val_loss", "facts_recalled", "val_bpb",
+                                             "stored_bits")
                               if (c := _compare(row, base, m)) is not None}
         core = row["flops_per_token"]["core"]
         gap = abs(core - base_core) / base_core
@@ -172,6 +183,8 @@ def summarize(sweep: Sweep, out: Path) -> dict:
             warnings.append(f"{row['variant']}: core FLOPs/token {core:,} differ from the "
                             f"baseline's {base_core:,} by {gap:.1%} (tolerance "
                             f"{sweep.cfg.core_flops_tolerance:.0%})")
+    budget = {name: value for name in ("steps", "tokens", "exposures")
+              if (value := getattr(sweep.cfg, name))}
     return {"sweep": sweep.cfg.name, "sweep_file": str(sweep.path), "out": str(out),
-            "baseline": sweep.cfg.baseline, "seeds": sweep.cfg.seeds, "variants": rows,
-            "warnings": warnings}
+            "baseline": sweep.cfg.baseline, "seeds": sweep.cfg.seeds, "budget": budget,
+            "variants": rows, "warnings": warnings}

@@ -144,23 +144,42 @@ def has_capacity_chart(results: dict) -> bool:
     return any("group" in row and "capacity" in row for row in results["variants"])
 
 
-def plot_capacity(results: dict, path: Path) -> None:
-    """Per model family (`group`): facts recalled and knowledge bits against the facts offered."""
+def _offered(ax: Axes, groups: dict[str, list[dict]]) -> None:
+    """The bits the corpus holds (every fact stored in full) as a dashed line: the ceiling."""
+    points = sorted({(r["capacity"]["facts"], r["capacity"]["bits_offered"])
+                     for rows in groups.values() for r in rows if "bits_offered" in r["capacity"]})
+    if points:
+        ax.plot([f for f, _ in points], [b for _, b in points], linestyle="--",
+                color="grey", label="bits offered (all stored)")
+
+
+def capacity_figure(results: dict) -> Figure:
+    """Per model family (`group`), against the facts offered: facts recalled (held-out
+    phrasings), knowledge bits (chance-corrected recall) and, when the runs have the storage
+    meter (extmem.run.storage), bits stored (from the loss on the training values)."""
     groups: dict[str, list[dict]] = {}
     for row in results["variants"]:
         if "group" in row and "capacity" in row:
             groups.setdefault(row["group"], []).append(row)
-    fig = Figure(figsize=(11, 4.5))
-    axes = fig.subplots(1, 2)
+    stored = any("stored_bits" in r for rows in groups.values() for r in rows)
+    fig = Figure(figsize=(16, 4.5) if stored else (11, 4.5))
+    axes = fig.subplots(1, 3 if stored else 2)
     for group, rows in groups.items():
         rows = sorted(rows, key=lambda r: r["capacity"]["facts"])
-        facts = [r["capacity"]["facts"] for r in rows]
-        for ax, values in ((axes[0], [r["facts_recalled"] for r in rows]),
-                           (axes[1], [r["capacity"]["bits"] for r in rows])):
-            ax.errorbar(facts, [v["mean"] for v in values], yerr=[v["std"] for v in values],
-                        marker="o", capsize=3, label=group)
+        panels = [(axes[0], rows, [r["facts_recalled"] for r in rows]),
+                  (axes[1], rows, [r["capacity"]["bits"] for r in rows])]
+        if stored:
+            kept = [r for r in rows if "stored_bits" in r]
+            panels.append((axes[2], kept, [r["stored_bits"] for r in kept]))
+        for ax, drawn, values in panels:
+            ax.errorbar([r["capacity"]["facts"] for r in drawn], [v["mean"] for v in values],
+                        yerr=[v["std"] for v in values], marker="o", capsize=3, label=group)
     axes[0].set_ylabel("facts recalled (fraction of held-out probes)")
     axes[1].set_ylabel("knowledge stored (chance-corrected bits)")
+    if stored:
+        _offered(axes[2], groups)
+        axes[2].set_ylabel("bits stored (storage meter, training values)")
+        axes[2].set_yscale("log", nonpositive="mask")
     for ax in axes:
         ax.set_xlabel("facts in the corpus")
         ax.set_xscale("log")
@@ -169,4 +188,8 @@ def plot_capacity(results: dict, path: Path) -> None:
     fig.suptitle(f"{results['sweep']}: facts recalled and knowledge stored vs facts in the "
                  "corpus")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_capacity(results: dict, path: Path) -> None:
+    capacity_figure(results).savefig(path, dpi=120)

@@ -58,6 +58,40 @@ def rich_table(results: dict) -> Table:
     return table
 
 
+def _g(stat: dict | None) -> str:
+    """mean ± std with 3 significant digits (bits per parameter / per FLOP span decades)."""
+    return f"{stat['mean']:.3g} ± {stat['std']:.2g}" if stat else "-"
+
+
+def _storage_table(rows: list[dict]) -> list[str]:
+    """The storage meter (extmem.run.storage) beside the capacity table: stored bits from the
+    loss on the values of training phrasings, recall on training vs held-out phrasings."""
+    if not any("stored_bits" in row for row in rows):
+        return []
+    lines = ["", "Knowledge stored (storage meter: bits from the loss on the values of training "
+             "phrasings, clamp(log2 |V_a| − loss, 0, log2 |V_a|) summed over facts, see "
+             "extmem.run.storage; recall on training phrasings = storage, on held-out "
+             "phrasings = extraction):", "",
+             "| variant | facts | exposures | bits offered | stored bits | stored / core param | "
+             "stored / param (total) | stored / training FLOP | recall (training phrasing) | "
+             "recall (held-out phrasing) | chance-corrected bits (training / held-out) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "stored_bits" not in row:
+            continue
+        cap = row.get("capacity", {})
+        facts = f"{cap['facts']:,}" if cap else "-"
+        lines.append(f"| {row['variant']} | {facts} | {row.get('exposures', '-')} | "
+                     f"{row['stored_bits_max']['mean']:,.0f} | {_pm(row['stored_bits'], 0)} | "
+                     f"{_g(row.get('stored_bits_per_core_param'))} | "
+                     f"{_g(row.get('stored_bits_per_param'))} | "
+                     f"{_g(row.get('stored_bits_per_flop'))} | "
+                     f"{_pm(row.get('recall_train_phrasing'), 3)} | "
+                     f"{_pm(row.get('recall_heldout_phrasing'), 3)} | "
+                     f"{_pm(cap.get('bits_train_phrasing'), 0)} / {_pm(cap.get('bits'), 0)} |")
+    return lines
+
+
 def markdown(results: dict, command: str) -> str:
     lines = [f"# {results['sweep']}", "", f"Command: `{command}`", "",
              f"Seeds: {results['seeds']}; baseline: `{results['baseline']}`; mean ± sample std "
@@ -82,6 +116,7 @@ def markdown(results: dict, command: str) -> str:
                              f"{_pm(row.get('facts_recalled'), 3)} | {_pm(cap['bits'], 0)} | "
                              f"{_pm(cap['bits_per_core_param'], 5)} | "
                              f"{_pm(cap['bits_per_param'], 5)} |")
+    lines += _storage_table(results["variants"])
     if results["warnings"]:
         lines += ["", "Warnings:", ""] + [f"- {w}" for w in results["warnings"]]
     lines += ["", "![validation curves](curves.png)", "", "![quality](quality.png)", ""]

@@ -6,7 +6,9 @@ base = "dense"                 # a built-in config name, or a path ending in .to
                                # this file ("../dense.toml")
 seeds = [0, 1, 2]
 baseline = "dense"             # variant the others are compared with
-steps = 300                    # budget: train.steps for every run (or `tokens = N`)
+steps = 300                    # budget: train.steps for every run (or `tokens = N`, or
+                               # `exposures = E`: every training token seen E times,
+                               # steps = ceil(E * training tokens / tokens per step))
 core_flops_tolerance = 0.05    # warn when a variant's core FLOPs/token differ more than this
 
 [[variants]]
@@ -24,8 +26,11 @@ name = "pkm-from-dense"
 init_from = "dense"            # optional: start from this variant's final checkpoint (same
 steps = 150                    # seed) with this variant's extra memories added (extmem
 set = ['model.memories=[...]'] # augment), then train `steps` more (default: the sweep budget)
+                               # (a variant may also set its own `exposures = E`)
 ```
-Every variant's config is resolved and validated before anything runs.
+Every variant's config is resolved and validated before anything runs. An exposures budget
+tokenizes each distinct data config once to count its training tokens (extmem.run.budget)
+and is recorded in every run's config as `train.exposures`.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Any
 from extmem.builtin_configs import resolve
 from extmem.config import apply_overrides, from_dict, read_toml, require, require_valid_fields
 from extmem.errors import ConfigError
+from extmem.run.budget import steps_for_exposures
 from extmem.run.config import RunConfig, require_sections
 
 
@@ -49,6 +55,7 @@ class VariantConfig:
     set: list[str] = field(default_factory=list)
     patch: dict[str, Any] = field(default_factory=dict)
     steps: int = 0                      # 0 = the sweep's budget
+    exposures: int = 0                  # 0 = the sweep's budget; else E exposures (run/budget.py)
     init_from: str = ""                 # "" = from scratch; else a variant to augment (Kim & Jung 2020)
     group: str = ""                     # model family for the capacity chart (same model,
                                         # different data: e.g. facts n_entities)
@@ -58,6 +65,10 @@ class VariantConfig:
         require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
                 f"variants.name: {self.name!r} must be a non-empty name without '/'")
         require(self.steps >= 0, f"variants.steps: {self.steps} must be >= 0")
+        require(self.exposures >= 0, f"variants.exposures: {self.exposures} must be >= 0")
+        require(not (self.steps and self.exposures),
+                f"variants.exposures: variant {self.name!r} gives steps and exposures; "
+                "allowed: one of them")
         require(self.init_from != self.name,
                 f"variants.init_from: variant {self.name!r} cannot start from itself")
 
@@ -71,6 +82,7 @@ class SweepConfig:
     baseline: str = ""                  # "" = the first variant
     steps: int = 0                      # 0 = each config's own train.steps
     tokens: int = 0                     # alternative budget: steps = tokens / tokens per step
+    exposures: int = 0                  # alternative budget: E exposures (extmem.run.budget)
     core_flops_tolerance: float = 0.05
     description: str = ""
 
@@ -82,8 +94,11 @@ class SweepConfig:
         require(len(set(names)) == len(names), f"sweep.variants: duplicate names in {names}")
         require(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds),
                 f"sweep.seeds: {self.seeds} must be a non-empty list without repeats")
-        require(not (self.steps and self.tokens), "sweep: give steps or tokens, not both")
-        require(self.steps >= 0 and self.tokens >= 0, "sweep.steps / sweep.tokens must be >= 0")
+        budgets = [name for name in ("steps", "tokens", "exposures") if getattr(self, name)]
+        require(len(budgets) <= 1, f"sweep: gives {' and '.join(budgets)}; allowed: one budget "
+                                   "(steps, tokens or exposures)")
+        require(self.steps >= 0 and self.tokens >= 0 and self.exposures >= 0,
+                "sweep.steps / sweep.tokens / sweep.exposures must be >= 0")
         if not self.baseline:
             self.baseline = names[0]
         require(self.baseline in names,
@@ -122,29 +137,64 @@ def _refuse_overwritten(cfg: SweepConfig, overrides: list[str]) -> None:
         if key == "train.seed":
             raise ConfigError(f"--set {text!r}: the sweep sets each run's seed from "
                               f"seeds = {cfg.seeds}; edit the sweep's seeds instead")
-        budget = cfg.steps or cfg.tokens or any(v.steps for v in cfg.variants)
+        budget = (cfg.steps or cfg.tokens or cfg.exposures
+                  or any(v.steps or v.exposures for v in cfg.variants))
         if key == "train.steps" and budget:
             raise ConfigError(f"--set {text!r}: the sweep sets every run's steps (its budget); "
-                              "use extmem compare --steps N or --tokens N instead")
+                              "use extmem compare --steps N, --tokens N or --exposures E instead")
+        if key == "train.exposures":
+            raise ConfigError(f"--set {text!r}: train.exposures records a sweep's exposures "
+                              "budget; use extmem compare --exposures E instead")
+
+
+def _command_line_budget(cfg: SweepConfig, steps: int | None, tokens: int | None,
+                         exposures: int | None) -> None:
+    """--steps / --tokens / --exposures (at most one) replace the sweep's budget, the
+    variants' own exposures included."""
+    given = {f"--{name}": value for name, value in
+             (("steps", steps), ("tokens", tokens), ("exposures", exposures)) if value is not None}
+    for flag, value in given.items():
+        require(value >= 1, f"{flag} {value}: must be >= 1")
+    require(len(given) <= 1, f"compare: {' and '.join(given)} given; allowed: one budget of "
+                             "--steps / --tokens / --exposures, not both")
+    if given:
+        cfg.steps, cfg.tokens, cfg.exposures = steps or 0, tokens or 0, exposures or 0
+        for variant in cfg.variants:
+            variant.exposures = 0
+
+
+def _set_budget(run: RunConfig, variant: VariantConfig, cfg: SweepConfig,
+                tokens: dict[str, int]) -> None:
+    """train.steps of one run: the variant's own steps, else its exposures, else the sweep's
+    budget (steps, tokens or exposures); an exposures budget is recorded as train.exposures.
+    `tokens` memoises the training tokens per data config."""
+    exposures = variant.exposures or (0 if variant.steps else cfg.exposures)
+    if variant.steps:
+        run.train.steps = variant.steps
+    elif exposures:
+        run.train.steps = steps_for_exposures(run, exposures, tokens)
+        run.train.exposures = exposures
+    elif cfg.tokens:
+        run.train.steps = max(1, cfg.tokens // (run.train.batch_size * run.data.seq_len))
+    elif cfg.steps:
+        run.train.steps = cfg.steps
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None,
-               steps: int | None = None, tokens: int | None = None) -> Sweep:
+               steps: int | None = None, tokens: int | None = None,
+               exposures: int | None = None) -> Sweep:
     """Read a sweep file and resolve + validate every (variant, seed) config.
 
     `path`: a sweep file, or a built-in sweep's name (`quickstart`: `sweeps/quickstart`; see
     extmem.builtin_configs). `overrides` (`--set`) apply to every variant; `steps` / `tokens`
-    replace the sweep's budget (a dense-init variant's own `steps`, its continuation length,
-    is kept)."""
+    / `exposures` replace the sweep's budget and the variants' own exposures (a dense-init
+    variant's own `steps`, its continuation length, is kept)."""
     path = path if isinstance(path, Path) else resolve(path, "sweep")
     cfg = from_dict(SweepConfig, read_toml(path), "sweep")
-    require(steps is None or steps >= 1, f"--steps {steps}: must be >= 1")
-    require(tokens is None or tokens >= 1, f"--tokens {tokens}: must be >= 1")
-    require(steps is None or tokens is None, "compare: give --steps or --tokens, not both")
+    _command_line_budget(cfg, steps, tokens, exposures)
     _refuse_overwritten(cfg, overrides or [])
-    if steps is not None or tokens is not None:
-        cfg.steps, cfg.tokens = steps or 0, tokens or 0
     runs: dict[str, dict[int, RunConfig]] = {}
+    train_tokens: dict[str, int] = {}
     for variant in cfg.variants:
         # a built-in name ("dense") or a path relative to the sweep file ("../dense.toml")
         base_path = resolve(variant.base or cfg.base, "run", path.parent).resolve()
@@ -159,13 +209,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None,
                 run = from_dict(RunConfig, seeded)
             except ConfigError as exc:
                 raise ConfigError(f"sweep variant {variant.name!r}: {exc}") from None
-            tokens_per_step = run.train.batch_size * run.data.seq_len
-            if variant.steps:
-                run.train.steps = variant.steps
-            elif cfg.tokens:
-                run.train.steps = max(1, cfg.tokens // tokens_per_step)
-            elif cfg.steps:
-                run.train.steps = cfg.steps
+            _set_budget(run, variant, cfg, train_tokens)
             runs[variant.name][seed] = run
         if variant.init_from:
             _check_augmentable(variant, runs[variant.init_from][cfg.seeds[0]],

@@ -29,6 +29,9 @@ class ExtmemCache(DecodeCache):
             self.token_ids = self.token_ids.index_select(0, beam_idx.to(self.token_ids.device))
         if self.padding is not None:
             self.padding = self.padding.index_select(0, beam_idx.to(self.padding.device))
+        for state in self.memory_states.values():  # e.g. Engram's convolution inputs
+            for name, tensor in state.items():
+                state[name] = tensor.index_select(0, beam_idx.to(tensor.device))
 
     def crop(self, max_length: int) -> None:
         raise NotImplementedError("ExtmemCache cannot be cropped (assisted generation is not "

@@ -64,17 +64,23 @@ class _Context:
         self.padding: torch.Tensor | None = None    # (B, T) True at padding, or None
         self.past_ids: torch.Tensor | None = None   # (B, P) earlier ids in cached decoding
         self.history: torch.Tensor | None = None    # (B, P + T)
+        # per memory (by id), what a readout that mixes positions keeps between decoding
+        # steps (Engram's convolution inputs); emptied whenever a sequence starts
+        self.states: dict[int, dict[str, torch.Tensor]] = {}
 
     def update(self, ids: torch.Tensor | None, mask: torch.Tensor | None, past: int) -> None:
         self.input_ids = ids
         if ids is None:
             self.padding = self.past_ids = self.history = None
+            self.states = {}
             return
         padding = mask[:, -ids.shape[1]:] == 0 if mask is not None and mask.dim() == 2 else None
         self.padding = padding if padding is not None and bool(padding.any()) else None
         continuing = (past and self.history is not None and self.history.shape[1] == past
                       and self.history.shape[0] == ids.shape[0])
         self.past_ids = self.history if continuing else None
+        if not continuing:
+            self.states = {}
         self.history = torch.cat([self.history, ids], dim=1) if continuing else ids
 
 
@@ -110,7 +116,8 @@ class MemoryList(nn.Module):
         for memory in self:  # a Memory, or PEFT's wrapper of one (modules_to_save)
             dtype = memory.table.weight.dtype
             y = memory(x.to(dtype), input_ids=ctx.input_ids, padding_mask=ctx.padding,
-                       past_ids=ctx.past_ids).to(x.dtype)
+                       past_ids=ctx.past_ids,
+                       state=ctx.states.setdefault(id(memory), {})).to(x.dtype)
             out = y if out is None else out + y
         return out
 

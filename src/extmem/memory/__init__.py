@@ -1,6 +1,7 @@
 """External memory modules: Memory = Lookup x Table x Readout."""
 
 from extmem.memory.config import (
+                                  EngramConfig,
                                   ExpertsConfig,
                                   LshLookupConfig,
                                   MemoryConfig,
@@ -9,6 +10,7 @@ from extmem.memory.config import (
                                   RouterLookupConfig,
                                   TokenLookupConfig,
 )
+from extmem.memory.engram import EngramLookup, EngramReadout
 from extmem.memory.lsh import LshLookup
 from extmem.memory.module import Memory
 from extmem.memory.product_keys import ProductKeyLookup
@@ -17,7 +19,8 @@ from extmem.memory.stats import UsageCounters
 from extmem.memory.table import ValueTable
 from extmem.memory.token import NgramLookup, TokenLookup
 
-__all__ = ["ExpertsConfig", "LshLookup", "LshLookupConfig", "Memory", "MemoryConfig",
+__all__ = ["EngramConfig", "EngramLookup", "EngramReadout", "ExpertsConfig", "LshLookup",
+           "LshLookupConfig", "Memory", "MemoryConfig",
            "NgramLookup", "NgramLookupConfig", "ProductKeyConfig", "ProductKeyLookup",
            "RouterLookup", "RouterLookupConfig", "TokenLookup", "TokenLookupConfig",
            "UsageCounters", "ValueTable"]

@@ -16,8 +16,8 @@ from extmem.config import require, require_valid_fields
 # The names a MemoryConfig accepts; extmem.memory.module builds the lookup / readout of each
 # name from a registry with exactly these keys, and every placement check uses PLACEMENTS.
 Placement = Literal["replace_ffn", "parallel_ffn", "input"]
-Lookup = Literal["product_keys", "token", "ngram", "lsh", "router"]
-Readout = Literal["add", "gated", "memory_plus", "concat", "experts"]
+Lookup = Literal["product_keys", "token", "ngram", "lsh", "router", "engram"]
+Readout = Literal["add", "gated", "memory_plus", "concat", "experts", "engram"]
 PLACEMENTS: tuple[str, ...] = get_args(Placement)
 LOOKUPS: tuple[str, ...] = get_args(Lookup)
 READOUTS: tuple[str, ...] = get_args(Readout)
@@ -37,7 +37,10 @@ class ProductKeyConfig:
     key_dim: int = 256         # query width per head; each half-key has key_dim // 2
     # LayerNorm is the safe default: BatchNorm is best in Lample's paper but leaks statistics
     # across positions of a causal LM and must ignore padding (`MaskedBatchNorm` does).
-    query_norm: Literal["layernorm", "batchnorm", "none"] = "layernorm"
+    # "layernorm" normalises the whole query (all heads together); "layernorm_per_head" each
+    # head's key_dim on its own (as lucidrains' product-key-memory normalises per head), with
+    # the same per-feature gain and bias: the two are equal when heads = 1.
+    query_norm: Literal["layernorm", "layernorm_per_head", "batchnorm", "none"] = "layernorm"
     input_dropout: float = 0.0   # on the hidden state before the query network
     query_dropout: float = 0.0   # on the query
 
@@ -100,6 +103,69 @@ class NgramLookupConfig:
     @property
     def num_slots(self) -> int:
         return self.rows
+
+
+def _primes_from(start: int, count: int) -> list[int]:
+    """The `count` smallest primes >= start (trial division: tables of up to ~1e12 rows)."""
+    primes, n = [], max(start, 2)
+    while len(primes) < count:
+        if all(n % p for p in range(2, int(n ** 0.5) + 1)):
+            primes.append(n)
+        n += 1
+    return primes
+
+
+@dataclass
+class EngramConfig:
+    """Engram (Cheng et al. 2026, "Conditional Memory via Scalable Lookup", DeepSeek, arXiv
+    2601.07372): the `engram` lookup (section 2.2: tokenizer compression, then `heads` hashes of
+    every suffix n-gram of each order, each into its own table of prime size) and the `engram`
+    readout (section 2.3: the heads' rows concatenated into e, the context-aware gate
+    sigmoid(RMSNorm(h) . RMSNorm(W_k e) / sqrt(d)) on W_v e, then a short causal depthwise
+    convolution with a residual). Defaults are those of the paper and of its reference code
+    (deepseek-ai/Engram, engram_demo_v1.py); docs/design-space.md lists them. The row width of
+    each head is the memory's `value_dim`."""
+
+    orders: list[int] = field(default_factory=lambda: [2, 3])  # n-gram orders (max N = 3)
+    heads: int = 8              # hash heads per order (K), each with its own table
+    # rows of each head's table: the smallest prime >= this not taken by an earlier head;
+    # 0 = 5 x the vocabulary size (the reference code's tables)
+    rows_per_head: int = 0
+    compress_tokens: bool = True   # canonical ids: case / NFKC / accents / spaces merged
+    seed: int = 0               # hash multipliers are drawn from seed + 10007 * layer
+    combine: Literal["concat", "mean"] = "concat"   # e = the heads' rows concatenated (or mean)
+    gate: bool = True           # the context-aware gate (off: W_v e)
+    gate_sqrt: bool = True      # signed square root of the gate logit (the reference code)
+    conv: bool = True           # y = v + SiLU(conv(RMSNorm(v))) on the gated values v
+    conv_kernel: int = 4
+    conv_dilation: int = 0      # 0 = the largest order
+    conv_zero_init: bool = True  # the convolution starts at zero: y = v at step 0
+
+    def __post_init__(self) -> None:
+        require_valid_fields(self, "engram")
+        require(len(self.orders) > 0 and all(n >= 2 for n in self.orders),
+                f"engram.orders: {self.orders} must list orders >= 2 (unigrams are the token lookup)")
+        require(len(set(self.orders)) == len(self.orders), f"engram.orders: {self.orders} repeats")
+        require(self.heads >= 1, f"engram.heads: {self.heads} must be >= 1")
+        require(self.rows_per_head == 0 or self.rows_per_head >= 2,
+                f"engram.rows_per_head: {self.rows_per_head} must be >= 2 (0 = 5 x vocabulary)")
+        require(self.seed >= 0, f"engram.seed: {self.seed} must be >= 0")
+        require(self.conv_kernel >= 1, f"engram.conv_kernel: {self.conv_kernel} must be >= 1")
+        require(self.conv_dilation >= 0,
+                f"engram.conv_dilation: {self.conv_dilation} must be >= 0 (0 = the largest order)")
+
+    @property
+    def dilation(self) -> int:
+        return self.conv_dilation or max(self.orders)
+
+    def table_sizes(self, vocab_size: int = 0) -> list[int]:
+        """Rows of each (order, head) table, order-major: distinct primes."""
+        start = self.rows_per_head or 5 * vocab_size
+        require(start >= 2, "engram.rows_per_head: 0 (5 x vocabulary) needs the vocabulary size")
+        return _primes_from(start, len(self.orders) * self.heads)
+
+    def num_slots(self, vocab_size: int = 0) -> int:
+        return sum(self.table_sizes(vocab_size))
 
 
 @dataclass
@@ -206,6 +272,7 @@ class MemoryConfig:
     lsh: LshLookupConfig = field(default_factory=LshLookupConfig)
     router: RouterLookupConfig = field(default_factory=RouterLookupConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+    engram: EngramConfig = field(default_factory=EngramConfig)
 
     def __post_init__(self) -> None:
         require_valid_fields(self, "memory")
@@ -238,7 +305,10 @@ class MemoryConfig:
 
     def num_slots(self, vocab_size: int = 0) -> int:
         """Rows of this memory's table (its lookup's slots), from the config alone; the token
-        lookup with `rows = 0` has one per vocabulary entry (`vocab_size`)."""
+        lookup with `rows = 0` has one per vocabulary entry (`vocab_size`), the engram lookup
+        with `rows_per_head = 0` about five per entry and head."""
         if self.lookup == "token":
             return self.token.rows or vocab_size
+        if self.lookup == "engram":
+            return self.engram.num_slots(vocab_size)
         return getattr(self, self.lookup).num_slots

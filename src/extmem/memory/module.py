@@ -19,6 +19,7 @@ from torch import nn
 
 from extmem.config import require
 from extmem.memory.config import MemoryConfig
+from extmem.memory.engram import EngramLookup, EngramReadout
 from extmem.memory.experts import ExpertsReadout, expert_row_width, init_expert_table
 from extmem.memory.host_table import HostValueTable
 from extmem.memory.lsh import LshLookup
@@ -41,6 +42,17 @@ def _needs_vocab(cfg: MemoryConfig, vocab_size: int) -> int:
     return vocab_size
 
 
+def lookup_heads(cfg: MemoryConfig) -> int:
+    """H of the (B, T, H, k) reads of cfg's lookup, from the config alone (the engram readout
+    concatenates one bag per head)."""
+    if cfg.lookup in ("ngram", "engram"):
+        hashes = getattr(cfg, cfg.lookup)
+        return len(hashes.orders) * hashes.heads
+    if cfg.lookup in ("product_keys", "lsh"):
+        return getattr(cfg, cfg.lookup).heads
+    return 1  # token: one row; router: one bag of top-k
+
+
 # One builder per name of MemoryConfig.lookup / .readout; the keys are exactly the names the
 # config's Literals allow (LOOKUPS / READOUTS, checked by tests/memory/test_registries.py).
 LOOKUP_BUILDERS: dict[str, LookupBuilder] = {
@@ -49,6 +61,8 @@ LOOKUP_BUILDERS: dict[str, LookupBuilder] = {
     "ngram": lambda cfg, d, vocab, layer: NgramLookup(cfg.ngram, _needs_vocab(cfg, vocab)),
     "lsh": lambda cfg, d, vocab, layer: LshLookup(cfg.lsh, d, layer_seed=layer),
     "router": lambda cfg, d, vocab, layer: RouterLookup(cfg.router, d),
+    "engram": lambda cfg, d, vocab, layer: EngramLookup(cfg.engram, _needs_vocab(cfg, vocab),
+                                                        layer),
 }
 READOUT_BUILDERS: dict[str, ReadoutBuilder] = {
     "add": lambda cfg, d, width: AddReadout(d, width, cfg.value_dropout, cfg.zero_init_output),
@@ -60,6 +74,8 @@ READOUT_BUILDERS: dict[str, ReadoutBuilder] = {
                                                   cfg.zero_init_output,
                                                   cfg.concat_into == "altup"),
     "experts": lambda cfg, d, width: ExpertsReadout(d, cfg.experts, cfg.value_dropout),
+    "engram": lambda cfg, d, width: EngramReadout(cfg.engram, d, width, lookup_heads(cfg),
+                                                  cfg.value_dropout, cfg.zero_init_output),
 }
 
 
@@ -126,12 +142,15 @@ class Memory(nn.Module):
 
     def forward(self, h: torch.Tensor, input_ids: torch.Tensor | None = None,
                 padding_mask: torch.Tensor | None = None,
-                past_ids: torch.Tensor | None = None) -> torch.Tensor | None:
+                past_ids: torch.Tensor | None = None,
+                state: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
         """h (B, T, d) -> (B, T, d), or None for a concat readout that writes into AltUp blocks
         (its rows are then taken with `pop_altup_rows`).
 
         input_ids (B, T) are the tokens at these positions, padding_mask (B, T) is True at
         padding, past_ids (B, P) are earlier tokens during cached decoding (n-gram lookups).
+        `state` is this memory's own dict in the decoding cache (`DecodeCache.memory_state`):
+        a readout that mixes positions (Engram's convolution) keeps its past inputs there.
         """
         indices, weights = self.lookup(h, input_ids=input_ids, padding_mask=padding_mask,
                                        past_ids=past_ids)  # (B, T, H, k) each
@@ -139,6 +158,12 @@ class Memory(nn.Module):
             self.usage.record(indices, weights, padding_mask)
         for collector in self._collectors:
             collector.record(indices, weights, padding_mask)
+        if getattr(self.readout, "mixes_positions", False):
+            if past_ids is not None and past_ids.shape[1] and state is None:
+                raise ValueError(f"the {self.cfg.readout} readout mixes positions: cached "
+                                 "decoding must pass this memory's state (state=)")
+            return self.readout(h, self.table, indices, weights, padding_mask=padding_mask,
+                                state=state)
         return self.readout(h, self.table, indices, weights)
 
     def pop_altup_rows(self) -> torch.Tensor | None:

@@ -58,6 +58,25 @@ class MaskedBatchNorm(nn.Module):
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
+class HeadLayerNorm(nn.Module):
+    """LayerNorm of each head's query on its own: statistics over each head's `key_dim`
+    features, then a gain and bias per feature of all heads (shaped as nn.LayerNorm(heads *
+    key_dim)'s, so with one head it is that LayerNorm, state dict included). lucidrains'
+    product-key-memory normalises per head too (one LayerNorm shared by heads and halves)."""
+
+    def __init__(self, heads: int, key_dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.heads, self.key_dim, self.eps = heads, key_dim, eps
+        self.weight = nn.Parameter(torch.ones(heads * key_dim))
+        self.bias = nn.Parameter(torch.zeros(heads * key_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (..., H * key_dim) -> same shape, each head's chunk normalised on its own
+        per_head = x.unflatten(-1, (self.heads, self.key_dim))  # (..., H, key_dim)
+        normed = F.layer_norm(per_head, (self.key_dim,), eps=self.eps).flatten(-2)
+        return normed * self.weight + self.bias
+
+
 class ProductKeyLookup(nn.Module):
     """Maps hidden states (B, T, d) to slot indices and weights, each (B, T, H, k)."""
 
@@ -70,6 +89,8 @@ class ProductKeyLookup(nn.Module):
         self.query = nn.Linear(d_model, cfg.heads * cfg.key_dim)
         if cfg.query_norm == "layernorm":
             self.query_norm: nn.Module | None = nn.LayerNorm(cfg.heads * cfg.key_dim)
+        elif cfg.query_norm == "layernorm_per_head":
+            self.query_norm = HeadLayerNorm(cfg.heads, cfg.key_dim)
         elif cfg.query_norm == "batchnorm":
             self.query_norm = MaskedBatchNorm(cfg.heads * cfg.key_dim)
         else:

@@ -3,8 +3,9 @@
 Block: x = x + Attn(norm(x)); x = x + FFN(norm(x)) + sum(Mem(norm(x))) where `replace_ffn`
 drops the FFN (Lample et al. 2019) and `parallel_ffn` keeps it (ResM: Kim & Jung 2020, "Large
 Product Key Memory for Pretrained Language Models").
-Decoding can pass a `DecodeCache` (keys/values per layer and the token history that token and
-n-gram lookups need), so generation costs one position per step.
+Decoding can pass a `DecodeCache` (keys/values per layer, the token history that token and
+n-gram lookups need, and the state of memories that mix positions: Engram's convolution), so
+generation costs one position per step.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class Block(nn.Module):
                  shared_tables: dict[int, ValueTable] | None = None) -> None:
         super().__init__()
         shared_tables = {} if shared_tables is None else shared_tables
+        self.layer = layer
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg, layer)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -124,10 +126,12 @@ class Block(nn.Module):
                        cache: DecodeCache | None) -> torch.Tensor | None:
         past_ids = cache.token_ids if cache is not None else None
         update = None
-        for memory in self.memories:
+        for slot, memory in enumerate(self.memories):
             if (memory.cfg.placement == "input") != placement_input:
                 continue
-            out = memory(h, input_ids=input_ids, padding_mask=padding_mask, past_ids=past_ids)
+            state = cache.memory_state(f"{self.layer}.{slot}") if cache is not None else None
+            out = memory(h, input_ids=input_ids, padding_mask=padding_mask, past_ids=past_ids,
+                         state=state)
             if out is not None:  # None: a concat memory that writes into AltUp blocks
                 update = out if update is None else update + out
         return update
@@ -199,6 +203,14 @@ class Transformer(nn.Module):
             if aux is not None:
                 total = aux if total is None else total + aux
         return total
+
+    def use_tokenizer(self, tokenizer: object) -> None:
+        """Hand the run's tokenizer to lookups that read token text (Engram's tokenizer
+        compression, `extmem.memory.engram`); what they build is saved with the weights."""
+        for _, memory in self.memory_modules():
+            use = getattr(memory.lookup, "use_tokenizer", None)
+            if use is not None:
+                use(tokenizer)
 
     def set_memory_step(self, step: int) -> None:
         """Tell usage counters the current training step (for windowed usage / staleness)."""

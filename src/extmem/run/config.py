@@ -16,10 +16,12 @@ from extmem.model.config import ModelConfig
 class ParamGroupConfig:
     """Parameters whose dotted names match any glob in `patterns` (first matching group wins).
 
-    `lr` / `weight_decay` left unset take train.lr / train.weight_decay. The learning-rate
-    schedule scales every group alike. `optimizer`: "adamw" (dense), or for row-sparse memory
-    tables (memory.sparse_updates) "lazy_adam" / "rowwise_adagrad", which update only the
-    rows read in the step (docs/performance.md).
+    `lr` / `weight_decay` left unset take train.lr / train.weight_decay. `schedule`: "shared"
+    scales the group's lr by the run's warmup + cosine like every other group; "constant" keeps
+    it at `lr` throughout (Lample et al. 2019 train the memory values with their own
+    optimizer at a constant learning rate). `optimizer`: "adamw" (dense), or for row-sparse
+    memory tables (memory.sparse_updates) "lazy_adam" / "rowwise_adagrad", which update only
+    the rows read in the step (docs/performance.md).
     """
 
     name: str
@@ -27,6 +29,7 @@ class ParamGroupConfig:
     lr: float | None = None
     weight_decay: float | None = None
     optimizer: Literal["adamw", "lazy_adam", "rowwise_adagrad"] = "adamw"
+    schedule: Literal["shared", "constant"] = "shared"
 
     def __post_init__(self) -> None:
         require_valid_fields(self, f"train.param_groups[{self.name}]")
@@ -94,6 +97,10 @@ class TrainConfig:
     # without a network), in project `tracker_project`, run named after the run directory
     tracker: Literal["none", "wandb"] = "none"
     tracker_project: str = "extmem"
+    # Informational: the exposures budget this run's steps were computed from (`extmem compare`
+    # with `exposures = E`: every training token seen E times on average, extmem.run.budget);
+    # 0 = none. train.steps is what trains.
+    exposures: int = 0
 
     def __post_init__(self) -> None:
         require_valid_fields(self, "train")
@@ -102,7 +109,7 @@ class TrainConfig:
             value = getattr(self, name)
             require(value >= 1, f"train.{name}: {value} must be >= 1")
         for name in ("warmup_steps", "eval_every", "eval_tokens", "checkpoint_every",
-                     "keep_checkpoints", "seed", "data_offset"):
+                     "keep_checkpoints", "seed", "data_offset", "exposures"):
             value = getattr(self, name)
             require(value >= 0, f"train.{name}: {value} must be >= 0")
         # torch generators take seeds in [0, 2**64) (torch.manual_seed)

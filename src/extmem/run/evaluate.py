@@ -1,8 +1,11 @@
-"""Evaluation: validation loss, perplexity, bits per byte, facts recalled, memory usage.
+"""Evaluation: validation loss, perplexity, bits per byte, facts recalled, facts stored, memory
+usage.
 
 Bits per byte = mean NLL per token / ln 2 / (UTF-8 bytes per validation token), so runs with
 different tokenizers compare. Facts recalled = fraction of probes whose greedy prediction is
-right at every answer token (teacher-forced, one forward pass per batch of probes).
+right at every answer token (teacher-forced, one forward pass per batch of probes). Facts
+stored (`facts` only, given its training-phrasing probes): the storage meter of
+extmem.run.storage (bits from the loss on the values of training phrasings).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import torch.nn.functional as F
 
 from extmem.data import FactProbe, LMData, mask_tokens
 from extmem.memory.stats import staleness_figures
-from extmem.model import Transformer
+from extmem.model import Transformer, flops_per_token, parameter_counts
 from extmem.run.objective import mlm_generator
+from extmem.run.storage import extraction_figures, measure_storage
 
 EVAL_MASK_SEED = 12345
 
@@ -62,11 +66,31 @@ def facts_recalled(model: Transformer, data: LMData, probes: list[FactProbe], ba
     return correct / total if total else float("nan")
 
 
+def storage(model: Transformer, data: LMData, train_probes: list[FactProbe], batch_size: int,
+            device: torch.device, accounting: dict | None, tokens_trained: int,
+            recalled_heldout: float | None) -> dict:
+    """The storage meter's figures (extmem.run.storage) beside recall on held-out phrasings.
+    `accounting` None: the parameter split and FLOPs of `model` as it is (unsharded)."""
+    if accounting is None:
+        accounting = {"params": parameter_counts(model),
+                      "flops_per_token": flops_per_token(model, data.seq_len)}
+    out = measure_storage(model, data, train_probes, batch_size, device, accounting,
+                          tokens_trained)
+    if recalled_heldout is not None:
+        out.update(extraction_figures(recalled_heldout, train_probes))
+    return out
+
+
 @torch.no_grad()
 def evaluate(model: Transformer, data: LMData, probes: list[FactProbe], batch_size: int,
              max_tokens: int = 0, mask_prob: float = 0.15,
-             usage_window: int = 100) -> dict:
-    """All evaluation figures of the model on this data, as a JSON-ready dict."""
+             usage_window: int = 100, train_probes: list[FactProbe] | None = None,
+             tokens_trained: int = 0, accounting: dict | None = None) -> dict:
+    """All evaluation figures of the model on this data, as a JSON-ready dict.
+
+    `train_probes` (the `facts` corpus' training-phrasing probes) add the storage meter;
+    `tokens_trained` its bits per training FLOP; `accounting` the run's parameter split and
+    FLOPs per token (default: measured on `model`)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -79,6 +103,9 @@ def evaluate(model: Transformer, data: LMData, probes: list[FactProbe], batch_si
         out["val_bpb"] = loss / math.log(2) / data.val_bytes_per_token
     if probes and model.cfg.causal:
         out["facts_recalled"] = facts_recalled(model, data, probes, batch_size, device)
+    if train_probes and model.cfg.causal:
+        out.update(storage(model, data, train_probes, batch_size, device, accounting,
+                           tokens_trained, out.get("facts_recalled")))
     if memories:
         usage = {}
         for name, memory in memories:

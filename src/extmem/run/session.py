@@ -61,8 +61,10 @@ def with_vocab(cfg: RunConfig, vocab_size: int) -> RunConfig:
 
 
 def build_model(cfg: RunConfig, device: torch.device, force: bool = False,
-                training: bool = True) -> Transformer:
-    """Model with deterministic initialisation from train.seed.
+                training: bool = True, tokenizer: Tokenizer | None = None) -> Transformer:
+    """Model with deterministic initialisation from train.seed; lookups that read token text
+    (Engram's tokenizer compression) build their maps from `tokenizer`, and a checkpoint
+    loaded afterwards restores the maps it was trained with.
 
     First, unless `force`, a ConfigError if the memory tables (with the optimizer state and
     gradients of training, if `training`) would not fit in the memory available
@@ -74,7 +76,10 @@ def build_model(cfg: RunConfig, device: torch.device, force: bool = False,
         check_table_memory(table_needs(cfg.model, optimizer_for if training else None), device,
                            "pass --force" if training else "free memory")
     torch.manual_seed(cfg.train.seed)
-    return Transformer(cfg.model).to(device)
+    model = Transformer(cfg.model)
+    if tokenizer is not None:
+        model.use_tokenizer(tokenizer)
+    return model.to(device)
 
 
 @dataclass

@@ -189,7 +189,8 @@ def augment_run(source: Path, out: Path, memory_path: Path | None = None,
     device = resolve_device(cfg.train.device)
     dense = build_model(source_cfg, device, force=force, training=False)
     load_checkpoint(checkpoint, dense)
-    model = build_model(cfg, device, force=force)  # new memories initialised from train.seed
+    # new memories initialised from train.seed (and the run's tokenizer, for Engram)
+    model = build_model(cfg, device, force=force, tokenizer=data.tokenizer)
     dense_state = load_file(str(checkpoint / "model.safetensors"))
     moved = transplant(dense_state, model, replaced_layers(cfg.model) - replaced_layers(source_cfg.model))
     check = _check(dense, model, cfg, data, device)

@@ -111,8 +111,12 @@ def log_window(t: Trainer, window: Window, step: int, last: StepResult) -> dict:
 def evaluate_now(t: Trainer, step: int | None = None) -> dict:
     """Validation metrics and memory usage; logged when `step` is given."""
     tc = t.cfg.train
+    # tokens trained so far, a dense-init run's source included (its data_offset steps)
+    tokens = ((t.step if step is None else step) + tc.data_offset) * t.tokens_per_step
     results = evaluate(t.model, t.data.lm, t.data.corpus.probes, tc.eval_batch_size,
-                       tc.eval_tokens, tc.mask_prob, tc.usage_window)
+                       tc.eval_tokens, tc.mask_prob, tc.usage_window,
+                       train_probes=t.data.corpus.train_probes, tokens_trained=tokens,
+                       accounting=t.accounting)
     if step is None:
         return results
     if t.log is not None:

@@ -1,4 +1,5 @@
-"""Optimizers per parameter group declared by name pattern, and the warmup + cosine schedule.
+"""Optimizers per parameter group declared by name pattern, and the warmup + cosine schedule
+(which a group with `schedule = "constant"` skips).
 
 Memory value tables want their own group (higher LR, no weight decay): Lample et al. 2019 train
 the values with their own Adam at a constant 1e-3; see docs/performance.md.
@@ -59,12 +60,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[OptimizerSet, l
         lr = spec.lr if spec is not None and spec.lr is not None else cfg.lr
         wd = (spec.weight_decay if spec is not None and spec.weight_decay is not None
               else cfg.weight_decay)
+        schedule = spec.schedule if spec is not None else "shared"
         by_kind.setdefault(kind, []).append(
             {"params": [p for _, p in members], "lr": lr, "base_lr": lr, "weight_decay": wd,
-             "name": name, "param_names": [n for n, _ in members]})
+             "name": name, "param_names": [n for n, _ in members], "schedule": schedule})
         table.append({"group": name, "tensors": len(members),
                       "params": sum(p.numel() for _, p in members), "lr": lr,
-                      "weight_decay": wd, "optimizer": kind,
+                      "weight_decay": wd, "optimizer": kind, "schedule": schedule,
                       "patterns": ", ".join(spec.patterns) if spec else "(everything else)"})
     betas = (cfg.beta1, cfg.beta2)
     optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -89,5 +91,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer | OptimizerSet, factor: float) -> None:
+    """Each group's lr = its base lr x the schedule's `factor`; a "constant" group
+    (ParamGroupConfig.schedule) keeps its base lr."""
     for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
+        shared = group.get("schedule", "shared") == "shared"
+        group["lr"] = group["base_lr"] * (factor if shared else 1.0)

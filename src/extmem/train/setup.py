@@ -152,7 +152,7 @@ def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions, held: ExitStack
     checkpoint, state = resume_point(cfg, run_dir, options, console)
     data = _load_data(cfg, run_dir, ctx, options.resume)
     cfg = with_vocab(cfg, data.lm.vocab_size)
-    model = build_model(cfg, device, force=options.force)
+    model = build_model(cfg, device, force=options.force, tokenizer=data.tokenizer)
     accounting = {"params": parameter_counts(model),  # the whole model, before sharding
                   "flops_per_token": flops_per_token(model, cfg.data.seq_len)}
     if checkpoint is not None:  # full weights
