@@ -216,3 +216,10 @@ def test_a_tracker_that_cannot_start_is_one_line_and_leaves_nothing(tiny_config,
                       "--set", "train.tracker=wandb")
     assert "api_key not configured" in line and "WANDB_MODE=offline" in line
     assert not out.exists()  # the same command can run again
+
+
+def test_wandb_names_group_the_seeds_of_a_sweep_variant(tmp_path):
+    from extmem.train.writers import wandb_names
+
+    assert wandb_names(tmp_path / "gcide-long" / "pkm" / "seed-2") == ("pkm/seed-2", "gcide-long/pkm")
+    assert wandb_names(tmp_path / "runs" / "quickstart") == ("quickstart", None)

@@ -111,6 +111,16 @@ class TensorBoardWriter:
         self.summary.close()
 
 
+def wandb_names(run_dir: Path) -> tuple[str, str | None]:
+    """(run name, group): a sweep's run OUT/VARIANT/seed-N is named "VARIANT/seed-N" in the
+    group "OUT/VARIANT", so the seeds of one variant sit together; any other run directory is
+    named after itself, ungrouped."""
+    if run_dir.name.startswith("seed-") and run_dir.parent.name:
+        variant = run_dir.parent
+        return f"{variant.name}/{run_dir.name}", f"{variant.parent.name}/{variant.name}"
+    return run_dir.name, None
+
+
 class WandbWriter:
     """A W&B run (`wandb.init(dir=RUN)`, mode from WANDB_MODE) with TensorBoard's tags."""
 
@@ -120,9 +130,11 @@ class WandbWriter:
         saved = _read_json(path).get("wandb", {})
         run_id = saved.get("id") or _new_run_id()
         self.wandb = wandb
+        name, group = wandb_names(run_dir)
         try:
             self.run = wandb.init(
-                project=cfg.train.tracker_project, name=run_dir.name, id=run_id, resume="allow",
+                project=cfg.train.tracker_project, name=name, group=group, id=run_id,
+                resume="allow",
                 dir=str(run_dir), mode=os.environ.get("WANDB_MODE"), config=to_dict(cfg),
                 # console "off": stdout / stderr stay extmem's own (--json prints one object)
                 settings=wandb.Settings(console="off", silent=quiet))
