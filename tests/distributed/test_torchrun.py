@@ -84,6 +84,10 @@ def test_checkpoints_cross_world_sizes(config, tmp_path, capsys):
     full = run_json(capsys, "train", str(config), "--out", str(tmp_path / "full"), "--quiet", *sets)
     torchrun("train", str(config), "--out", str(tmp_path / "two"), *sets,
              "--set", "train.steps=3")
+    # `extmem augment` reads a 2-rank (DCP) checkpoint too: loss before training unchanged
+    aug = run_json(capsys, "augment", str(tmp_path / "two"), "--layers", "0",
+                   "--out", str(tmp_path / "two-augmented"))
+    assert aug["val_loss_augmented"] == pytest.approx(aug["val_loss_dense"], abs=1e-5)
     # the half-trained 2-rank run continues in one process (DCP checkpoint, resharded)
     shutil.copytree(tmp_path / "two", tmp_path / "two-then-one")
     resumed_1 = run_json(capsys, "train", "--resume", "--out", str(tmp_path / "two-then-one"),

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from extmem.config import apply_overrides, from_dict, read_toml, to_dict
 from extmem.errors import CheckpointError, ConfigError
@@ -37,6 +36,7 @@ from extmem.run.checkpoint import (
     read_state,
     save_checkpoint,
     sha256_file,
+    unique_state_dict,
 )
 from extmem.run.config import RunConfig
 from extmem.run.evaluate import validation_loss
@@ -191,7 +191,7 @@ def augment_run(source: Path, out: Path, memory_path: Path | None = None,
     load_checkpoint(checkpoint, dense)
     # new memories initialised from train.seed (and the run's tokenizer, for Engram)
     model = build_model(cfg, device, force=force, tokenizer=data.tokenizer)
-    dense_state = load_file(str(checkpoint / "model.safetensors"))
+    dense_state = unique_state_dict(dense)  # as loaded: one-process or torchrun (DCP) checkpoint
     moved = transplant(dense_state, model, replaced_layers(cfg.model) - replaced_layers(source_cfg.model))
     check = _check(dense, model, cfg, data, device)
     model.train()
