@@ -164,3 +164,15 @@ def test_progress_bar_tensorboard_and_provenance(pretrained, capsys):
 
     assert main([*args, "--quiet"]) == 0
     assert "4/4" not in capsys.readouterr().err
+
+
+def test_publish_takes_the_next_free_name_when_another_finetune_got_there_first(tmp_path):
+    from extmem.finetune.run import _publish
+
+    out = tmp_path / "wordnet-supersense-full"
+    (out / "kept").mkdir(parents=True)  # written by the other finetune meanwhile
+    tmp = tmp_path / ".tmp-x"
+    tmp.mkdir()
+    (tmp / "results.json").write_text("{}")
+    assert _publish(tmp, out) == tmp_path / "wordnet-supersense-full-2"
+    assert (out / "kept").is_dir() and (tmp_path / "wordnet-supersense-full-2" / "results.json").is_file()

@@ -233,4 +233,22 @@ def _write(tmp: Path, out: Path, cfg: FinetuneConfig, results: dict, log: list[d
     if cfg.save_weights:
         save_file(unique_state_dict(model), str(tmp / "classifier.safetensors"))
     write_json(tmp / "results.json", results)
-    tmp.rename(out)
+    final = _publish(tmp, out)
+    if final != out:  # another finetune of the same task and mode took `out` meanwhile
+        results["out_dir"] = str(final)
+        write_json(final / "results.json", results)
+
+
+def _publish(tmp: Path, out: Path) -> Path:
+    """Rename `tmp` to `out`, or to the next free `out-N` if another process got there first
+    (two finetunes of one run's task and mode finishing together); returns the name used."""
+    stem, n = out.name, 1
+    while True:
+        try:
+            tmp.rename(out)
+            return out
+        except OSError:
+            if not out.exists() or n > 1000:
+                raise
+            n += 1
+            out = out.with_name(f"{stem}-{n}")
