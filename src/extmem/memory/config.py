@@ -248,6 +248,9 @@ class MemoryConfig:
     value_dim: int = 0
     value_dropout: float = 0.0   # on the read-out values (XLM's value dropout)
     zero_init_output: bool = False
+    # The table keeps its random initialisation and is never trained (a control: a hashed
+    # n-gram memory against a frozen random table, docs/results.md claim 13).
+    freeze_table: bool = False
     share_table: bool = False
     # concat readout only: "projection" projects [h ; row] back to d; "altup" writes the row
     # into AltUp memory blocks (model.altup.extra_blocks) so it widens the token at no extra

@@ -116,6 +116,8 @@ def build_table(cfg: MemoryConfig, d_model: int, num_rows: int) -> ValueTable:
                                storage=cfg.table_storage, file=cfg.table_file)
     if cfg.readout == "experts":
         init_expert_table(table, d_model, cfg.experts.hidden, cfg.zero_init_output)
+    if cfg.freeze_table:  # a frozen random table: no gradient, no optimizer state
+        table.weight.requires_grad_(False)
     return table
 
 

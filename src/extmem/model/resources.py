@@ -113,6 +113,7 @@ def memory_need(cfg: MemoryConfig, d_model: int, vocab_size: int, name: str,
                 optimizer: str | None = None) -> TableNeed:
     """What memory `cfg` (at each of cfg.layers) needs in a d_model-wide model."""
     rows, width, dtype = cfg.num_slots(vocab_size), row_width(cfg, d_model), table_dtype(cfg)
+    optimizer = None if cfg.freeze_table else optimizer  # a frozen table is not trained
     tables = 1 if cfg.share_table else len(cfg.layers)
     table = tables * rows * width * dtype.itemsize
     state = tables * _STATE_BYTES[optimizer](rows, width, dtype.itemsize) if optimizer else 0
