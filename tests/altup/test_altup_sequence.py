@@ -84,3 +84,28 @@ def test_flops_shrink_with_k():
     half = flops_per_token(build(AltUpConfig(mode="sequence", k=2)), seq_len=16)
     assert dense["core"] / 2.5 < half["core"] < dense["core"] / 1.5
     assert half["lm_head"] == dense["lm_head"]
+
+
+class _AddOne(torch.nn.Module):
+    """A stand-in layer: adds 1 to every position it runs on."""
+
+    def forward(self, x, input_ids, padding_mask, cache):
+        return x + 1.0
+
+
+@pytest.mark.parametrize("skipped,expected_skipped", [("predict", 1.0), ("pass", 0.0)])
+def test_skipped_positions_predicted_or_passed(skipped, expected_skipped):
+    """K = 2, layer 0: positions 0, 2, 4 run the layer (+1). Sequence-AltUp at its identity
+    init hands the computed neighbour's update to 1, 3, 5 (+1); token dropping leaves them."""
+    altup = SequenceAltUp(AltUpConfig(mode="sequence", k=2, skipped=skipped), d_model=4,
+                          n_layers=2)
+    x = torch.randn(1, 6, 4)
+    y = altup.step(x, 0, _AddOne(), torch.zeros(1, 6, dtype=torch.long), None)
+    assert torch.allclose(y[:, 0::2], x[:, 0::2] + 1.0)
+    assert torch.allclose(y[:, 1::2], x[:, 1::2] + expected_skipped)
+    assert (altup.flops_per_token() == 0) == (skipped == "pass")
+
+
+def test_skipped_needs_sequence_mode():
+    with pytest.raises(ConfigError, match="model.altup.skipped"):
+        AltUpConfig(mode="blocks", skipped="pass")

@@ -55,6 +55,10 @@ class AltUpConfig:
     coef_clip: float = 120.0
     init: Literal["identity", "random"] = "identity"
     extra_blocks: int = 0
+    # `sequence` only: what the positions a layer skips get. "predict": Sequence-AltUp's
+    # predict / correct from the computed neighbour; "pass": nothing, they keep their value
+    # (plain token dropping at the same kept fraction 1/K: the baseline of claim 8)
+    skipped: Literal["predict", "pass"] = "predict"
 
     def __post_init__(self) -> None:
         require_valid_fields(self, "model.altup")
@@ -65,6 +69,9 @@ class AltUpConfig:
                                      "(0 disables clipping)")
         require(isinstance(self.extra_blocks, int) and self.extra_blocks >= 0,
                 f"model.altup.extra_blocks: {self.extra_blocks!r} must be an integer >= 0")
+        require(self.skipped == "predict" or self.mode == "sequence",
+                f"model.altup.skipped: {self.skipped!r} needs mode = 'sequence' (in 'blocks' "
+                "mode every position runs every layer)")
         if self.mode == "sequence":
             for name, default in (("embedding", "standard"), ("coefficients", "scalar"),
                                   ("extra_blocks", 0)):

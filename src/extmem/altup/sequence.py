@@ -16,6 +16,9 @@ and pass unchanged, so the model stays strictly causal. The layer sees the subse
 positions 0, 1, 2, ... (rotary distances shrink by K) and the token ids of the computed
 positions (a hashed n-gram memory would hash n-grams of those).
 
+With `skipped = "pass"` the skipped positions keep their value (plain token dropping at the
+same kept fraction: the baseline Sequence-AltUp is compared with, claim 8 in docs/results.md).
+
 Cached decoding is refused: a decoding step would need each layer's last computed position and
 its update across steps, which `DecodeCache` does not hold. Generate with `mode = "blocks"`.
 """
@@ -73,8 +76,11 @@ class SequenceAltUp(nn.Module):
         coefs = self.predictor[layer, row] + torch.tensor(_IDENTITY, device=x.device)  # (T-o, 2)
         gains = 1.0 + self.gains[layer, row]  # (T - o,)
         anchor = computed[:, slot]  # (B, T - o, d)
-        xhat = coefs[:, :1] * x[:, o:] + coefs[:, 1:] * anchor
-        corrected = xhat + gains[:, None] * (y - computed)[:, slot]
+        if self.cfg.skipped == "pass":  # plain token dropping: skipped positions keep x_i
+            corrected = x[:, o:]
+        else:
+            xhat = coefs[:, :1] * x[:, o:] + coefs[:, 1:] * anchor
+            corrected = xhat + gains[:, None] * (y - computed)[:, slot]
         updated = torch.where((distance == 0)[:, None], y[:, slot], corrected)  # (B, T - o, d)
         return torch.cat([x[:, :o], updated], dim=1)
 
@@ -88,6 +94,9 @@ class SequenceAltUp(nn.Module):
         return x
 
     def flops_per_token(self) -> int:
-        """Predict (3 d) and correct (3 d) at the K-1 of K positions the layers skip."""
+        """Predict (3 d) and correct (3 d) at the K-1 of K positions the layers skip (none
+        when they are passed through)."""
+        if self.cfg.skipped == "pass":
+            return 0
         k = self.cfg.k
         return int(self.n_layers * 6 * self.d_model * (k - 1) / k)
