@@ -139,7 +139,9 @@ class EngramConfig:
     conv: bool = True           # y = v + SiLU(conv(RMSNorm(v))) on the gated values v
     conv_kernel: int = 4
     conv_dilation: int = 0      # 0 = the largest order
-    conv_zero_init: bool = True  # the convolution starts at zero: y = v at step 0
+    # the convolution starts at zero: y = v at step 0 (an assumption not checked against the
+    # paper; DeepSeek's reference code uses nn.Conv1d's default init: false)
+    conv_zero_init: bool = True
 
     def __post_init__(self) -> None:
         require_valid_fields(self, "engram")
