@@ -162,7 +162,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep, args.set, steps=args.steps, tokens=args.tokens,
                        exposures=args.exposures)
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.cfg.name
-    results = run_sweep(sweep, out, quiet=args.quiet)
+    if args.report_only:  # summarise what has finished; train nothing
+        from extmem.experiments.compare import summarize
+        results = summarize(sweep, out, partial=True)
+    else:
+        results = run_sweep(sweep, out, quiet=args.quiet)
     budget = [f"--{name} {value}" for name in ("steps", "tokens", "exposures")
               if (value := getattr(args, name))]
     command = " ".join(["extmem compare", args.sweep, *budget, *(f"--set {s}" for s in args.set)])
@@ -339,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="budget: train every run for N steps (replaces "
                                              "the sweep's steps / tokens)")
     p.add_argument("--tokens", type=int, help="budget: train every run on N tokens")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: report the runs that have finished (a sweep running "
+                        "elsewhere, or stopped part-way), the rest listed as pending")
     p.add_argument("--exposures", type=int, metavar="E",
                    help="budget: train every run until each training token was seen E times "
                         "(steps = ceil(E x training tokens / tokens per step))")

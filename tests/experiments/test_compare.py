@@ -187,3 +187,24 @@ def test_runs_go_seed_major(sweep_file, tmp_path, capsys):
     order = [line.split(":")[0].split("] ")[1] for line in err.splitlines()
              if line.startswith("[") and "training ->" in line]
     assert order == ["dense seed 0", "pkm seed 0", "dense seed 1", "pkm seed 1"]
+
+
+def test_report_only_summarises_the_finished_runs_and_lists_the_rest(sweep_file, tmp_path,
+                                                                    capsys):
+    out = tmp_path / "out"
+    assert "no finished run" in error_line(capsys, "compare", str(sweep_file), "--out",
+                                           str(out), "--report-only")
+    assert main(["compare", str(sweep_file), "--out", str(out), "--quiet", "--steps", "1",
+                 "--set", "train.eval_every=0"]) == 0
+    capsys.readouterr()
+    (out / "pkm" / "seed-1" / "results.json").unlink()  # as if seed 1 were still training
+    mtime = (out / "dense" / "seed-0" / "results.json").stat().st_mtime_ns
+    assert main(["compare", str(sweep_file), "--out", str(out), "--steps", "1", "--json",
+                 "--report-only"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    pkm = next(r for r in results["variants"] if r["variant"] == "pkm")
+    assert pkm["seeds"] == [0] and len(pkm["val_loss"]["values"]) == 1
+    assert results["pending"] == {"pkm": [1]}
+    assert "Partial report" in (out / "results.md").read_text()
+    assert not (out / "pkm" / "seed-1" / "results.json").exists()  # nothing was trained
+    assert (out / "dense" / "seed-0" / "results.json").stat().st_mtime_ns == mtime

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from extmem.errors import ConfigError
 from extmem.experiments.capacity import capacity_figures
 from extmem.experiments.stats import bootstrap_interval, mean_std, significance_note, welch_t_test
 from extmem.experiments.sweep import Sweep, added_memories
@@ -116,8 +117,15 @@ def _usage(results: dict) -> dict[str, float]:
             if all(key in la for la in layers)}
 
 
-def summarize_variant(sweep: Sweep, out: Path, variant: str) -> dict:
-    seeds = list(sweep.runs[variant])
+def finished_seeds(sweep: Sweep, out: Path, variant: str) -> list[int]:
+    """The seeds of `variant` whose run has finished its budget."""
+    return [seed for seed, cfg in sweep.runs[variant].items()
+            if _finished(run_dir_for(out, variant, seed), cfg.train.steps)]
+
+
+def summarize_variant(sweep: Sweep, out: Path, variant: str,
+                      seeds: list[int] | None = None) -> dict:
+    seeds = list(sweep.runs[variant]) if seeds is None else seeds
     results = [json.loads((run_dir_for(out, variant, s) / RESULTS_FILE).read_text())
                for s in seeds]
     offset = source_steps(run_dir_for(out, variant, seeds[0]))
@@ -167,8 +175,16 @@ def _compare(row: dict, base: dict, metric: str) -> dict | None:
             "interval95": list(interval), "note": significance_note(p_value, interval)}
 
 
-def summarize(sweep: Sweep, out: Path) -> dict:
-    rows = [summarize_variant(sweep, out, v) for v in sweep.runs]
+def summarize(sweep: Sweep, out: Path, partial: bool = False) -> dict:
+    """Every variant's summary and its difference to the baseline. `partial`: only the runs
+    that have finished (a sweep still running, or stopped part-way), the rest listed as
+    pending; the baseline needs at least one finished run."""
+    done = {v: finished_seeds(sweep, out, v) if partial else list(sweep.runs[v])
+            for v in sweep.runs}
+    if not done[sweep.cfg.baseline]:
+        raise ConfigError(f"{out}: the baseline {sweep.cfg.baseline!r} has no finished run yet; "
+                          "nothing to compare against")
+    rows = [summarize_variant(sweep, out, v, seeds) for v, seeds in done.items() if seeds]
     base = next(r for r in rows if r["variant"] == sweep.cfg.baseline)
     warnings = []
     base_core = base["flops_per_token"]["core"]
@@ -187,4 +203,6 @@ def summarize(sweep: Sweep, out: Path) -> dict:
               if (value := getattr(sweep.cfg, name))}
     return {"sweep": sweep.cfg.name, "sweep_file": str(sweep.path), "out": str(out),
             "baseline": sweep.cfg.baseline, "seeds": sweep.cfg.seeds, "budget": budget,
-            "variants": rows, "warnings": warnings}
+            "variants": rows, "warnings": warnings,
+            "pending": {v: [x for x in sweep.runs[v] if x not in seeds]
+                        for v, seeds in done.items() if len(seeds) < len(sweep.runs[v])}}

@@ -96,8 +96,14 @@ def markdown(results: dict, command: str) -> str:
     lines = [f"# {results['sweep']}", "", f"Command: `{command}`", "",
              f"Seeds: {results['seeds']}; baseline: `{results['baseline']}`; mean ± sample std "
              "over seeds; Δ = variant − baseline with Welch's t-test and a 95% bootstrap "
-             "interval (rough with few seeds).", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+             "interval (rough with few seeds).", ""]
+    if results.get("pending"):
+        waiting = "; ".join(f"{v}: seeds {', '.join(map(str, seeds))}"
+                            for v, seeds in results["pending"].items())
+        lines += [f"**Partial report** (the sweep has not finished): still to run: {waiting}. "
+                  "Rows use the finished seeds only; a variant with none is not in the table.",
+                  ""]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cells(row, results["baseline"])) + " |"
               for row in results["variants"]]
     lines += ["", "Per-seed final validation loss:", ""]
