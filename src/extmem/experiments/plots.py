@@ -22,6 +22,16 @@ BASELINE_WIDTH = 2.8
 VARIANT_WIDTH = 1.6
 
 
+def seeds_label(results: dict) -> str:
+    """"3 seed(s)", or for a partial report how many of them have finished per variant."""
+    total = len(results["seeds"])
+    if not results.get("pending"):
+        return f"{total} seed(s)"
+    done = sorted({len(row["seeds"]) for row in results["variants"]})
+    span = str(done[0]) if len(done) == 1 else f"{done[0]}-{done[-1]}"
+    return f"{span} of {total} seed(s), partial"
+
+
 def _band(row: dict) -> tuple[list[float], list[float]]:
     curve = row["curve"]
     return ([m - s for m, s in zip(curve["mean"], curve["std"], strict=True)],
@@ -98,7 +108,7 @@ def curves_figure(results: dict) -> Figure:
     if late:
         _zoom(axes[1], rows, baseline, late)
     fig.suptitle(f"{results['sweep']}: validation loss by step, mean ± std over "
-                 f"{len(results['seeds'])} seed(s)")
+                 f"{seeds_label(results)}")
     if rows:
         handles, labels = ax.get_legend_handles_labels()
         order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith("baseline: "))

@@ -6,7 +6,13 @@ from pathlib import Path
 
 from rich.table import Table
 
-from extmem.experiments.plots import has_capacity_chart, plot_capacity, plot_curves, plot_quality
+from extmem.experiments.plots import (
+    has_capacity_chart,
+    plot_capacity,
+    plot_curves,
+    plot_quality,
+    seeds_label,
+)
 from extmem.run.run_dir import write_json
 
 
@@ -47,7 +53,7 @@ TERMINAL_COLUMNS = ("variant", "params core / tables", "tokens/s", "val loss", "
 
 
 def rich_table(results: dict) -> Table:
-    table = Table(title=f"{results['sweep']} ({len(results['seeds'])} seed(s), "
+    table = Table(title=f"{results['sweep']} ({seeds_label(results)}, "
                         f"baseline {results['baseline']}; full table in results.md)")
     keep = [COLUMNS.index(c) for c in TERMINAL_COLUMNS]
     for i in keep:
