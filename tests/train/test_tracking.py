@@ -223,3 +223,29 @@ def test_wandb_names_group_the_seeds_of_a_sweep_variant(tmp_path):
 
     assert wandb_names(tmp_path / "gcide-long" / "pkm" / "seed-2") == ("pkm/seed-2", "gcide-long/pkm")
     assert wandb_names(tmp_path / "runs" / "quickstart") == ("quickstart", None)
+
+
+def test_an_interrupted_wandb_run_is_marked_failed(tiny_config, tmp_path, monkeypatch, capsys):
+    """W&B records the exit code: 0 for a finished run, 128 + signal for an interrupted one."""
+    pytest.importorskip("wandb")
+    import os
+    import signal
+
+    from extmem.data.batches import LMData
+
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    original = LMData.train_batch
+
+    def sigterm_at_step_2(self, step, batch_size, seed):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, step, batch_size, seed)
+    monkeypatch.setattr(LMData, "train_batch", sigterm_at_step_2)
+    out = tmp_path / "run"
+    assert main(["train", str(tiny_config), "--out", str(out), "--quiet",
+                 "--set", "train.tracker=wandb"]) == 143
+    (log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    (exit_record,) = [r for r in finished_records(log) if r.WhichOneof("record_type") == "exit"]
+    assert exit_record.exit.exit_code == 143

@@ -34,7 +34,7 @@ class NullWriter:
     def end_session(self, *args, **kwargs) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         pass
 
 

@@ -185,7 +185,7 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
             saved = not t.in_step and t.step > t.start
             if saved:
                 checkpoint_now(t, t.step)
-            t.writer.close()
+            t.writer.close(128 + signal.SIGINT)
             resumable = saved or latest_checkpoint(run_dir) is not None
             if not resumable:
                 nothing_to_resume(t, TrainingError("interrupted"))  # removes what it wrote
@@ -194,15 +194,15 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
             if not is_out_of_memory(exc):
                 raise
             bar.close()
-            t.writer.close()
+            t.writer.close(2)
             raise out_of_memory(t, exc) from None
         except TrainingError as exc:  # non-finite loss / weights
             bar.close()
-            t.writer.close()
+            t.writer.close(2)
             raise nothing_to_resume(t, exc) from None
         bar.close()
         if stop.signum is not None and t.step < tc.steps:
-            t.writer.close()
+            t.writer.close(128 + stop.signum)
             raise TrainingInterrupted(run_dir, t.step, stop.signum, saved=True)
         if not last_eval:  # resumed a finished run: nothing trained, evaluate what is there
             last_eval = evaluate_now(t)

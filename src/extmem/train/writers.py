@@ -39,7 +39,7 @@ class Writer(Protocol):
     def add_histogram(self, tag: str, values: Any, step: int) -> None: ...
     def add_text(self, tag: str, text: str, step: int) -> None: ...
     def end_session(self, metrics: dict[str, float], step: int) -> None: ...
-    def close(self) -> None: ...
+    def close(self, exit_code: int = 0) -> None: ...
 
 
 def require_tracker(tc: TrainConfig) -> None:
@@ -107,7 +107,7 @@ class TensorBoardWriter:
         if self._end is not None:
             self.summary.file_writer.add_summary(self._end, step)
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         self.summary.close()
 
 
@@ -158,8 +158,8 @@ class WandbWriter:
     def end_session(self, metrics: dict[str, float], step: int) -> None:
         self.run.summary.update(metrics)
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)  # non-zero: W&B marks the run failed
 
 
 class MetricWriters:
@@ -185,9 +185,10 @@ class MetricWriters:
         for writer in self.writers:
             writer.end_session(metrics, step)
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
+        """`exit_code`: the process's (0 finished, 2 an error, 128 + signal interrupted)."""
         for writer in self.writers:
-            writer.close()
+            writer.close(exit_code)
 
 
 def open_writers(cfg: RunConfig, run_dir: Path, start: int, hparams: dict[str, Any],
