@@ -360,8 +360,3 @@ def require_valid_fields(config: Any, prefix: str) -> None:
     Range checks (> 0, in [0, 1), ...) stay with each config."""
     _require_literals(config, prefix)
     _require_floats(config, prefix)
-
-
-# The helper's former name, for call sites written before it checked floats too (the same
-# function: Literal and float fields alike); new code calls require_valid_fields.
-require_literals = require_valid_fields

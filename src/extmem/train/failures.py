@@ -32,7 +32,7 @@ def check_finite(t: Trainer, step: int, result: StepResult) -> None:
 
 def restart_advice(t: Trainer) -> str:
     """How to go on after a stop: resume from the newest checkpoint, or (none yet: the caller
-    removes what this session wrote, see `nothing_to_resume`) train again."""
+    removes what this session wrote, see `discard_unresumable`) train again."""
     newest = latest_checkpoint(t.run_dir)
     if newest is None:
         return ("then train again with the same --out (there was no checkpoint yet, so "
@@ -73,8 +73,7 @@ def out_of_memory(t: Trainer, exc: BaseException) -> TrainingError:
     lines = str(exc).strip().splitlines()
     reason = lines[0] if lines else type(exc).__name__
     kept = "the checkpoints already there are intact"
-    if t.ctx.is_main and latest_checkpoint(t.run_dir) is None:
-        remove_written(t.run_dir, t.existing)
+    if not discard_unresumable(t):
         kept = (f"{t.run_dir} was removed" if t.existing is None
                 else f"what it wrote into {t.run_dir} was removed")
     return TrainingError(f"out of memory at step {step} ({reason}); {kept}. Lower "
@@ -82,10 +81,12 @@ def out_of_memory(t: Trainer, exc: BaseException) -> TrainingError:
                          "model / memory size, or use a device with more memory")
 
 
-def nothing_to_resume(t: Trainer, exc: TrainingError) -> TrainingError:
+def discard_unresumable(t: Trainer) -> bool:
     """A run stopped before its first checkpoint cannot be resumed: remove what this session
-    wrote, so the same --out trains anew (the message already says so: `restart_advice`)."""
-    if not t.ctx.is_main or latest_checkpoint(t.run_dir) is not None:
-        return exc
-    remove_written(t.run_dir, t.existing)
-    return exc
+    wrote, so the same --out trains anew (the messages say so: `restart_advice`). Returns
+    whether the run can be resumed."""
+    if latest_checkpoint(t.run_dir) is not None:
+        return True
+    if t.ctx.is_main:
+        remove_written(t.run_dir, t.existing)
+    return False

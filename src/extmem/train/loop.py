@@ -24,7 +24,6 @@ from tqdm import tqdm
 from extmem.distributed.parallel import replica_divergence
 from extmem.errors import TrainingError
 from extmem.run.checkpoint import (
-    latest_checkpoint,
     save_checkpoint,
 )
 from extmem.run.config import RunConfig
@@ -36,9 +35,9 @@ from extmem.run.run_dir import (
 )
 from extmem.train.failures import (
     check_finite,
+    discard_unresumable,
     is_out_of_memory,
     nonfinite_weights,
-    nothing_to_resume,
     out_of_memory,
     restart_advice,
 )
@@ -186,9 +185,7 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
             if saved:
                 checkpoint_now(t, t.step)
             t.writer.close(128 + signal.SIGINT)
-            resumable = saved or latest_checkpoint(run_dir) is not None
-            if not resumable:
-                nothing_to_resume(t, TrainingError("interrupted"))  # removes what it wrote
+            resumable = saved or discard_unresumable(t)
             raise TrainingInterrupted(run_dir, t.step, signal.SIGINT, saved, resumable) from None
         except RuntimeError as exc:  # torch.OutOfMemoryError is one too
             if not is_out_of_memory(exc):
@@ -199,7 +196,8 @@ def train(cfg: RunConfig, run_dir: Path, options: TrainOptions | None = None) ->
         except TrainingError as exc:  # non-finite loss / weights
             bar.close()
             t.writer.close(2)
-            raise nothing_to_resume(t, exc) from None
+            discard_unresumable(t)
+            raise exc from None
         bar.close()
         if stop.signum is not None and t.step < tc.steps:
             t.writer.close(128 + stop.signum)
