@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from extmem.allocator import release_free_memory
 from extmem.bench.markdown import command_lines, environment_line, update_section
-from extmem.bench.timing import available_bytes, environment, log_progress, summarize, time_ms
+from extmem.bench.timing import environment, log_progress, summarize, time_ms
 from extmem.config import require_valid_fields
 from extmem.errors import ConfigError
 from extmem.memory import (
@@ -40,6 +40,7 @@ from extmem.memory import (
     ValueTable,
 )
 from extmem.memory.config import LOOKUPS, Lookup
+from extmem.model.resources import available_ram_bytes
 
 FLOOR = "gather_floor"  # the product-key read pattern as one embedding bag, no lookup
 
@@ -116,7 +117,7 @@ def run_capacity_bench(cfg: CapacityBenchConfig, progress: bool = True) -> dict:
     for exp in cfg.log2_rows:
         rows = 1 << exp
         need = rows * cfg.d_model * 4 + rows * 24  # table + usage counters
-        avail = available_bytes()
+        avail = available_ram_bytes()
         if avail is not None and need * 1.15 + (1 << 30) > avail:
             skipped.append({"rows": rows, "reason": f"needs ~{need / 2**30:.1f} GiB, "
                             f"{avail / 2**30:.1f} GiB available"})

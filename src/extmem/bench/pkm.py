@@ -38,7 +38,6 @@ from extmem.allocator import release_free_memory
 from extmem.bench.markdown import command_lines, update_section
 from extmem.bench.timing import (
     Ops,
-    available_bytes,
     environment,
     log_progress,
     peak_rss_mb,
@@ -51,6 +50,7 @@ from extmem.config import require_valid_fields
 from extmem.errors import ConfigError
 from extmem.memory import Memory, MemoryConfig, ProductKeyConfig
 from extmem.model.config import ModelConfig
+from extmem.model.resources import available_ram_bytes
 from extmem.model.transformer import FeedForward
 from extmem.train.sparse_optim import LazyAdam, OptimizerSet, RowwiseAdagrad
 
@@ -193,7 +193,7 @@ def _free() -> None:
 def _fits(state_bytes: int, row: dict | None, who: str) -> bool:
     """Skip a subject whose persistent state would not fit in available memory (the OOM
     killer ends the whole run otherwise); records why in `row["skipped"]`."""
-    avail = available_bytes()
+    avail = available_ram_bytes()
     if avail is None:
         return True
     need = state_bytes * 1.2 + (2 << 30)  # + transients of a step (measured ~1-2 GiB)

@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
@@ -90,18 +89,6 @@ def proc_status_bytes(*names: str) -> dict[str, int]:
     except OSError:
         pass
     return fields
-
-
-def available_bytes() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes (None where unknown): what a benchmark can still
-    allocate without swapping or meeting the OOM killer."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def peak_rss_mb() -> float:
