@@ -21,8 +21,8 @@ from extmem.data.config import DataConfig
 from extmem.data.corpora import Corpus
 from extmem.data.facts import FactProbe
 from extmem.data.probes import ProbeBatch, probe_batches
+from extmem.data.special import special_ids as find_special_ids
 from extmem.data.streams import cached_stream
-from extmem.data.tokenizer import EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, check_special_tokens
 from extmem.errors import DataError
 
 
@@ -44,14 +44,15 @@ class LMData:
     val_bytes_per_token: float  # UTF-8 bytes of the val documents / len(val_ids)
     vocab_size: int
     eos_id: int
-    pad_id: int
-    mask_id: int
+    pad_id: int  # the EOS id when the tokenizer has no pad token
+    mask_id: int | None  # None: the tokenizer has no mask token (masked LM is refused)
     seq_len: int
     tokenizer: Tokenizer = field(repr=False)
 
     @property
     def special_ids(self) -> list[int]:
-        return [self.eos_id, self.pad_id, self.mask_id]
+        ids = [self.eos_id, self.pad_id, self.mask_id]
+        return [i for i in dict.fromkeys(ids) if i is not None]
 
     def train_batch(self, step: int, batch_size: int,
                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,8 +96,8 @@ class LMData:
 def build_lm_data(corpus: Corpus, tokenizer: Tokenizer, cfg: DataConfig,
                   cache_dir: str | Path | None = None) -> LMData:
     """Encode the corpus' train and val documents into token streams (large ones cached)."""
-    check_special_tokens(tokenizer)
-    eos_id = tokenizer.token_to_id(EOS_TOKEN)
+    special = find_special_ids(tokenizer)
+    eos_id = special.eos
     train_ids = cached_stream(tokenizer, corpus.train_docs, eos_id, cache_dir)  # (N_train,)
     val_ids = cached_stream(tokenizer, corpus.val_docs, eos_id, cache_dir)  # (N_val,)
     if train_ids.numel() < cfg.seq_len + 1:
@@ -111,6 +112,5 @@ def build_lm_data(corpus: Corpus, tokenizer: Tokenizer, cfg: DataConfig,
     return LMData(train_ids=train_ids, val_ids=val_ids,
                   val_bytes_per_token=val_bytes / val_ids.numel(),
                   vocab_size=tokenizer.get_vocab_size(), eos_id=eos_id,
-                  pad_id=tokenizer.token_to_id(PAD_TOKEN),
-                  mask_id=tokenizer.token_to_id(MASK_TOKEN), seq_len=cfg.seq_len,
+                  pad_id=special.pad, mask_id=special.mask, seq_len=cfg.seq_len,
                   tokenizer=tokenizer)

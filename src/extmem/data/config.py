@@ -74,14 +74,17 @@ class DataConfig:
     text_field: str = "text"  # field holding the text in JSONL / HF rows
     val_fraction: float = 0.05  # document-level validation fraction (not used by "facts")
     max_chars: int = 0  # 0 = no cap; otherwise cap total training characters
-    vocab_size: int = 512  # byte-level BPE vocabulary size (including special tokens)
+    vocab_size: int = 512  # trained byte-level BPE size (incl. specials); ignored with tokenizer
+    # "" = train a byte-level BPE on the corpus; else a tokenizer.json file or a Hugging Face
+    # tokenizer directory (tokenizer.json, vocab.json + merges.txt, or vocab.txt)
+    tokenizer: str = ""
     seq_len: int = 128  # tokens per training window
     facts: FactsConfig = field(default_factory=FactsConfig)
 
     def __post_init__(self) -> None:
         p = "data"
         require_valid_fields(self, p)
-        for name in ("path", "hf_name", "hf_config", "hf_split", "text_field"):
+        for name in ("path", "hf_name", "hf_config", "hf_split", "text_field", "tokenizer"):
             value = getattr(self, name)
             require(isinstance(value, str), f"{p}.{name}: expected a string, got {value!r}")
         require(self.corpus != "files" or self.path.strip() != "",

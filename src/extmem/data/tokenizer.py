@@ -1,4 +1,6 @@
-"""Byte-level BPE tokenizer trained on a corpus' training documents, cached as JSON.
+"""Byte-level BPE tokenizer trained on a corpus' training documents, cached as JSON, or an
+existing tokenizer loaded from `data.tokenizer` (tokenizer_files.py; its special ids by the
+conventions of special.py).
 
 Byte-level means every string is encodable (no unknown tokens) and `decode(encode(s)) == s`.
 Special tokens come first in the vocabulary: `<|endoftext|>` (document separator, id 0),
@@ -17,7 +19,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from extmem.data.cache import cache_root, write_atomic
 from extmem.data.config import DataConfig
 from extmem.data.corpora import Corpus
+from extmem.data.special import SpecialIds, special_ids
+from extmem.data.tokenizer_files import load_tokenizer
 from extmem.errors import DataError
+
+__all__ = ["SpecialIds", "check_special_tokens", "get_tokenizer", "load_tokenizer",
+           "special_ids", "train_tokenizer"]
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
@@ -69,7 +76,10 @@ def _load_cached(path: Path) -> Tokenizer | None:
 
 def get_tokenizer(corpus: Corpus, cfg: DataConfig,
                   cache_dir: str | Path | None = None) -> Tokenizer:
-    """The tokenizer for `corpus.train_docs` and `cfg.vocab_size`, trained once then cached."""
+    """The tokenizer at `cfg.tokenizer` if set; otherwise the one for `corpus.train_docs` and
+    `cfg.vocab_size`, trained once then cached."""
+    if cfg.tokenizer:
+        return load_tokenizer(cfg.tokenizer)
     if not any(doc for doc in corpus.train_docs):
         raise DataError(f"corpus {corpus.name!r} has no training text to train a tokenizer on")
     key = training_text_key(corpus.train_docs, cfg.vocab_size)

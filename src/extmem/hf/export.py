@@ -20,8 +20,8 @@ from pathlib import Path
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from extmem.data.tokenizer import EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, check_special_tokens
-from extmem.errors import CheckpointError, ConfigError
+from extmem.data.tokenizer import special_ids
+from extmem.errors import CheckpointError, ConfigError, ExtmemError
 from extmem.hf.card import CardFacts, last_validation, model_card
 from extmem.hf.configuration import ExtmemConfig, extmem_version
 from extmem.hf.modeling import ExtmemForCausalLM, ExtmemForMaskedLM
@@ -32,10 +32,13 @@ from extmem.run.session import with_vocab
 
 
 def wrap_tokenizer(tokenizer: Tokenizer, max_length: int, causal: bool) -> PreTrainedTokenizerFast:
-    """Our byte-level BPE as an HF fast tokenizer. Causal models pad on the left, so batched
+    """The run's tokenizer as an HF fast tokenizer. Causal models pad on the left, so batched
     `generate()` continues every row from its last real token."""
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN,
-                                   pad_token=PAD_TOKEN, mask_token=MASK_TOKEN,
+    ids = special_ids(tokenizer)
+    mask = tokenizer.id_to_token(ids.mask) if ids.mask is not None else None
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer,
+                                   eos_token=tokenizer.id_to_token(ids.eos),
+                                   pad_token=tokenizer.id_to_token(ids.pad), mask_token=mask,
                                    model_max_length=max_length,
                                    padding_side="left" if causal else "right")
 
@@ -55,7 +58,10 @@ def _read_tokenizer(run_dir: Path) -> Tokenizer:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # noqa: BLE001 (tokenizers raises a plain Exception)
         raise CheckpointError(f"{path} is not a readable tokenizer: {exc}") from None
-    check_special_tokens(tokenizer)
+    try:
+        special_ids(tokenizer)
+    except ExtmemError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     return tokenizer
 
 
@@ -90,8 +96,8 @@ def export_run(run_dir: Path, out: Path, checkpoint: str | None = None,
     tokenizer = _read_tokenizer(run_dir)
     model_cfg = with_vocab(cfg, tokenizer.get_vocab_size()).model
     model_class = ExtmemForCausalLM if model_cfg.causal else ExtmemForMaskedLM
-    config = ExtmemConfig(model=model_cfg, eos_token_id=tokenizer.token_to_id(EOS_TOKEN),
-                          pad_token_id=tokenizer.token_to_id(PAD_TOKEN),
+    ids = special_ids(tokenizer)
+    config = ExtmemConfig(model=model_cfg, eos_token_id=ids.eos, pad_token_id=ids.pad,
                           architectures=[model_class.__name__])
     model = model_class(config)
     loaded = load_checkpoint(path, model.model)  # verifies the SHA-256 of every file

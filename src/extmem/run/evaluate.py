@@ -36,7 +36,7 @@ def validation_loss(model: Transformer, data: LMData, batch_size: int, max_token
             logits = model(inputs)  # (B, T, V)
             labels = targets
         else:
-            special = [data.eos_id, data.pad_id, data.mask_id]
+            special = data.special_ids
             masked, labels = mask_tokens(inputs.cpu(), mlm_generator(EVAL_MASK_SEED, i),
                                          data.mask_id, data.vocab_size, special, prob=mask_prob)
             logits = model(masked.to(device))

@@ -27,7 +27,7 @@ def batch_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, da
         logits = model(inputs)  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         return loss, targets.numel()
-    special = [data.eos_id, data.pad_id, data.mask_id]
+    special = data.special_ids
     masked, labels = mask_tokens(inputs, mlm_generator(seed, step), data.mask_id,
                                  data.vocab_size, special, prob=mask_prob)
     masked, labels = masked.to(inputs.device), labels.to(inputs.device)

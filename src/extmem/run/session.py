@@ -47,7 +47,12 @@ def load_run_data(cfg: RunConfig, run_dir: Path | None = None) -> RunData:
             raise CheckpointError(f"{saved} is not a readable tokenizer: {exc}") from None
     else:
         tokenizer = get_tokenizer(corpus, cfg.data)
-    return RunData(corpus=corpus, tokenizer=tokenizer, lm=build_lm_data(corpus, tokenizer, cfg.data))
+    lm = build_lm_data(corpus, tokenizer, cfg.data)
+    if not cfg.model.causal and lm.mask_id is None:
+        raise ConfigError("model.causal: false (masked LM) needs a mask token, but the "
+                          f"tokenizer{' ' + repr(cfg.data.tokenizer) if cfg.data.tokenizer else ''}"
+                          " has none (<mask> or [MASK]); use a causal model or another tokenizer")
+    return RunData(corpus=corpus, tokenizer=tokenizer, lm=lm)
 
 
 def with_vocab(cfg: RunConfig, vocab_size: int) -> RunConfig:

@@ -33,7 +33,8 @@ def saved_config(run_dir: Path) -> dict:
 def check_resume(cfg: RunConfig, run_dir: Path, checkpoint: Path, state: dict,
                   console: Console) -> None:
     """What a resumed run must share with its checkpoint: the tokenizer (token ids) and
-    data.vocab_size. train.steps may change (extending a run is how it is done): one line."""
+    data.vocab_size (unless data.tokenizer names the tokenizer). train.steps may change
+    (extending a run is how it is done): one line."""
     tokenizer = run_dir / TOKENIZER_FILE
     if "tokenizer_sha256" in state and (not tokenizer.is_file()
                                         or sha256_file(tokenizer) != state["tokenizer_sha256"]):
@@ -43,7 +44,7 @@ def check_resume(cfg: RunConfig, run_dir: Path, checkpoint: Path, state: dict,
                               "not match; restore the run's tokenizer.json, or train a new run")
     saved = saved_config(run_dir)
     vocab = state.get("data_vocab_size", saved.get("data", {}).get("vocab_size"))
-    if vocab is not None and vocab != cfg.data.vocab_size:
+    if vocab is not None and vocab != cfg.data.vocab_size and not cfg.data.tokenizer:
         raise ConfigError(f"data.vocab_size: {cfg.data.vocab_size} differs from the {vocab} "
                           f"{run_dir} was trained with (tokenizer and embeddings depend on it); "
                           f"resume with data.vocab_size={vocab}, or train a new run")
