@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"memory", "data"},
     {"altup"},
     {"model"},
-    {"distributed", "generate"},
+    {"distributed", "generate", "pretrained"},
     {"run"},
     {"train"},
     {"experiments", "finetune", "report", "hf", "bench"},

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from extmem.errors import ExtmemError
+from extmem.errors import ConfigError, ExtmemError
 
 
 def _print_json(data: dict) -> None:
@@ -219,14 +219,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
+    from extmem.train.augment_pretrained import augment_pretrained, is_hf_checkpoint
     from extmem.train.augment_run import augment_run, parse_layers
 
-    report = augment_run(Path(args.source), Path(args.out),
-                         Path(args.memory) if args.memory else None,
-                         parse_layers(args.layers) if args.layers else None, args.placement,
-                         args.set, force=args.force)
+    source = Path(args.source)
+    memory = Path(args.memory) if args.memory else None
+    layers = parse_layers(args.layers) if args.layers else None
+    if is_hf_checkpoint(source):
+        from extmem.hf import require_transformers
+        require_transformers("extmem augment HF_DIR")
+        report = augment_pretrained(source, Path(args.out), memory, layers, args.placement,
+                                    args.set, force=args.force, no_memory=args.no_memory)
+    elif args.no_memory:
+        raise ConfigError("--no-memory: only for a Hugging Face checkpoint directory (the "
+                          "continued-pretraining control); an extmem run continues with "
+                          "extmem train --resume")
+    else:
+        report = augment_run(source, Path(args.out), memory, layers, args.placement, args.set,
+                             force=args.force)
     if args.json:
         _print_json(report)
+    elif "created_head" in report:
+        _print_pretrained_augment(report)
     else:
         print(f"augmented {report['source_checkpoint']} -> {report['run_dir']} "
               f"(+{report['new_params']:,} params, {len(report['dropped_tensors'])} FFN tensors "
@@ -234,6 +248,16 @@ def cmd_augment(args: argparse.Namespace) -> int:
               f"augmented {report['val_loss_augmented']:.6f}\n"
               f"continue with: extmem train --resume --out {report['run_dir']}")
     return 0
+
+
+def _print_pretrained_augment(report: dict) -> None:
+    if report["note"]:
+        print(f"note: {report['note']}")
+    print(f"{report['source_checkpoint']} -> {report['run_dir']} (init: {report['init']}, "
+          f"+{report['new_params']:,} memory params, {len(report['memories'])} memories)\n"
+          f"val loss before training: without memory {report['val_loss_dense']:.6f}, "
+          f"with {report['val_loss_augmented']:.6f}\n"
+          f"continue with: extmem train --resume --out {report['run_dir']}")
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
@@ -277,13 +301,19 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--format: {args.format!r} is not supported; choose hf")
     require_transformers("export --format hf")
     from extmem.hf.export import export_run
+    from extmem.hf.export_pretrained import export_pretrained_run
+    from extmem.run.run_dir import load_run_config
 
-    result = export_run(Path(args.run_dir), Path(args.out), args.checkpoint, args.license)
+    if load_run_config(Path(args.run_dir)).model.pretrained:
+        result = export_pretrained_run(Path(args.run_dir), Path(args.out), args.checkpoint)
+    else:
+        result = export_run(Path(args.run_dir), Path(args.out), args.checkpoint, args.license)
     if args.json:
         _print_json(result)
     else:
-        auto = "AutoModelForCausalLM" if result["architecture"].endswith("CausalLM") \
-            else "AutoModelForMaskedLM"
+        auto = result.get("auto_class") or ("AutoModelForCausalLM"
+                                             if result["architecture"].endswith("CausalLM")
+                                             else "AutoModelForMaskedLM")
         print(f"exported {result['run_dir']} ({result['checkpoint']}) -> {result['out']}\n"
               f"load with: import extmem; transformers.{auto}.from_pretrained({result['out']!r})")
     return 0
@@ -385,10 +415,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("augment", help="add memory to a trained (dense) model: a new run to "
-                                       "continue with train --resume")
+    p = sub.add_parser("augment", help="add memory to a trained (dense) model or a local "
+                                       "Hugging Face checkpoint: a new run to continue with "
+                                       "train --resume")
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT",
-                   help="run directory (newest checkpoint) or RUN/checkpoints/step-N")
+                   help="run directory (newest checkpoint), RUN/checkpoints/step-N, or a local "
+                        "Hugging Face checkpoint directory (BERT/RoBERTa encoders, GPT-2, "
+                        "Llama-family decoders)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="Hugging Face checkpoint only: the run without memory (the "
+                        "continued-pretraining control)")
     p.add_argument("--memory", metavar="MEMORY.toml",
                    help="memory config: one memory's fields, or a run config's "
                         "[[model.memories]] (default: product keys scaled to the model)")

@@ -23,9 +23,9 @@ _EXPORTS = {
     "ExtmemForSequenceClassification": "extmem.hf.modeling",
     "export_run": "extmem.hf.export",
     "wrap_tokenizer": "extmem.hf.export",
-    "add_memory": "extmem.hf.inject",
-    "load_with_memory": "extmem.hf.inject",
-    "memory_module_names": "extmem.hf.inject",
+    "add_memory": "extmem.pretrained.inject",
+    "load_with_memory": "extmem.pretrained.inject",
+    "memory_module_names": "extmem.pretrained.inject",
 }
 
 __all__ = sorted([*_EXPORTS, "require_transformers"])

@@ -12,7 +12,7 @@ import transformers
 from torch import nn
 
 from extmem.hf.configuration import ExtmemAugmentedConfig
-from extmem.hf.inject import add_memory, load_with_memory, split_config
+from extmem.pretrained.inject import add_memory, load_with_memory, split_config
 
 
 class _AugmentedLoader:

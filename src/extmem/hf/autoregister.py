@@ -23,7 +23,7 @@ import sys
 import warnings
 from types import ModuleType
 
-from extmem.hf.names import AUGMENTED_TYPE
+from extmem.pretrained.names import AUGMENTED_TYPE
 
 CONFIG_AUTO = "transformers.models.auto.configuration_auto"
 MODEL_AUTO = "transformers.models.auto.modeling_auto"

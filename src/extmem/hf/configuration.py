@@ -7,7 +7,7 @@ Every save also writes `extmem_version` and `extmem_load` (how to load it: trans
 does not know `model_type = "extmem"`, and `config.json` is what a user without extmem reads).
 
 `ExtmemAugmentedConfig` is what `config.json` of a Hugging Face model saved after
-`extmem.hf.add_memory` reads as (`extmem.hf.inject`).
+`extmem.hf.add_memory` reads as (`extmem.pretrained.inject`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 from transformers import CONFIG_MAPPING, PretrainedConfig
 
 from extmem.config import from_dict, to_dict
-from extmem.hf.names import AUGMENTED_TYPE, BASE_TYPE_KEY, LOAD_KEY, VERSION_KEY
 from extmem.model.config import ModelConfig
+from extmem.pretrained.names import AUGMENTED_TYPE, BASE_TYPE_KEY, LOAD_KEY, VERSION_KEY
 
 
 def extmem_version() -> str:

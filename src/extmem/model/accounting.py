@@ -17,12 +17,14 @@ def parameter_counts(model: Transformer) -> dict[str, int]:
     routing + readout. Shared tables count once."""
     split = {"core": 0, "embeddings": 0, "memory_tables": 0, "memory_routing": 0,
              "memory_readout": 0}
+    # a Hugging Face model with memories (extmem.pretrained) names its own embeddings and head
+    embedding_prefixes = getattr(model, "embedding_prefixes", ("embed.", "lm_head."))
     seen: set[int] = set()
     for name, param in model.named_parameters():
         if id(param) in seen:
             continue
         seen.add(id(param))
-        if name.startswith(("embed.", "lm_head.")):
+        if name.startswith(embedding_prefixes):
             split["embeddings"] += param.numel()
         elif ".memories." in name and name.endswith("table.weight"):
             split["memory_tables"] += param.numel()
@@ -39,6 +41,8 @@ def parameter_counts(model: Transformer) -> dict[str, int]:
 
 def flops_per_token(model: Transformer, seq_len: int) -> dict[str, int]:
     """Forward FLOPs per token: core (attention + FFN), memory (lookups + reads), lm_head."""
+    if not isinstance(model, Transformer):  # extmem.pretrained.PretrainedLM counts its own
+        return model.flops_per_token(seq_len)
     cfg = model.cfg
     d = cfg.d_model
     altup = model.altup  # extmem.altup: Sequence-AltUp runs the layers on 1/K of the positions

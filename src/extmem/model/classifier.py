@@ -2,8 +2,10 @@
 Kim & Jung 2020, "Large Product Key Memory for Pretrained Language Models", which finetunes its PKM
 models on classification tasks).
 
-The body runs exactly as in `Transformer.forward` up to the final norm (embedding, the layer
-stack via `run_blocks`, so AltUp and memories take part), then the hidden states are pooled
+The body runs exactly as in `Transformer.forward` up to the final norm (`features`: embedding,
+the layer stack via `run_blocks`, so AltUp and memories take part; a Hugging Face body,
+`extmem.pretrained.PretrainedLM`, gives its base model's last hidden states), then the hidden
+states are pooled
 and a linear head gives class logits. Pooling:
 - `mean` (default): mean over non-padding positions; works for causal and bidirectional bodies;
 - `first`: the first position (finetuning prepends EOS, which plays BERT's [CLS] role in a
@@ -50,10 +52,8 @@ class SequenceClassifier(nn.Module):
 
     def features(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, padding_mask (B, T) -> pooled hidden states (B, d)."""
-        body = self.body
-        x = F.dropout(body.embed(input_ids), body.cfg.dropout, self.training)  # (B, T, d)
-        x = body.run_blocks(x, input_ids, padding_mask, None)  # (B, T, d)
-        return pool(body.final_norm(x), padding_mask, self.pooling)  # (B, d)
+        hidden = self.body.features(input_ids, padding_mask)  # (B, T, d)
+        return pool(hidden, padding_mask, self.pooling)  # (B, d)
 
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         pooled = F.dropout(self.features(input_ids, padding_mask), self.dropout, self.training)

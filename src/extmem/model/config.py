@@ -34,6 +34,15 @@ class ModelConfig:
     init_std: float = 0.02
     memories: list[MemoryConfig] = field(default_factory=list)
     altup: AltUpConfig | None = None  # [model.altup]: Alternating Updates (extmem.altup)
+    # A local Hugging Face checkpoint directory (extmem.pretrained; README "Bring your own
+    # checkpoint"): the run's model is that model, BERT/RoBERTa encoders as masked LMs and
+    # GPT-2/Llama-family decoders as causal LMs, with `memories` at its FFN slots. The fields
+    # above must then describe its architecture (`extmem augment HF_DIR` writes them).
+    # "" = extmem's own Transformer.
+    pretrained: str = ""
+    # "weights": start from the checkpoint's weights; "random": the same architecture freshly
+    # initialised (the "scratch" arm of Kim & Jung 2020's comparison)
+    pretrained_init: Literal["weights", "random"] = "weights"
 
     def __post_init__(self) -> None:
         require_valid_fields(self, "model")
@@ -44,7 +53,7 @@ class ModelConfig:
         require(self.d_model % self.n_heads == 0,
                 f"model.d_model: {self.d_model} is not divisible by model.n_heads="
                 f"{self.n_heads}; choose a width that is a multiple of the heads")
-        require((self.d_model // self.n_heads) % 2 == 0,
+        require(self.pretrained != "" or (self.d_model // self.n_heads) % 2 == 0,
                 f"model.d_model / model.n_heads = {self.d_model // self.n_heads} must be even "
                 "for rotary positions")
         require(self.d_ff >= 0, f"model.d_ff: {self.d_ff} must be >= 0 (0 = automatic)")
@@ -60,6 +69,18 @@ class ModelConfig:
             require(not bad, f"model.memories[{i}].layers: {bad} out of range; this model has "
                              f"layers 0..{self.n_layers - 1}")
         self._check_altup_concat()
+        self._check_pretrained()
+
+    def _check_pretrained(self) -> None:
+        """A Hugging Face model takes memories at its FFN slots only, and no AltUp."""
+        if not self.pretrained:
+            return
+        require(self.altup is None, "model.altup: AltUp is not available with model.pretrained "
+                                    "(it changes extmem's own layer stack)")
+        for i, memory in enumerate(self.memories):
+            require(memory.placement != "input",
+                    f"model.memories[{i}].placement: 'input' is not available with "
+                    "model.pretrained; choose 'parallel_ffn' or 'replace_ffn'")
 
     def _check_altup_concat(self) -> None:
         """Memories with concat_into = "altup" need AltUp memory blocks wide enough for them."""

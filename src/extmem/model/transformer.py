@@ -20,6 +20,7 @@ from extmem.layers import RMSNorm
 from extmem.memory.module import Memory
 from extmem.memory.table import ValueTable
 from extmem.model.config import ModelConfig
+from extmem.model.memory_host import MemoryHost
 
 
 class Rotary(nn.Module):
@@ -153,7 +154,7 @@ class Block(nn.Module):
         return x + F.dropout(update, self.dropout, self.training)
 
 
-class Transformer(nn.Module):
+class Transformer(MemoryHost):
     """Token ids (B, T) -> logits (B, T, V). Decoder LM (causal) or masked-LM encoder."""
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -190,32 +191,6 @@ class Transformer(nn.Module):
             nn.init.normal_(block.attn.out.weight, std=std / (2 * self.cfg.n_layers) ** 0.5)
             if block.ffn is not None:
                 nn.init.normal_(block.ffn.down.weight, std=std / (2 * self.cfg.n_layers) ** 0.5)
-
-    def memory_modules(self) -> list[tuple[str, Memory]]:
-        return [(name, m) for name, m in self.named_modules() if isinstance(m, Memory)]
-
-    def aux_loss(self) -> torch.Tensor | None:
-        """Sum of the memories' auxiliary losses (router balance / z-loss) of the last training
-        forward, already weighted by their coefficients; None when there is none."""
-        total = None
-        for _, memory in self.memory_modules():
-            aux = memory.pop_aux_loss()
-            if aux is not None:
-                total = aux if total is None else total + aux
-        return total
-
-    def use_tokenizer(self, tokenizer: object) -> None:
-        """Hand the run's tokenizer to lookups that read token text (Engram's tokenizer
-        compression, `extmem.memory.engram`); what they build is saved with the weights."""
-        for _, memory in self.memory_modules():
-            use = getattr(memory.lookup, "use_tokenizer", None)
-            if use is not None:
-                use(tokenizer)
-
-    def set_memory_step(self, step: int) -> None:
-        """Tell usage counters the current training step (for windowed usage / staleness)."""
-        for _, memory in self.memory_modules():
-            memory.usage.step.fill_(step)
 
     def run_blocks(self, x: torch.Tensor, input_ids: torch.Tensor,
                    padding_mask: torch.Tensor | None,

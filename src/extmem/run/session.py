@@ -16,6 +16,8 @@ from extmem.data import Corpus, LMData, build_lm_data, get_tokenizer, load_corpu
 from extmem.errors import CheckpointError, ConfigError
 from extmem.model import Transformer
 from extmem.model.resources import check_table_memory, table_needs
+from extmem.pretrained import base_dir
+from extmem.pretrained.lm import PretrainedLM, build_pretrained
 from extmem.run.config import RunConfig, matching_group
 from extmem.run.run_dir import TOKENIZER_FILE
 
@@ -66,10 +68,15 @@ def with_vocab(cfg: RunConfig, vocab_size: int) -> RunConfig:
 
 
 def build_model(cfg: RunConfig, device: torch.device, force: bool = False,
-                training: bool = True, tokenizer: Tokenizer | None = None) -> Transformer:
+                training: bool = True, tokenizer: Tokenizer | None = None,
+                run_dir: Path | None = None) -> Transformer | PretrainedLM:
     """Model with deterministic initialisation from train.seed; lookups that read token text
     (Engram's tokenizer compression) build their maps from `tokenizer`, and a checkpoint
     loaded afterwards restores the maps it was trained with.
+
+    With `model.pretrained` the model is that Hugging Face checkpoint with the memories added
+    (`extmem.pretrained`), built from the run's own copy of its config when `run_dir` has one
+    (its checkpoint then supplies the weights), else from the checkpoint's own weights.
 
     First, unless `force`, a ConfigError if the memory tables (with the optimizer state and
     gradients of training, if `training`) would not fit in the memory available
@@ -81,7 +88,10 @@ def build_model(cfg: RunConfig, device: torch.device, force: bool = False,
         check_table_memory(table_needs(cfg.model, optimizer_for if training else None), device,
                            "pass --force" if training else "free memory")
     torch.manual_seed(cfg.train.seed)
-    model = Transformer(cfg.model)
+    if cfg.model.pretrained:
+        model, _ = build_pretrained(cfg.model, base_dir(cfg.model.pretrained, run_dir))
+    else:
+        model = Transformer(cfg.model)
     if tokenizer is not None:
         model.use_tokenizer(tokenizer)
     return model.to(device)
@@ -112,6 +122,6 @@ def load_trained(run_dir: Path, overrides: list[str] | None = None,
                               f"({'no ' + checkpoint if checkpoint else 'train it first'})")
     data = load_run_data(cfg, run_dir)
     cfg = with_vocab(cfg, data.lm.vocab_size)
-    model = build_model(cfg, resolve_device(cfg.train.device), training=False)
+    model = build_model(cfg, resolve_device(cfg.train.device), training=False, run_dir=run_dir)
     loaded = load_checkpoint(path, model)
     return TrainedRun(run_dir, cfg, data, model, loaded.path, loaded.step)

@@ -166,6 +166,17 @@ def _prepare_out(out: Path) -> Path:
     return tmp
 
 
+def publish(tmp: Path, out: Path) -> None:
+    """Move the finished run `tmp` to `out` (empty or absent, checked by _prepare_out)."""
+    try:
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except OSError:  # another process wrote `out` meanwhile
+        raise ConfigError(f"--out {out}: was written by another process meanwhile; choose "
+                          "a new directory") from None
+
+
 def augment_run(source: Path, out: Path, memory_path: Path | None = None,
                 layers: list[int] | None = None, placement: str | None = None,
                 overrides: list[str] | None = None,
@@ -213,13 +224,7 @@ def augment_run(source: Path, out: Path, memory_path: Path | None = None,
             "tokenizer_sha256": sha256_file(tmp / TOKENIZER_FILE)})  # what a resume must match
         write_json(tmp / AUGMENT_FILE, report)
         record_session(tmp, "augment", source=str(checkpoint))
-        try:
-            if out.exists():
-                out.rmdir()  # empty (checked above)
-            tmp.rename(out)
-        except OSError:  # another process wrote `out` meanwhile
-            raise ConfigError(f"--out {out}: was written by another process meanwhile; choose "
-                              "a new directory") from None
+        publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report

@@ -22,6 +22,7 @@ from extmem.distributed.parallel import (
 from extmem.distributed.tables import ShardedValueTable, shard_tables
 from extmem.errors import ExtmemError
 from extmem.model import Transformer, flops_per_token, parameter_counts
+from extmem.pretrained import base_dir, copy_base_files
 from extmem.run.checkpoint import (
     latest_checkpoint,
     load_model_state,
@@ -82,6 +83,8 @@ def _wrap_for_forward(model: Transformer, cfg: RunConfig, ctx: DistContext,
 def _write_run_files(run_dir: Path, cfg: RunConfig, data: RunData, accounting: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_run_config(run_dir, cfg)
+    if cfg.model.pretrained:  # the checkpoint's config and tokenizer files, not its weights
+        copy_base_files(base_dir(cfg.model.pretrained, run_dir), run_dir)
     if not (run_dir / TOKENIZER_FILE).exists():
         data.tokenizer.save(str(run_dir / TOKENIZER_FILE))
     write_json(run_dir / "accounting.json", accounting)
@@ -152,7 +155,8 @@ def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions, held: ExitStack
     checkpoint, state = resume_point(cfg, run_dir, options, console)
     data = _load_data(cfg, run_dir, ctx, options.resume)
     cfg = with_vocab(cfg, data.lm.vocab_size)
-    model = build_model(cfg, device, force=options.force, tokenizer=data.tokenizer)
+    model = build_model(cfg, device, force=options.force, tokenizer=data.tokenizer,
+                        run_dir=run_dir)
     accounting = {"params": parameter_counts(model),  # the whole model, before sharding
                   "flops_per_token": flops_per_token(model, cfg.data.seq_len)}
     if checkpoint is not None:  # full weights

@@ -46,10 +46,10 @@ from torch import nn
 
 from extmem.config import from_dict, require, to_dict
 from extmem.errors import CheckpointError, ConfigError
-from extmem.hf.names import AUGMENTED_TYPE, BASE_TYPE_KEY, LOAD_KEY, VERSION_KEY
 from extmem.memory.config import PLACEMENTS, MemoryConfig
 from extmem.memory.module import Memory
 from extmem.model.resources import check_table_memory, memory_need
+from extmem.pretrained.names import AUGMENTED_TYPE, BASE_TYPE_KEY, LOAD_KEY, VERSION_KEY
 
 CONFIG_KEY = "extmem_memories"
 # Memories go into a Hugging Face layer's feed-forward slot, so not at its input
