@@ -24,7 +24,7 @@ _EXPORTS = {
     "export_run": "extmem.hf.export",
     "wrap_tokenizer": "extmem.hf.export",
     "add_memory": "extmem.pretrained.inject",
-    "load_with_memory": "extmem.pretrained.inject",
+    "load_with_memory": "extmem.hf.saved",
     "memory_module_names": "extmem.pretrained.inject",
 }
 

@@ -12,7 +12,8 @@ import transformers
 from torch import nn
 
 from extmem.hf.configuration import ExtmemAugmentedConfig
-from extmem.pretrained.inject import add_memory, load_with_memory, split_config
+from extmem.hf.saved import load_with_memory
+from extmem.pretrained.inject import add_memory, split_config
 
 
 class _AugmentedLoader:
