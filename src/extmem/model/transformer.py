@@ -204,13 +204,19 @@ class Transformer(MemoryHost):
         return x
 
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                cache: DecodeCache | None = None) -> torch.Tensor:
+                cache: DecodeCache | None = None,
+                select: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T); padding_mask (B, T) True at padding -> logits (B, T, V).
 
         With a `cache` (causal models only), input_ids are the new positions after the cached
-        ones; the cache is updated in place.
+        ones; the cache is updated in place. `select` (B, T) bool: logits only at those
+        positions, (N, V) in row-major order (the masked positions of masked LM: the head's
+        cost then scales with the 15 % predicted, not with every token).
         """
-        return self.lm_head(self.features(input_ids, padding_mask, cache))  # (B, T, V)
+        hidden = self.features(input_ids, padding_mask, cache)  # (B, T, d)
+        if select is not None:
+            hidden = hidden[select]  # (N, d)
+        return self.lm_head(hidden)
 
     def features(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None,
                  cache: DecodeCache | None = None) -> torch.Tensor:

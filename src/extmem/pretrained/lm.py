@@ -105,13 +105,25 @@ class PretrainedLM(MemoryHost):
     def _attention_mask(padding_mask: torch.Tensor | None) -> torch.Tensor | None:
         return None if padding_mask is None else (~padding_mask).long()  # (B, T) 1 = keep
 
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM / MLM head (the model's one child besides its base model; BERT's `cls`
+        includes the transform) on hidden states (..., d) -> logits (..., V)."""
+        base = self.hf.base_model
+        heads = [child for _, child in self.hf.named_children() if child is not base]
+        return heads[0](hidden)
+
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                cache: DecodeCache | None = None) -> torch.Tensor:
+                cache: DecodeCache | None = None,
+                select: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T); padding_mask (B, T) True at padding -> logits (B, T, V).
 
         With a `cache` (causal models), input_ids are the new positions: the model reruns
         the whole history (no key/value cache through the wrapper) and returns the new
-        positions' logits; the cache's token history is updated in place."""
+        positions' logits; the cache's token history is updated in place. `select` (B, T)
+        bool: logits only at those positions, (N, V) (masked LM's predicted positions)."""
+        if select is not None:
+            hidden = self.features(input_ids, padding_mask)  # (B, T, d)
+            return self.head(hidden[select])  # (N, V)
         if cache is not None:
             if not self.cfg.causal:
                 raise ValueError("a DecodeCache needs a causal model (model.causal = true)")

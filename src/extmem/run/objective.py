@@ -31,9 +31,10 @@ def batch_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, da
     masked, labels = mask_tokens(inputs, mlm_generator(seed, step), data.mask_id,
                                  data.vocab_size, special, prob=mask_prob)
     masked, labels = masked.to(inputs.device), labels.to(inputs.device)
-    logits = model(masked)  # (B, T, V)
-    count = int((labels != -100).sum())
+    predicted = labels != -100  # (B, T)
+    logits = model(masked, select=predicted)  # (N, V): the head runs at masked positions only
+    count = int(predicted.sum())
     if count == 0:
         return logits.sum() * 0.0, 0
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+    loss = F.cross_entropy(logits.float(), labels[predicted])
     return loss, count
