@@ -18,6 +18,7 @@ from extmem.bench.kernels import KernelsBenchConfig
 from extmem.bench.model import ModelBenchConfig
 from extmem.bench.pkm import PkmBenchConfig
 from extmem.data.config import DataConfig
+from extmem.experiments.downstream import DownstreamConfig
 from extmem.experiments.sweep import SweepConfig, VariantConfig
 from extmem.finetune.config import FinetuneConfig
 from extmem.memory.config import (
@@ -43,6 +44,7 @@ CONFIG_SETUP: dict[type, tuple[str, dict[str, Any]]] = {
     ParamGroupConfig: ("train.param_groups[g]", {"name": "g", "patterns": ["*"]}),
     TrainConfig: ("train", {}),
     FinetuneConfig: ("finetune", {}),
+    DownstreamConfig: ("finetune", {"tasks": ["facts-attribute"]}),
     SweepConfig: ("sweep", {"name": "s", "base": "base.toml",
                             "variants": [VariantConfig("v")]}),
     PkmBenchConfig: ("bench.pkm", {}),

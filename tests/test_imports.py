@@ -23,7 +23,8 @@ LAYERS: list[set[str]] = [
     {"distributed", "generate", "pretrained"},
     {"run"},
     {"train"},
-    {"experiments", "finetune", "report", "hf", "bench"},
+    {"finetune", "hf"},
+    {"experiments", "report", "bench"},
     {"cli"},
     {"__main__"},
 ]

@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="classification finetuning of a trained run")
     p.add_argument("run_dir")
     p.add_argument("--task", required=True,
-                   help="wordnet-supersense, facts-attribute, a .csv/.jsonl file with "
+                   help="wordnet-supersense, gcide-pos, facts-attribute, a .csv/.jsonl file with "
                         "text,label, or a Hugging Face dataset name")
     p.add_argument("--mode", choices=["full", "frozen-base", "memory-only"], default="full",
                    help="what trains besides the head (default: full)")

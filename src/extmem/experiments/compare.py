@@ -19,6 +19,7 @@ from rich.console import Console
 
 from extmem.errors import ConfigError
 from extmem.experiments.capacity import capacity_figures
+from extmem.experiments.downstream import compare_downstream, run_downstream, summarize_downstream
 from extmem.experiments.stats import bootstrap_interval, mean_std, significance_note, welch_t_test
 from extmem.experiments.sweep import Sweep, added_memories
 from extmem.run.provenance import record_session
@@ -85,6 +86,9 @@ def run_sweep(sweep: Sweep, out: Path, quiet: bool = False) -> dict:
     record_session(out, "compare", sweep=str(sweep.path), runs=len(order))  # OUT/provenance.json
     for done, (variant, seed) in enumerate(order, start=1):
         _train_one(sweep, out, variant, seed, f"[{done}/{len(order)}]", console, quiet)
+    if sweep.cfg.finetune is not None:
+        run_downstream(sweep.cfg.finetune, [(v, s, run_dir_for(out, v, s)) for v, s in order],
+                       console, quiet)
     return summarize(sweep, out)
 
 
@@ -157,6 +161,9 @@ def summarize_variant(sweep: Sweep, out: Path, variant: str,
     usages = [_usage(r) for r in results]
     if usages and usages[0]:
         row["memory_usage"] = {k: mean_std([u[k] for u in usages])[0] for k in usages[0]}
+    if sweep.cfg.finetune is not None:
+        row["downstream"] = summarize_downstream(sweep.cfg.finetune,
+                                                 [run_dir_for(out, variant, s) for s in seeds])
     curves = [_curve(run_dir_for(out, variant, s)) for s in seeds]
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     row["curve"] = {"steps": steps,
@@ -192,6 +199,8 @@ def summarize(sweep: Sweep, out: Path, partial: bool = False) -> dict:
         row["vs_baseline"] = {m: c for m in ("val_loss", "facts_recalled", "val_bpb",
                                              "stored_bits")
                               if (c := _compare(row, base, m)) is not None}
+        if "downstream" in row:
+            row["downstream_vs_baseline"] = compare_downstream(row, base)
         core = row["flops_per_token"]["core"]
         gap = abs(core - base_core) / base_core
         row["core_flops_ratio"] = core / base_core

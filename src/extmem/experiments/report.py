@@ -98,6 +98,31 @@ def _storage_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _downstream_table(rows: list[dict], baseline: str) -> list[str]:
+    """Finetuning results (extmem.experiments.downstream): one row per (variant, task)."""
+    if not any("downstream" in row for row in rows):
+        return []
+    lines = ["", "Downstream (finetuned; mean ± std over every pretraining x finetuning seed; "
+             f"Δ vs `{baseline}` with Welch's t-test and a 95% bootstrap interval):", "",
+             "| variant | task | n | accuracy | macro-F1 | majority | Δ accuracy | Δ macro-F1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for task, entry in row.get("downstream", {}).items():
+            versus = row.get("downstream_vs_baseline", {}).get(task, {})
+            deltas = []
+            for metric in ("accuracy", "macro_f1"):
+                c = versus.get(metric)
+                deltas.append("" if c is None or row["variant"] == baseline else
+                              f"{c['diff']:+.3f} [{c['interval95'][0]:+.3f}, "
+                              f"{c['interval95'][1]:+.3f}] p={c['p_value']:.2g}")
+            majority = entry.get("majority_accuracy")
+            lines.append(f"| {row['variant']} | {task} | {entry['n']} | "
+                         f"{_pm(entry.get('accuracy'), 3)} | {_pm(entry.get('macro_f1'), 3)} | "
+                         f"{'' if majority is None else f'{majority:.3f}'} | {deltas[0]} | "
+                         f"{deltas[1]} |")
+    return lines
+
+
 def markdown(results: dict, command: str) -> str:
     lines = [f"# {results['sweep']}", "", f"Command: `{command}`", "",
              f"Seeds: {results['seeds']}; baseline: `{results['baseline']}`; mean ± sample std "
@@ -129,6 +154,7 @@ def markdown(results: dict, command: str) -> str:
                              f"{_pm(cap['bits_per_core_param'], 5)} | "
                              f"{_pm(cap['bits_per_param'], 5)} |")
     lines += _storage_table(results["variants"])
+    lines += _downstream_table(results["variants"], results["baseline"])
     if results["warnings"]:
         lines += ["", "Warnings:", ""] + [f"- {w}" for w in results["warnings"]]
     lines += ["", "![validation curves](curves.png)", "", "![quality](quality.png)", ""]

@@ -28,6 +28,7 @@ steps = 150                    # seed) with this variant's extra memories added 
 set = ['model.memories=[...]'] # augment), then train `steps` more (default: the sweep budget)
                                # (a variant may also set its own `exposures = E`)
 ```
+A `[finetune]` table adds a downstream stage (extmem.experiments.downstream).
 Every variant's config is resolved and validated before anything runs. An exposures budget
 tokenizes each distinct data config once to count its training tokens (extmem.run.budget)
 and is recorded in every run's config as `train.exposures`.
@@ -44,6 +45,7 @@ from typing import Any
 from extmem.builtin_configs import resolve
 from extmem.config import apply_overrides, from_dict, read_toml, require, require_valid_fields
 from extmem.errors import ConfigError
+from extmem.experiments.downstream import DownstreamConfig
 from extmem.run.budget import steps_for_exposures
 from extmem.run.config import RunConfig, require_sections
 
@@ -85,6 +87,8 @@ class SweepConfig:
     exposures: int = 0                  # alternative budget: E exposures (extmem.run.budget)
     core_flops_tolerance: float = 0.05
     description: str = ""
+    # [finetune]: finetune every run downstream after training (extmem.experiments.downstream)
+    finetune: DownstreamConfig | None = None
 
     def __post_init__(self) -> None:
         require_valid_fields(self, "sweep")

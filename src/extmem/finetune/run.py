@@ -54,9 +54,18 @@ def parse_config(overrides: list[str]) -> FinetuneConfig:
     return from_dict(FinetuneConfig, apply_overrides({}, plain), "finetune")
 
 
+def frames_texts(tokenizer: Any) -> bool:
+    """Whether the tokenizer adds its own special tokens around a text (a pretrained BERT's
+    `[CLS] text [SEP]`); extmem's byte-level BPE adds none."""
+    return tokenizer.encode("a").ids != tokenizer.encode("a", add_special_tokens=False).ids
+
+
 def encode(tokenizer: Any, texts: list[str], eos_id: int, max_len: int) -> list[list[int]]:
-    """`EOS text` token ids, cut to max_len."""
-    return [[eos_id, *e.ids][:max_len] for e in tokenizer.encode_batch(texts)]
+    """Token ids cut to max_len: the text as the tokenizer frames it when it does (a
+    pretrained model's `[CLS] text [SEP]`, extmem.pretrained), else `EOS text`."""
+    if frames_texts(tokenizer):
+        return [e.ids[:max_len] for e in tokenizer.encode_batch(texts)]
+    return [[eos_id, *e.ids][:max_len] for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,9 +115,14 @@ def predict(model: SequenceClassifier, sequences: list[list[int]], pad_id: int,
     return out
 
 
+def slug(task: str) -> str:
+    """A task name (or file path) as a directory-name part."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_",
+                  Path(task).stem if "." in task else task).strip("_") or "task"
+
+
 def _out_dir(run_dir: Path, task: str, mode: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(task).stem if "." in task else task).strip("_")
-    base = run_dir / FINETUNE_DIR / f"{slug or 'task'}-{mode}"
+    base = run_dir / FINETUNE_DIR / f"{slug(task)}-{mode}"
     candidate, n = base, 1
     while candidate.exists():
         n += 1
@@ -162,9 +176,10 @@ def _log_train(record: dict, log: list[dict], writer: Any, bar: tqdm) -> None:
 
 
 def finetune(run_dir: Path, task: str, mode: str = "full", overrides: list[str] | None = None,
-             checkpoint: str | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Finetune and evaluate; returns results (also written to the results directory).
-    `quiet`: no progress bar."""
+             checkpoint: str | None = None, quiet: bool = False,
+             out: Path | None = None) -> dict[str, Any]:
+    """Finetune and evaluate; returns results (also written to the results directory: `out`,
+    default RUN/finetune/<task>-<mode>[-N]). `quiet`: no progress bar."""
     cfg = parse_config(overrides or [])
     started = time.perf_counter()
     run = load_trained(run_dir, None, checkpoint)
@@ -179,7 +194,7 @@ def finetune(run_dir: Path, task: str, mode: str = "full", overrides: list[str] 
     trainable = select_trainable(model, mode)
     train_ids = encode(lm.tokenizer, data.train_texts, lm.eos_id, cfg.max_len)
     eval_ids = encode(lm.tokenizer, data.eval_texts, lm.eos_id, cfg.max_len)
-    out = _out_dir(run_dir, task, mode)
+    out = out or _out_dir(run_dir, task, mode)
     tmp = _staging_dir(out)
     try:
         record_session(tmp, "finetune", run_dir=str(run_dir), checkpoint=run.checkpoint.name,

@@ -3,6 +3,8 @@ models, as in Kim & Jung 2020, "Large Product Key Memory for Pretrained Language
 
 TASK is one of
 - `wordnet-supersense`: WordNet gloss -> one of 45 lexicographer classes (wordnet.py);
+- `gcide-pos`: a GCIDE definition -> the part of speech of the word (4 classes), from the
+  validation split that continued pretraining on GCIDE never sees (gcide_pos.py);
 - `facts-attribute`: generated from the synthetic facts vocabulary: a sentence about a made-up
   person -> which attribute it states (8 classes); small, offline, used by the tests;
 - a `.csv` file (header with `text,label` columns) or a `.jsonl` file (rows with those fields;
@@ -29,9 +31,10 @@ from extmem.data.facts_vocab import TEMPLATES, VALUES
 from extmem.data.files import read_utf8
 from extmem.errors import DataError
 from extmem.finetune.config import FinetuneConfig
+from extmem.finetune.gcide_pos import load_gcide_pos
 from extmem.finetune.wordnet import load_supersenses
 
-BUILTIN_TASKS = ("wordnet-supersense", "facts-attribute")
+BUILTIN_TASKS = ("wordnet-supersense", "gcide-pos", "facts-attribute")
 FILE_SUFFIXES = (".csv", ".jsonl")
 HF_HINT = 'pip install -c constraints.txt "datasets>=2.14"'
 
@@ -136,6 +139,8 @@ def load_examples(task: str, cfg: FinetuneConfig) -> tuple[list[str], list[str]]
         return load_supersenses(cfg.wordnet_dir)
     if task == "facts-attribute":
         return facts_attribute(cfg.facts_entities, cfg.seed)
+    if task == "gcide-pos":
+        return load_gcide_pos()
     path = Path(task).expanduser()
     if path.suffix.lower() in FILE_SUFFIXES or path.is_file():
         if path.suffix.lower() not in FILE_SUFFIXES:

@@ -1,0 +1,83 @@
+"""`[finetune]` in a sweep: every run finetuned on every task and seed, summarised per variant."""
+
+import json
+
+import pytest
+from tests.cli_helpers import error_line, run_sweep
+
+SWEEP = """
+name = "downstream"
+base = "{base}"
+seeds = [0, 1]
+baseline = "dense"
+steps = 3
+
+[[variants]]
+name = "dense"
+set = ["model.memories=[]"]
+
+[[variants]]
+name = "pkm"
+
+[finetune]
+tasks = ["facts-attribute"]
+seeds = [0, 1]
+set = ["steps=2", "facts_entities=20", "save_weights=false"]
+"""
+
+
+@pytest.fixture
+def base(tmp_path):
+    from tests.conftest import TINY_TOML
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_TOML)
+    return path
+
+
+def test_every_run_is_finetuned_and_summarised(tmp_path, capsys, base):
+    out = tmp_path / "out"
+    results = run_sweep(capsys, tmp_path / "s.toml", SWEEP.format(base=base), out,
+                        "train.eval_every=0")
+    for variant in ("dense", "pkm"):
+        for seed in (0, 1):
+            for k in (0, 1):
+                path = out / variant / f"seed-{seed}" / "finetune" / f"facts-attribute-full-seed-{k}"
+                saved = json.loads((path / "results.json").read_text())
+                assert saved["task"] == "facts-attribute" and saved["steps"] == 2
+    rows = {row["variant"]: row for row in results["variants"]}
+    for variant, row in rows.items():
+        entry = row["downstream"]["facts-attribute"]
+        assert entry["n"] == 4 and entry["missing"] == 0
+        values = [json.loads((out / variant / f"seed-{s}" / "finetune" /
+                              f"facts-attribute-full-seed-{k}" / "results.json").read_text())
+                  ["accuracy"] for s in (0, 1) for k in (0, 1)]
+        assert entry["accuracy"]["values"] == values
+        assert entry["accuracy"]["mean"] == pytest.approx(sum(values) / 4)
+    versus = rows["pkm"]["downstream_vs_baseline"]["facts-attribute"]["accuracy"]
+    assert versus["diff"] == pytest.approx(rows["pkm"]["downstream"]["facts-attribute"]
+                                           ["accuracy"]["mean"] -
+                                           rows["dense"]["downstream"]["facts-attribute"]
+                                           ["accuracy"]["mean"])
+    # a second compare skips every finished finetune
+    mtime = (out / "pkm" / "seed-0" / "finetune" / "facts-attribute-full-seed-0" /
+             "results.json").stat().st_mtime_ns
+    run_sweep(capsys, tmp_path / "s.toml", SWEEP.format(base=base), out, "train.eval_every=0")
+    assert (out / "pkm" / "seed-0" / "finetune" / "facts-attribute-full-seed-0" /
+            "results.json").stat().st_mtime_ns == mtime
+    report = (out / "results.md").read_text()
+    assert "Downstream (finetuned" in report and "| pkm | facts-attribute | 4 |" in report
+
+
+@pytest.mark.parametrize("table,message", [
+    ('tasks = []', "finetune.tasks"),
+    ('tasks = ["facts-attribute"]\nmode = "half"', "finetune.mode: 'half' is not allowed"),
+    ('tasks = ["facts-attribute"]\nset = ["seed=3"]', "finetune.set: 'seed' is set by"),
+    ('tasks = ["facts-attribute"]\nset = ["stepz=3"]', "stepz"),
+])
+def test_bad_finetune_tables_are_one_line_errors(tmp_path, capsys, base, table, message):
+    sweep = tmp_path / "s.toml"
+    text = SWEEP.format(base=base)
+    sweep.write_text(text[:text.index("[finetune]")] + "[finetune]\n" + table + "\n")
+    line = error_line(capsys, "compare", str(sweep), "--out", str(tmp_path / "o"))
+    assert message in line
+    assert not (tmp_path / "o").exists()
