@@ -64,6 +64,16 @@ def test_every_run_is_finetuned_and_summarised(tmp_path, capsys, base):
     run_sweep(capsys, tmp_path / "s.toml", SWEEP.format(base=base), out, "train.eval_every=0")
     assert (out / "pkm" / "seed-0" / "finetune" / "facts-attribute-full-seed-0" /
             "results.json").stat().st_mtime_ns == mtime
+    # memory usage over training: the evaluations' figures, averaged over the seeds
+    assert "usage_curve" not in rows["dense"]
+    curve = rows["pkm"]["usage_curve"]
+    finals = [json.loads(line) for s in (0, 1) for line in
+              (out / "pkm" / f"seed-{s}" / "metrics.jsonl").read_text().splitlines()]
+    finals = [r["memory_usage"] for r in finals if r.get("split") == "val"]
+    assert curve["steps"] == [3]
+    expected = sum(sum(m["usage"] for m in f.values()) / len(f) for f in finals) / len(finals)
+    assert curve["usage"] == [pytest.approx(expected)]
+    assert (out / "usage.png").stat().st_size > 0
     report = (out / "results.md").read_text()
     assert "Downstream (finetuned" in report and "| pkm | facts-attribute | 4 |" in report
 

@@ -22,6 +22,7 @@ from extmem.experiments.capacity import capacity_figures
 from extmem.experiments.downstream import compare_downstream, run_downstream, summarize_downstream
 from extmem.experiments.stats import bootstrap_interval, mean_std, significance_note, welch_t_test
 from extmem.experiments.sweep import Sweep, added_memories
+from extmem.experiments.usage_curves import usage_curve
 from extmem.run.provenance import record_session
 from extmem.run.run_dir import CONFIG_FILE, RESULTS_FILE, load_run_config, read_metrics
 from extmem.train.augment_run import AUGMENT_FILE, augment_run
@@ -164,6 +165,9 @@ def summarize_variant(sweep: Sweep, out: Path, variant: str,
     if sweep.cfg.finetune is not None:
         row["downstream"] = summarize_downstream(sweep.cfg.finetune,
                                                  [run_dir_for(out, variant, s) for s in seeds])
+    usage = usage_curve([(run_dir_for(out, variant, s), offset) for s in seeds])
+    if usage is not None:
+        row["usage_curve"] = usage
     curves = [_curve(run_dir_for(out, variant, s)) for s in seeds]
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     row["curve"] = {"steps": steps,

@@ -13,6 +13,7 @@ from extmem.experiments.plots import (
     plot_quality,
     seeds_label,
 )
+from extmem.experiments.usage_curves import has_usage_chart, plot_usage
 from extmem.run.run_dir import write_json
 
 
@@ -160,6 +161,8 @@ def markdown(results: dict, command: str) -> str:
     lines += ["", "![validation curves](curves.png)", "", "![quality](quality.png)", ""]
     if has_capacity_chart(results):
         lines += ["![capacity](capacity.png)", ""]
+    if has_usage_chart(results):
+        lines += ["![memory usage over training](usage.png)", ""]
     return "\n".join(lines)
 
 
@@ -169,6 +172,8 @@ def write_report(results: dict, out: Path, command: str) -> None:
     plot_quality(results, out / "quality.png")
     if has_capacity_chart(results):
         plot_capacity(results, out / "capacity.png")
+    if has_usage_chart(results):
+        plot_usage(results, out / "usage.png")
     write_json(out / "results.json", results)
     tmp = out / "results.md.tmp"
     tmp.write_text(markdown(results, command), encoding="utf-8")
