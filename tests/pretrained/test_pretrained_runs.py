@@ -179,3 +179,19 @@ def test_bad_sources_and_mismatched_configs_are_one_line_errors(sources, tmp_pat
     line = error_line(capsys, "train", str(config), "--out", str(tmp_path / "b"))
     assert "model.d_model: 64 but the pretrained checkpoint" in line
     assert not (tmp_path / "b" / "config.toml").exists()
+
+
+def test_finetuning_frames_texts_as_the_pretrained_tokenizer_does():
+    """A BERT tokenizer's `[CLS] text [SEP]` is kept; extmem's BPE gets `EOS text`."""
+    from tests.pretrained.hf_dirs import bpe_tokenizer, wordpiece_tokenizer
+
+    from extmem.finetune.run import encode
+    wordpiece = wordpiece_tokenizer()
+    cls, sep = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
+    ids = encode(wordpiece, ["ab c"], eos_id=sep, max_len=16)[0]
+    assert ids[0] == cls and ids[-1] == sep and ids.count(sep) == 1
+    bpe = bpe_tokenizer()
+    eos = bpe.token_to_id("<|endoftext|>")
+    ids = encode(bpe, ["the lake"], eos_id=eos, max_len=16)[0]
+    assert ids == [eos, *bpe.encode("the lake").ids]
+    assert encode(bpe, ["the lake"], eos_id=eos, max_len=2)[0] == ids[:2]
