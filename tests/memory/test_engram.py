@@ -258,3 +258,16 @@ def test_other_lookups_feed_the_engram_readout_one_bag_per_head():
     model = model_with(mem)
     assert model.blocks[1].memories[0].readout.value.in_features == 2 * WIDTH
     assert model(torch.randint(0, VOCAB, (2, 5))).shape == (2, 5, VOCAB)
+
+
+def test_primes_are_distinct_across_layers():
+    """As in DeepSeek's reference code: every (layer, order, head) table has its own prime."""
+    from extmem.memory.config import EngramConfig as Config
+    from extmem.memory.module import Memory
+    cfg = MemoryConfig(lookup="engram", readout="engram", layers=[0, 2],
+                       engram=Config(heads=2, rows_per_head=50))
+    first, second = (Memory(cfg, 16, 40, layer) for layer in (0, 2))
+    primes = first.lookup.primes.flatten().tolist() + second.lookup.primes.flatten().tolist()
+    assert len(set(primes)) == len(primes) == 8
+    assert primes == [53, 59, 61, 67, 71, 73, 79, 83]  # the primes from 50, layer by layer
+    assert second.table.num_rows == sum(primes[4:])

@@ -160,13 +160,17 @@ class EngramConfig:
     def dilation(self) -> int:
         return self.conv_dilation or max(self.orders)
 
-    def table_sizes(self, vocab_size: int = 0) -> list[int]:
-        """Rows of each (order, head) table, order-major: distinct primes."""
+    def table_sizes(self, vocab_size: int = 0, layer_rank: int = 0) -> list[int]:
+        """Rows of each (order, head) table, order-major: distinct primes, and distinct across
+        layers too, as in the reference code (the layer_rank-th of the memory's layers takes
+        the primes after those of the layers before it)."""
         start = self.rows_per_head or 5 * vocab_size
         require(start >= 2, "engram.rows_per_head: 0 (5 x vocabulary) needs the vocabulary size")
-        return _primes_from(start, len(self.orders) * self.heads)
+        per_layer = len(self.orders) * self.heads
+        return _primes_from(start, (layer_rank + 1) * per_layer)[layer_rank * per_layer:]
 
     def num_slots(self, vocab_size: int = 0) -> int:
+        """Slots of the first layer's tables (later layers' primes are a few rows larger)."""
         return sum(self.table_sizes(vocab_size))
 
 

@@ -91,13 +91,14 @@ def _odd_multipliers(count: int, vocab_size: int, seed: int) -> torch.Tensor:
 class EngramLookup(nn.Module):
     """Compressed token ids -> one row per (order, head): indices, weights (B, T, H, 1)."""
 
-    def __init__(self, cfg: EngramConfig, vocab_size: int, layer: int = 0) -> None:
+    def __init__(self, cfg: EngramConfig, vocab_size: int, layer: int = 0,
+                 layer_rank: int = 0) -> None:
         super().__init__()
         self.orders, self.heads = list(cfg.orders), cfg.heads
         self.compress_tokens = cfg.compress_tokens
         self.vocab_size = vocab_size
         self.pad_id = vocab_size  # an id no token has: before the start, and at padding
-        sizes = cfg.table_sizes(vocab_size)
+        sizes = cfg.table_sizes(vocab_size, layer_rank)  # primes distinct across layers
         self.num_slots = sum(sizes)
         self.reads_per_token = len(sizes)
         self.register_buffer("canonical", torch.arange(vocab_size, dtype=torch.int64))

@@ -61,8 +61,10 @@ LOOKUP_BUILDERS: dict[str, LookupBuilder] = {
     "ngram": lambda cfg, d, vocab, layer: NgramLookup(cfg.ngram, _needs_vocab(cfg, vocab)),
     "lsh": lambda cfg, d, vocab, layer: LshLookup(cfg.lsh, d, layer_seed=layer),
     "router": lambda cfg, d, vocab, layer: RouterLookup(cfg.router, d),
-    "engram": lambda cfg, d, vocab, layer: EngramLookup(cfg.engram, _needs_vocab(cfg, vocab),
-                                                        layer),
+    "engram": lambda cfg, d, vocab, layer: EngramLookup(
+        cfg.engram, _needs_vocab(cfg, vocab), layer,
+        # a shared table is indexed alike at every layer; separate tables take distinct primes
+        0 if cfg.share_table else sorted(cfg.layers).index(layer) if layer in cfg.layers else 0),
 }
 READOUT_BUILDERS: dict[str, ReadoutBuilder] = {
     "add": lambda cfg, d, width: AddReadout(d, width, cfg.value_dropout, cfg.zero_init_output),
