@@ -7,14 +7,14 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.cli_helpers import error_line, run_json
-from tests.pretrained.hf_dirs import write_bert, write_gpt2
 
 from extmem.cli import main
 from extmem.config import read_toml
 from extmem.decode_cache import DecodeCache
 from extmem.model import flops_per_token, parameter_counts
 from extmem.run.session import load_trained
+from tests.cli_helpers import error_line, run_json
+from tests.pretrained.hf_dirs import write_bert, write_gpt2
 
 pytest.importorskip("transformers")
 
@@ -77,8 +77,9 @@ def test_tool_chain_runs_without_the_source_directory(sources, tmp_path, capsys)
     exported = run_json(capsys, "export", str(run), "--format", "hf", "--out",
                         str(tmp_path / "export"))
     assert exported["architecture"] == "BertForMaskedLM"
-    import extmem  # noqa: F401 - registers extmem_augmented with the Auto classes
     from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    import extmem  # noqa: F401 - registers extmem_augmented with the Auto classes
     loaded = AutoModelForMaskedLM.from_pretrained(str(tmp_path / "export")).eval()
     ours = load_trained(run).model.eval()
     ids = torch.randint(5, 60, (2, 12))
@@ -183,9 +184,8 @@ def test_bad_sources_and_mismatched_configs_are_one_line_errors(sources, tmp_pat
 
 def test_finetuning_frames_texts_as_the_pretrained_tokenizer_does():
     """A BERT tokenizer's `[CLS] text [SEP]` is kept; extmem's BPE gets `EOS text`."""
-    from tests.pretrained.hf_dirs import bpe_tokenizer, wordpiece_tokenizer
-
     from extmem.finetune.run import encode
+    from tests.pretrained.hf_dirs import bpe_tokenizer, wordpiece_tokenizer
     wordpiece = wordpiece_tokenizer()
     cls, sep = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
     ids = encode(wordpiece, ["ab c"], eos_id=sep, max_len=16)[0]
