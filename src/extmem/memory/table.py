@@ -50,3 +50,13 @@ class ValueTable(nn.Module):
             out = F.embedding_bag(bags, self.weight, mode="sum", per_sample_weights=per_read)
         out = out.to(torch.promote_types(out.dtype, weights.dtype))  # bf16 table: fp32 out
         return out.view(*lead, self.weight.shape[1])  # (B, T, d_v)
+
+
+def all_finite(tensor: torch.Tensor, chunk: int = 1 << 22) -> bool:
+    """Whether every value of `tensor` is finite, checked `chunk` elements at a time:
+    `torch.isfinite` on a whole table would allocate temporaries as large as the table."""
+    if type(tensor) not in (torch.Tensor, nn.Parameter) or tensor.dim() == 0:
+        return bool(torch.isfinite(tensor).all())  # a DTensor (FSDP2) reduces over its ranks
+    flat = tensor.detach().reshape(-1) if tensor.is_contiguous() else tensor.detach().flatten()
+    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
+

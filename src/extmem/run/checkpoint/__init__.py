@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from extmem.errors import CheckpointError
+from extmem.memory.table import all_finite
 from extmem.run.checkpoint.format import (
     DCP_DIR,
     FORMAT_VERSION,
@@ -82,7 +83,7 @@ def load_model_state(path: Path, model: nn.Module, state: dict | None = None,
         load_dcp_model(path, model, sharded)
     else:
         load_model_weights(model, path / "model.safetensors", sharded)
-    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    bad = [name for name, p in model.named_parameters() if not all_finite(p)]
     if bad:
         raise CheckpointError(f"checkpoint {path}: the weights are not finite ({len(bad)} "
                               f"tensors hold NaN or inf, e.g. {bad[0]}); use an earlier "
