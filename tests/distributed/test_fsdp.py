@@ -6,10 +6,10 @@ process -> FSDP) that end where the uninterrupted run ends.
 """
 
 import json
-import shutil
 
 import pytest
 
+from extmem.cli import main
 from extmem.config import from_dict
 from extmem.distributed.context import DistContext
 from extmem.distributed.parallel import check_distributed_config
@@ -22,18 +22,29 @@ from tests.distributed.test_torchrun import TOKEN_TABLE, losses, torchrun
 FSDP = ["--set", "train.data_parallel=fsdp"]
 
 
-@pytest.fixture
-def config(tmp_path):
-    path = tmp_path / "fsdp.toml"
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    patch = pytest.MonkeyPatch()  # the session's tokenizer cache (conftest), for module scope
+    patch.setenv("EXTMEM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    path = tmp_path_factory.mktemp("fsdp") / "fsdp.toml"
     path.write_text(TINY_TOML.replace("[data]", TOKEN_TABLE + "\n[data]", 1))
-    return path
+    yield path
+    patch.undo()
 
 
-def test_fsdp_matches_one_process(config, tmp_path, capsys):
-    one = run_json(capsys, "train", str(config), "--out", str(tmp_path / "one"), "--quiet")
+@pytest.fixture(scope="module")
+def full_run(config):
+    """The uninterrupted one-process run (6 steps) both resume tests end at."""
+    out = config.parent / "full"
+    assert main(["train", str(config), "--out", str(out), "--quiet"]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_fsdp_matches_one_process(config, full_run, tmp_path, capsys):
+    one_dir, one = full_run
     two = torchrun("train", str(config), "--out", str(tmp_path / "two"), *FSDP)
     assert two["world_size"] == 2 and two["params"] == one["params"]
-    train_1, val_1 = losses(tmp_path / "one")
+    train_1, val_1 = losses(one_dir)
     train_2, val_2 = losses(tmp_path / "two")
     assert len(train_2) == len(train_1) == 6
     assert train_2 == pytest.approx(train_1, rel=1e-5)
@@ -47,9 +58,9 @@ def test_fsdp_matches_one_process(config, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("first", ["fsdp", "one"])
-def test_fsdp_resumes_where_the_full_run_ends(config, tmp_path, capsys, first):
+def test_fsdp_resumes_where_the_full_run_ends(config, full_run, tmp_path, capsys, first):
     """A half-trained FSDP run (DCP) or one-process run (safetensors) continues under FSDP."""
-    full = run_json(capsys, "train", str(config), "--out", str(tmp_path / "full"), "--quiet")
+    full_dir, full = full_run
     half = ["--out", str(tmp_path / "half"), "--set", "train.steps=3"]
     if first == "fsdp":
         torchrun("train", str(config), *half, *FSDP)
@@ -59,9 +70,7 @@ def test_fsdp_resumes_where_the_full_run_ends(config, tmp_path, capsys, first):
                        "--set", "train.steps=6")
     assert resumed["steps"] == 6
     assert resumed["val_loss"] == pytest.approx(full["val_loss"], rel=1e-5)
-    assert losses(tmp_path / "half")[0][3:] == pytest.approx(losses(tmp_path / "full")[0][3:],
-                                                             rel=1e-5)
-    shutil.rmtree(tmp_path / "half")
+    assert losses(tmp_path / "half")[0][3:] == pytest.approx(losses(full_dir)[0][3:], rel=1e-5)
 
 
 @pytest.mark.parametrize("train,memory,message", [
