@@ -49,6 +49,14 @@ class DistContext:
             dist.barrier()
             dist.destroy_process_group()
 
+    def gather(self, value) -> list:
+        """Every rank's value of a picklable object, in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
     def mean(self, value: float) -> float:
         """The mean of a Python float over ranks (every rank gets it)."""
         if not self.enabled:

@@ -1,16 +1,22 @@
-"""Data parallelism for the dense core (DDP) beside sharded memory tables.
+"""Data parallelism for the dense core (DDP or FSDP2) beside sharded memory tables.
 
-The dense parameters are replicated and their gradients averaged by
-`torch.nn.parallel.DistributedDataParallel`; the sharded tables are excluded from DDP (each
-rank owns its shard; `extmem.distributed.tables` averages their gradients itself). Every rank
-takes rows [r*B/W, (r+1)*B/W) of the global batch of the step, so W processes see the same
-tokens per step as one.
+`train.data_parallel = "ddp"`: the dense parameters are replicated and their gradients
+averaged by `torch.nn.parallel.DistributedDataParallel`. `"fsdp"`: they are sharded across
+the ranks by FSDP2 (`torch.distributed.fsdp.fully_shard`; Zhao et al. 2023, "PyTorch FSDP"),
+which all-gathers a block's parameters for its forward and backward and reduce-scatters
+(averages) its gradients, so each rank keeps 1/W of the dense parameters, gradients and
+optimizer state; parameters become DTensors with a `Shard(0)` placement. Either way the
+sharded tables are left out (each rank owns its shard; `extmem.distributed.tables` averages
+their gradients itself). Every rank takes rows [r*B/W, (r+1)*B/W) of the global batch of the
+step, so W processes see the same tokens per step as one.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from extmem.distributed.context import DistContext
@@ -46,6 +52,8 @@ def check_distributed_config(cfg, ctx: DistContext) -> None:
     if tc.batch_size % ctx.world_size:
         raise ConfigError(f"train.batch_size: {tc.batch_size} must be divisible by the number "
                           f"of processes ({ctx.world_size}); each takes an equal share")
+    if tc.data_parallel == "fsdp":
+        _check_fsdp(cfg)
     if tc.table_sharding == "columns":
         for group in tc.param_groups:
             if group.optimizer == "rowwise_adagrad":
@@ -53,6 +61,39 @@ def check_distributed_config(cfg, ctx: DistContext) -> None:
                     f"train.param_groups[{group.name}].optimizer: 'rowwise_adagrad' keeps one "
                     "accumulator per row, which column shards cannot share; use "
                     "table_sharding = 'rows' or optimizer = 'lazy_adam'")
+
+
+def _check_fsdp(cfg) -> None:
+    if cfg.train.compile:
+        raise ConfigError("train.compile: true is not supported with train.data_parallel = "
+                          "'fsdp'; use data_parallel = 'ddp' or compile = false")
+    if cfg.train.table_sharding == "replicate":
+        for i, memory in enumerate(cfg.model.memories):
+            if memory.sparse_updates:
+                raise ConfigError(
+                    f"model.memories[{i}].sparse_updates: FSDP cannot shard a row-sparse "
+                    "gradient; with train.data_parallel = 'fsdp' use table_sharding = 'rows' "
+                    "or 'columns', or sparse_updates = false")
+
+
+def fully_shard_core(model: nn.Module, sharded: dict[str, ShardedValueTable]) -> None:
+    """FSDP2 over the dense core of `model` (in place), the sharded tables left out.
+
+    Each block whose parameters no other part of the model shares is its own FSDP unit
+    (gathered for its forward, freed after it); the rest (embeddings, tied head, norms,
+    shared tables) is the root's unit."""
+    ignored = {table.weight for table in sharded.values()}
+    blocks = list(getattr(model, "blocks", []))
+    owners: dict[int, int] = {}
+    for module in [*blocks, model]:
+        for param in module.parameters():
+            owners[id(param)] = owners.get(id(param), 0) + 1
+    for block in blocks:
+        own = [p for p in block.parameters() if p not in ignored]
+        # a block's parameters are counted once for it and once for the model
+        if own and all(owners[id(p)] == 2 for p in own):
+            fully_shard(block, ignored_params=ignored)
+    fully_shard(model, ignored_params=ignored)
 
 
 def data_parallel(forward_model: nn.Module, model: nn.Module,
@@ -70,10 +111,10 @@ def data_parallel(forward_model: nn.Module, model: nn.Module,
 @torch.no_grad()
 def replica_divergence(model: nn.Module, sharded: dict[str, ShardedValueTable]) -> float:
     """Largest |p - p on rank 0| over the replicated parameters, on every rank (0.0 = DDP kept
-    every replica identical). Collective."""
+    every replica identical; FSDP's sharded parameters are not replicas). Collective."""
     worst = torch.zeros((), dtype=torch.float64)
     for name, param in model.named_parameters():
-        if name in sharded:
+        if name in sharded or isinstance(param, DTensor):  # FSDP: sharded, not replicated
             continue
         reference = param.detach().clone()
         torch.distributed.broadcast(reference, src=0)

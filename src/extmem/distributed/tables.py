@@ -16,6 +16,13 @@ the lazy optimizers update, on each rank, only its own rows that were read.
 
 Usage counters record every rank's reads (the gathered ids), so they are identical on all
 ranks and equal to a one-process run's.
+
+A table is never whole on a rank: the model is built under `deferred_tables()` (the table a
+meta tensor: shape and seed), and each rank draws only its shard's rows or columns from the
+table's block-seeded generators (`extmem.memory.table_init`), the numbers one process would
+hold there. Host-memory and memory-mapped tables (`memory.table_storage`) shard by rows: each
+rank keeps its row range in host memory or in its own file (`table_file` + ".rank{r}"),
+gathers its reads on the CPU and sends the (W*n, d_v) partial sums to the device.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ from torch import nn
 from extmem.distributed.collectives import gather_from_ranks, scale_grad, sum_to_own_rows
 from extmem.distributed.context import DistContext
 from extmem.errors import ConfigError
+from extmem.memory.host_table import HostValueTable, host_rows
 from extmem.memory.module import Memory
 from extmem.memory.stats import UsageCounters
 from extmem.memory.table import ValueTable
+from extmem.memory.table_init import fill_table_rows
 
 LAYOUTS = ("rows", "columns", "replicate")
 
@@ -52,11 +61,40 @@ class ShardedValueTable(ValueTable):
         self.layout = layout
         self.world_size = ctx.world_size
         self.global_shape = tuple(full.weight.shape)  # (N, d_v)
+        self.init_seed = full.init_seed
+        self.storage = getattr(full, "storage", "device")  # "device" | "host" | "mmap"
         self.shard_dim = 0 if layout == "rows" else 1
         self.start, self.stop = shard_range(self.global_shape[self.shard_dim], ctx.rank,
                                             ctx.world_size)
-        local = full.weight.detach().narrow(self.shard_dim, self.start, self.stop - self.start)
-        self.weight = nn.Parameter(local.clone(), requires_grad=full.weight.requires_grad)
+        self.weight = nn.Parameter(self._local(full, ctx.rank),
+                                   requires_grad=full.weight.requires_grad)
+
+    def _local(self, full: ValueTable, rank: int) -> torch.Tensor:
+        """This rank's part of `full`: cut from its rows, or drawn from its seed if it is
+        a meta table (never materialised whole)."""
+        size = self.stop - self.start
+        if not full.weight.is_meta:
+            return full.weight.detach().narrow(self.shard_dim, self.start, size).clone()
+        num_rows, dim = self.global_shape
+        dtype = full.weight.dtype
+        if self.storage != "device":  # rows only (shard_tables refuses columns)
+            file = f"{full.table_file}.rank{rank}" if getattr(full, "table_file", "") else ""
+            return host_rows(self.storage, file, size, dim, dtype, self.init_seed, self.start)
+        if self.shard_dim == 0:
+            return fill_table_rows(torch.empty(size, dim, dtype=dtype), self.init_seed,
+                                   self.start, dim)  # (N/W, d_v)
+        return fill_table_rows(torch.empty(num_rows, size, dtype=dtype), self.init_seed, 0, dim,
+                               self.start)  # (N, d_v/W)
+
+    def _apply(self, fn, recurse: bool = True):
+        """A host or mapped shard keeps its CPU weight when the model moves (as HostValueTable)."""
+        if self.storage == "device":
+            return super()._apply(fn, recurse)
+        weight = self._parameters.pop("weight")
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            self._parameters["weight"] = weight
 
     @property
     def num_rows(self) -> int:
@@ -75,7 +113,9 @@ class ShardedValueTable(ValueTable):
         per_read = weights.reshape(bags.shape).to(self.weight.dtype)  # (n, r)
         all_bags = gather_from_ranks(bags)  # (W*n, r) global row ids
         all_weights = gather_from_ranks(per_read)  # (W*n, r)
+        device = all_bags.device
         table = self.weight
+        all_bags, all_weights = all_bags.to(table.device), all_weights.to(table.device)  # host
         if table.requires_grad and torch.is_grad_enabled():
             table = scale_grad(table, 1.0 / self.world_size)  # gradient of the global mean
         if self.layout == "rows":
@@ -88,7 +128,7 @@ class ShardedValueTable(ValueTable):
             partial = F.embedding_bag(all_bags, table, mode="sum", per_sample_weights=all_weights,
                                       sparse=self.sparse)  # (W*n, d_local)
             partial = F.pad(partial, (self.start, self.global_shape[1] - self.stop))
-        out = sum_to_own_rows(partial)  # (n, d_v)
+        out = sum_to_own_rows(partial.to(device))  # (n, d_v)
         out = out.to(torch.promote_types(out.dtype, weights.dtype))  # bf16 table: fp32 out
         return out.view(*lead, self.global_shape[1])  # (B, T, d_v)
 
@@ -128,12 +168,20 @@ def shard_tables(model: nn.Module, layout: str, ctx: DistContext) -> dict[str, S
         table = memory.table
         if memory.cfg.readout == "experts":
             continue
-        if type(table) is not ValueTable:
+        if isinstance(table, HostValueTable) and layout != "rows":
             raise ConfigError(f"train.table_sharding = {layout!r} needs device tables; "
-                              f"memory.table_storage = {getattr(memory.cfg, 'table_storage', '?')!r} tables "
-                              "cannot be sharded (use table_sharding = 'replicate')")
+                              f"memory.table_storage = {table.storage!r} tables shard by rows "
+                              "only (use table_sharding = 'rows' or 'replicate')")
         if id(table) not in replaced:
             replaced[id(table)] = ShardedValueTable(table, layout, ctx)
         memory.table = replaced[id(table)]
-    return {f"{name}.weight": module for name, module in model.named_modules()
-            if id(module) in {id(t) for t in replaced.values()}}
+    return sharded_tables(model)
+
+
+def sharded_tables(model: nn.Module) -> dict[str, ShardedValueTable]:
+    """Parameter name -> this rank's table shard, for every sharded table of `model` (once)."""
+    out: dict[str, ShardedValueTable] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, ShardedValueTable) and all(t is not module for t in out.values()):
+            out[f"{name}.weight"] = module
+    return out

@@ -28,10 +28,10 @@ named, it is created in a fresh temporary directory (`tempfile`, so $TMPDIR) and
 once: the mapping keeps it alive and the kernel frees the disk space when the table is
 released, even if the process is killed.
 
-Initialisation is ValueTable's N(0, d_v^-1/2), drawn from the global torch RNG in chunks of
-`MMAP_INIT_ROWS` rows that are written to the file (never through the mapping, which would make
-the whole table resident), so a fixed seed gives the same table; it is not guaranteed to equal
-a ValueTable's numbers for the same seed bit for bit.
+Initialisation is ValueTable's: N(0, d_v^-1/2) drawn per block of rows from the table's seed
+(`extmem.memory.table_init`), so a fixed seed gives the same numbers as a device ValueTable; a
+mapped table's rows are drawn in chunks of `MMAP_INIT_ROWS` rows that are written to the file
+(never through the mapping, which would make the whole table resident).
 """
 
 from __future__ import annotations
@@ -46,30 +46,46 @@ import torch
 from torch import nn
 
 from extmem.memory.table import ValueTable
+from extmem.memory.table_init import fill_table_rows
 
 MMAP_INIT_ROWS = 65_536  # rows drawn and written per chunk when a mapped table is created
 
 
-def create_mapped_table(path: Path, num_rows: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
-    """(Re)create `path` holding N(0, dim^-1/2) rows; returns it mapped shared, (num_rows, dim)."""
+def create_mapped_table(path: Path, num_rows: int, dim: int, dtype: torch.dtype,
+                        seed: int, row_start: int = 0) -> torch.Tensor:
+    """(Re)create `path` holding rows [row_start, row_start + num_rows) of the N(0, dim^-1/2)
+    table of `seed` (`table_init`); returns it mapped shared, (num_rows, dim)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)  # a new file: a table still mapping the old one keeps its own
     with path.open("wb") as file:
         for start in range(0, num_rows, MMAP_INIT_ROWS):
             rows = min(MMAP_INIT_ROWS, num_rows - start)
-            chunk = torch.empty(rows, dim, dtype=dtype).normal_(0, dim ** -0.5)  # (rows, dim)
+            chunk = fill_table_rows(torch.empty(rows, dim, dtype=dtype), seed, row_start + start,
+                                    dim)  # (rows, dim)
             file.write(chunk.view(torch.uint8).numpy().data)
     flat = torch.from_file(str(path), shared=True, size=num_rows * dim, dtype=dtype)  # (N*d,)
     return flat.view(num_rows, dim)
 
 
-def anonymous_mapped_table(num_rows: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
+def anonymous_mapped_table(num_rows: int, dim: int, dtype: torch.dtype, seed: int,
+                           row_start: int = 0) -> torch.Tensor:
     """A mapped table whose file, in a fresh temporary directory, is unlinked once mapped."""
     directory = Path(tempfile.mkdtemp(prefix="extmem-table-"))
     try:
-        return create_mapped_table(directory / "table.bin", num_rows, dim, dtype)
+        return create_mapped_table(directory / "table.bin", num_rows, dim, dtype, seed, row_start)
     finally:
         shutil.rmtree(directory)
+
+
+def host_rows(storage: str, file: str, num_rows: int, dim: int, dtype: torch.dtype, seed: int,
+              row_start: int = 0) -> torch.Tensor:
+    """Rows [row_start, row_start + num_rows) of the table of `seed` in host memory or a mapped
+    file (`file`, or an anonymous one): (num_rows, dim)."""
+    if storage == "host":
+        return fill_table_rows(torch.empty(num_rows, dim, dtype=dtype), seed, row_start, dim)
+    if file:
+        return create_mapped_table(Path(file), num_rows, dim, dtype, seed, row_start)
+    return anonymous_mapped_table(num_rows, dim, dtype, seed, row_start)
 
 
 class HostValueTable(ValueTable):
@@ -77,19 +93,21 @@ class HostValueTable(ValueTable):
 
     def __init__(self, num_rows: int, dim: int, sparse: bool = False,
                  dtype: torch.dtype = torch.float32,
-                 storage: Literal["host", "mmap"] = "host", file: str = "") -> None:
+                 storage: Literal["host", "mmap"] = "host", file: str = "",
+                 materialize: bool = True) -> None:
         if storage not in ("host", "mmap"):
             raise ValueError(f"storage {storage!r}: choose 'host' or 'mmap'")
         if file and storage != "mmap":
             raise ValueError(f"file {file!r} needs storage 'mmap'")
-        # a mapped table is drawn into its file, never into RAM: the parent gets no rows
-        super().__init__(num_rows if storage == "host" else 0, dim, sparse, dtype)
+        # a mapped table is drawn into its file, never into RAM: the parent gets no rows;
+        # not materialized: a meta weight (shape and seed) for a rank to draw its shard from
+        super().__init__(num_rows if storage == "host" or not materialize else 0, dim, sparse,
+                         dtype, materialize=materialize)
         self.storage = storage
         self.table_file = file  # "" for host memory or an anonymous (unlinked) mapped file
-        if storage == "mmap":
-            self.weight = nn.Parameter(
-                create_mapped_table(Path(file), num_rows, dim, dtype) if file
-                else anonymous_mapped_table(num_rows, dim, dtype))  # (N, d_v)
+        if storage == "mmap" and materialize:
+            self.weight = nn.Parameter(host_rows(storage, file, num_rows, dim, dtype,
+                                                 self.init_seed))  # (N, d_v)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True):
         """Move/convert everything except the weight, which keeps its host device and dtype."""

@@ -28,6 +28,7 @@ from extmem.memory.readout import AddReadout, ConcatReadout, GatedReadout, Memor
 from extmem.memory.router import RouterLookup
 from extmem.memory.stats import UsageCounters
 from extmem.memory.table import ValueTable
+from extmem.memory.table_init import tables_deferred
 from extmem.memory.token import NgramLookup, TokenLookup
 
 # (cfg, d_model, vocab_size, layer) -> lookup module
@@ -111,11 +112,15 @@ def table_dtype(cfg: MemoryConfig) -> torch.dtype:
 def build_table(cfg: MemoryConfig, d_model: int, num_rows: int) -> ValueTable:
     dtype = table_dtype(cfg)
     width = row_width(cfg, d_model)
+    # under `deferred_tables()` a table that will be sharded is only a shape and a seed
+    materialize = not (tables_deferred() and cfg.readout != "experts")
     if cfg.table_storage == "device":
-        table = ValueTable(num_rows, width, sparse=cfg.sparse_updates, dtype=dtype)
+        table = ValueTable(num_rows, width, sparse=cfg.sparse_updates, dtype=dtype,
+                           materialize=materialize)
     else:  # host memory or a mapped file, rows gathered on the CPU (extmem.memory.host_table)
         table = HostValueTable(num_rows, width, sparse=cfg.sparse_updates, dtype=dtype,
-                               storage=cfg.table_storage, file=cfg.table_file)
+                               storage=cfg.table_storage, file=cfg.table_file,
+                               materialize=materialize)
     if cfg.readout == "experts":
         init_expert_table(table, d_model, cfg.experts.hidden, cfg.zero_init_output)
     if cfg.freeze_table:  # a frozen random table: no gradient, no optimizer state

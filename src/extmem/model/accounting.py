@@ -8,7 +8,18 @@ decoder, T for an encoder).
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from extmem.model.transformer import Transformer
+
+
+def _table_numel(model: Transformer, name: str, param: torch.Tensor) -> int:
+    """The whole table's size, also when this process holds one rank's shard of it (a
+    sharded table records its `global_shape`, extmem.distributed.tables)."""
+    shape = getattr(model.get_submodule(name.rsplit(".", 1)[0]), "global_shape", None)
+    return math.prod(shape) if shape is not None else param.numel()
 
 
 def parameter_counts(model: Transformer) -> dict[str, int]:
@@ -27,7 +38,7 @@ def parameter_counts(model: Transformer) -> dict[str, int]:
         if name.startswith(embedding_prefixes):
             split["embeddings"] += param.numel()
         elif ".memories." in name and name.endswith("table.weight"):
-            split["memory_tables"] += param.numel()
+            split["memory_tables"] += _table_numel(model, name, param)
         elif ".memories." in name and ".lookup." in name:
             split["memory_routing"] += param.numel()
         elif ".memories." in name:

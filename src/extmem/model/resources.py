@@ -26,6 +26,7 @@ state) and the counters are also checked against the device's free memory.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -121,6 +122,17 @@ def memory_need(cfg: MemoryConfig, d_model: int, vocab_size: int, name: str,
     counters = len(cfg.layers) * rows * counter_bytes_per_slot()
     return TableNeed(name, tables, rows, width, dtype, cfg.table_storage, optimizer, table,
                      state, gradient, counters)
+
+
+def per_rank(need: TableNeed, world: int) -> TableNeed:
+    """What one of `world` ranks holds of a row- or column-sharded table: 1/W of the rows,
+    their gradient and optimizer state (ceil); the usage counters stay whole on every rank
+    (docs/distributed.md)."""
+    def share(size: int) -> int:
+        return -(-size // world)
+    return dataclasses.replace(need, table_bytes=share(need.table_bytes),
+                               optimizer_bytes=share(need.optimizer_bytes),
+                               gradient_bytes=share(need.gradient_bytes))
 
 
 def table_parameter(model: ModelConfig, index: int) -> str:

@@ -92,6 +92,10 @@ class TrainConfig:
     compile: bool = False
     # under torchrun: how memory tables are split across processes (docs/distributed.md)
     table_sharding: Literal["rows", "columns", "replicate"] = "rows"
+    # under torchrun: how the dense core is split: "ddp" replicates it and averages gradients
+    # (DistributedDataParallel); "fsdp" shards its parameters, gradients and optimizer state
+    # across the ranks (FSDP2, torch.distributed.fsdp.fully_shard; docs/distributed.md)
+    data_parallel: Literal["ddp", "fsdp"] = "ddp"
     # where the metrics go besides RUN/tb and metrics.jsonl: "wandb" logs the same scalars and
     # the config to Weights & Biases (pip install "extmem[wandb]"; WANDB_MODE=offline works
     # without a network), in project `tracker_project`, run named after the run directory

@@ -13,9 +13,12 @@ import torch
 from tokenizers import Tokenizer
 
 from extmem.data import Corpus, LMData, build_lm_data, get_tokenizer, load_corpus
+from extmem.distributed.context import DistContext
+from extmem.distributed.tables import shard_tables
 from extmem.errors import CheckpointError, ConfigError
+from extmem.memory.table_init import deferred_tables
 from extmem.model import Transformer
-from extmem.model.resources import check_table_memory, table_needs
+from extmem.model.resources import check_table_memory, per_rank, table_needs
 from extmem.pretrained import base_dir
 from extmem.pretrained.lm import PretrainedLM, build_pretrained
 from extmem.run.config import RunConfig, matching_group
@@ -69,7 +72,8 @@ def with_vocab(cfg: RunConfig, vocab_size: int) -> RunConfig:
 
 def build_model(cfg: RunConfig, device: torch.device, force: bool = False,
                 training: bool = True, tokenizer: Tokenizer | None = None,
-                run_dir: Path | None = None) -> Transformer | PretrainedLM:
+                run_dir: Path | None = None,
+                ctx: DistContext | None = None) -> Transformer | PretrainedLM:
     """Model with deterministic initialisation from train.seed; lookups that read token text
     (Engram's tokenizer compression) build their maps from `tokenizer`, and a checkpoint
     loaded afterwards restores the maps it was trained with.
@@ -80,18 +84,30 @@ def build_model(cfg: RunConfig, device: torch.device, force: bool = False,
 
     First, unless `force`, a ConfigError if the memory tables (with the optimizer state and
     gradients of training, if `training`) would not fit in the memory available
-    (`extmem.model.resources`)."""
+    (`extmem.model.resources`).
+
+    Under torchrun (`ctx.enabled`) the memory tables are sharded as `train.table_sharding`
+    says while the model is built: each rank draws only its shard (never the whole table,
+    `extmem.distributed.tables`), and the memory check counts only the shard."""
+    world = ctx.world_size if ctx is not None and ctx.enabled else 1
+    shard = world > 1 and cfg.train.table_sharding != "replicate"
     if not force:
         def optimizer_for(name: str) -> str:
             group = matching_group(name, cfg.train.param_groups)
             return group.optimizer if group is not None else "adamw"
-        check_table_memory(table_needs(cfg.model, optimizer_for if training else None), device,
-                           "pass --force" if training else "free memory")
+        needs = table_needs(cfg.model, optimizer_for if training else None)
+        if shard:
+            needs = [per_rank(need, world) if memory.readout != "experts" else need
+                     for need, memory in zip(needs, cfg.model.memories, strict=True)]
+        check_table_memory(needs, device, "pass --force" if training else "free memory")
     torch.manual_seed(cfg.train.seed)
-    if cfg.model.pretrained:
-        model, _ = build_pretrained(cfg.model, base_dir(cfg.model.pretrained, run_dir))
-    else:
-        model = Transformer(cfg.model)
+    with deferred_tables(shard):
+        if cfg.model.pretrained:
+            model, _ = build_pretrained(cfg.model, base_dir(cfg.model.pretrained, run_dir))
+        else:
+            model = Transformer(cfg.model)
+    if world > 1:
+        shard_tables(model, cfg.train.table_sharding, ctx)
     if tokenizer is not None:
         model.use_tokenizer(tokenizer)
     return model.to(device)

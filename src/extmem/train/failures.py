@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from extmem.errors import TrainingError
+from extmem.memory.table import all_finite
 from extmem.run.checkpoint import latest_checkpoint
 from extmem.train.trainer import StepResult, Trainer
 
@@ -42,7 +43,7 @@ def restart_advice(t: Trainer) -> str:
 
 
 def nonfinite_weights(model: torch.nn.Module) -> list[str]:
-    return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    return [name for name, p in model.named_parameters() if not all_finite(p)]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -13,6 +13,7 @@ together; trainer.py holds the session's state, resume.py what a resume must mat
 from __future__ import annotations
 
 import gc
+import resource
 import signal
 import sys
 import time
@@ -149,6 +150,10 @@ def finish(t: Trainer, step: int, last_eval: dict, seconds: float) -> dict:
     if t.ctx.enabled:
         results["world_size"] = t.ctx.world_size
         results["replica_max_abs_diff"] = replica_divergence(t.model, t.sharded)
+        # each rank's peak resident memory (ru_maxrss, KiB on Linux): with sharded tables
+        # about 1/W of the tables each (docs/distributed.md, "Memory per rank")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        results["peak_rss_bytes_per_rank"] = t.ctx.gather(peak)
         t.forward_model = t.model  # release DDP's reducer (its threads) before the group goes
         gc.collect()
     if t.ctx.is_main:

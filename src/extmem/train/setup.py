@@ -18,8 +18,9 @@ from extmem.distributed.parallel import (
     NullWriter,
     check_distributed_config,
     data_parallel,
+    fully_shard_core,
 )
-from extmem.distributed.tables import ShardedValueTable, shard_tables
+from extmem.distributed.tables import ShardedValueTable, sharded_tables
 from extmem.errors import ExtmemError
 from extmem.model import Transformer, flops_per_token, parameter_counts
 from extmem.pretrained import base_dir, copy_base_files
@@ -70,12 +71,13 @@ def _load_data(cfg: RunConfig, run_dir: Path, ctx: DistContext, resume: bool) ->
 
 def _wrap_for_forward(model: Transformer, cfg: RunConfig, ctx: DistContext,
                       sharded: dict[str, ShardedValueTable], device: torch.device) -> torch.nn.Module:
-    """The module the loop calls forward on: compiled dense parts and/or DDP around `model`."""
+    """The module the loop calls forward on: compiled dense parts and/or DDP around `model`
+    (with FSDP2, `model` itself, already sharded in place by `fully_shard_core`)."""
     forward_model: torch.nn.Module = model
     if cfg.train.compile:
         from extmem.train.compile import compile_model
         forward_model = compile_model(model)  # dense parts compiled, memories eager
-    if ctx.enabled:
+    if ctx.enabled and cfg.train.data_parallel == "ddp":  # FSDP2 wrapped the model in place
         forward_model = data_parallel(forward_model, model, sharded, device)
     return forward_model
 
@@ -155,13 +157,16 @@ def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions, held: ExitStack
     checkpoint, state = resume_point(cfg, run_dir, options, console)
     data = _load_data(cfg, run_dir, ctx, options.resume)
     cfg = with_vocab(cfg, data.lm.vocab_size)
+    # tables sharded as they are built: no rank ever holds a whole one
     model = build_model(cfg, device, force=options.force, tokenizer=data.tokenizer,
-                        run_dir=run_dir)
-    accounting = {"params": parameter_counts(model),  # the whole model, before sharding
+                        run_dir=run_dir, ctx=ctx)
+    sharded = sharded_tables(model)
+    accounting = {"params": parameter_counts(model),  # the whole model (tables counted whole)
                   "flops_per_token": flops_per_token(model, cfg.data.seq_len)}
-    if checkpoint is not None:  # full weights
-        load_model_state(checkpoint, model, state)
-    sharded = shard_tables(model, tc.table_sharding, ctx) if ctx.enabled else {}
+    if checkpoint is not None:  # dense weights whole, each table's shard only
+        load_model_state(checkpoint, model, state, sharded)
+    if ctx.enabled and tc.data_parallel == "fsdp":
+        fully_shard_core(model, sharded)  # before the optimizer: it holds the DTensors
     optimizer, groups = build_optimizer(model, tc)
     if checkpoint is not None:
         load_optimizer_state(checkpoint, state, optimizer, sharded)
@@ -184,7 +189,8 @@ def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions, held: ExitStack
     if ctx.enabled:
         console.print(f"{ctx.world_size} processes: batch {tc.batch_size} split "
                       f"{tc.batch_size // ctx.world_size} per rank; tables sharded by "
-                      f"{tc.table_sharding} ({len(sharded)} tables)")
+                      f"{tc.table_sharding} ({len(sharded)} tables); dense core by "
+                      f"{tc.data_parallel}")
 
     start = int(state["step"]) if state is not None else 0
     writer = _open_writers(cfg, run_dir, ctx, start, model, accounting, options.quiet, existing)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 
 import torch
 import torch.distributed
+from torch.distributed.tensor import DTensor
 
 from extmem.train import fused_rows
 
@@ -224,6 +225,14 @@ class OptimizerSet:
 
 
 @torch.no_grad()
+def _local_grad(p: torch.Tensor) -> torch.Tensor:
+    """The gradient values this process holds: a sparse gradient's values, a DTensor's
+    local shard (FSDP2), or the dense gradient (views: scaling them scales the gradient)."""
+    if isinstance(p.grad, DTensor):
+        return p.grad.to_local()
+    return p.grad.values() if p.grad.is_sparse else p.grad
+
+
 def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float,
                    sharded: set[int] | frozenset[int] = frozenset()) -> torch.Tensor:
     """Scale all gradients (dense and sparse) so their global L2 norm is <= max_norm.
@@ -231,7 +240,8 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float,
     Returns the norm before clipping, as a tensor (no host sync on one process). Sparse
     gradients are coalesced first (duplicate rows summed), so their norm is the true
     gradient's norm. `sharded` holds the ids of parameters that are one rank's shard of a
-    table (torchrun): their squared norms are summed over ranks (the rest is replicated).
+    table (torchrun): their squared norms are summed over ranks (the rest is replicated), as
+    are those of FSDP2's sharded parameters (DTensor gradients, each rank its local shard).
     """
     params = [p for p in params if p.grad is not None]
     if not params:
@@ -240,13 +250,13 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float,
     for p in params:
         if p.grad.is_sparse:
             p.grad = coalesced(p.grad)
-        g = p.grad.values() if p.grad.is_sparse else p.grad
+        g = _local_grad(p)
         norm = torch.linalg.vector_norm(g, dtype=torch.float32)
-        (shard_norms if id(p) in sharded else norms).append(norm)
-    device = params[0].grad.device
+        (shard_norms if id(p) in sharded or isinstance(p.grad, DTensor) else norms).append(norm)
+    device = _local_grad(params[0]).device
     total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms])) if norms \
         else torch.zeros((), device=device)
-    if sharded and torch.distributed.is_initialized():
+    if (sharded or shard_norms) and torch.distributed.is_initialized():
         shard_sq = torch.stack([n.to(device) for n in shard_norms]).square().sum() \
             if shard_norms else torch.zeros((), device=device)
         torch.distributed.all_reduce(shard_sq)
@@ -255,6 +265,6 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float,
     if device.type == "cpu" and float(coef) >= 1.0:
         return total  # nothing to clip (reading coef syncs nothing on the CPU): skip the pass
     for p in params:
-        g = p.grad.values() if p.grad.is_sparse else p.grad  # coalesced: values() is an alias
+        g = _local_grad(p)  # coalesced: values() is an alias
         g.mul_(coef.to(g.device, g.dtype))
     return total

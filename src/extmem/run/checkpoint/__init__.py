@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from extmem.errors import CheckpointError
+from extmem.memory.table import all_finite
 from extmem.run.checkpoint.format import (
     DCP_DIR,
     FORMAT_VERSION,
@@ -28,6 +29,7 @@ from extmem.run.checkpoint.format import (
     latest_checkpoint,
     list_checkpoints,
     load_optimizer_tensors,
+    params_by_name,
     read_state,
     set_rng_tensors,
     sha256_file,
@@ -68,18 +70,20 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module,
     return save_local_checkpoint(run_dir, step, model, optimizer, extra, keep=keep)
 
 
-def load_model_state(path: Path, model: nn.Module, state: dict | None = None) -> dict:
-    """Verify the checkpoint and load its model weights into the full (unsharded) model,
-    whichever way it was written (one process: safetensors; torchrun: DCP). Returns state
-    (`state`: what `read_state(path)` already returned, to skip hashing the files again).
-    Weights that are not finite (NaN / inf) are an error: nothing can be evaluated from them."""
+def load_model_state(path: Path, model: nn.Module, state: dict | None = None,
+                     sharded: dict[str, ShardedValueTable] | None = None) -> dict:
+    """Verify the checkpoint and load its model weights, whichever way it was written (one
+    process: safetensors; torchrun: DCP); the `sharded` tables of this rank read only their
+    shard (never the whole table). Returns state (`state`: what `read_state(path)` already
+    returned, to skip hashing the files again). Weights that are not finite (NaN / inf) are
+    an error: nothing can be evaluated from them."""
     state = read_state(path) if state is None else state
     if is_distributed_checkpoint(path):
         from extmem.run.checkpoint.distributed import load_dcp_model
-        load_dcp_model(path, model)
+        load_dcp_model(path, model, sharded)
     else:
-        load_model_weights(model, path / "model.safetensors")
-    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        load_model_weights(model, path / "model.safetensors", sharded)
+    bad = [name for name, p in model.named_parameters() if not all_finite(p)]
     if bad:
         raise CheckpointError(f"checkpoint {path}: the weights are not finite ({len(bad)} "
                               f"tensors hold NaN or inf, e.g. {bad[0]}); use an earlier "
@@ -89,17 +93,15 @@ def load_model_state(path: Path, model: nn.Module, state: dict | None = None) ->
 
 def load_optimizer_state(path: Path, state: dict, optimizer: torch.optim.Optimizer,
                          sharded: dict[str, ShardedValueTable] | None = None) -> None:
-    """Restore the optimizer; tensors of `sharded` tables are cut to this rank's shard."""
+    """Restore the optimizer; tensors of `sharded` tables are read as this rank's shard and
+    those of FSDP2 parameters (DTensors) in the parameter's placements."""
     check_optimizer_kinds(path, state, optimizer)
+    params = params_by_name(optimizer)
     if is_distributed_checkpoint(path):
         from extmem.run.checkpoint.distributed import load_dcp_optimizer
-        tensors = load_dcp_optimizer(path)
+        tensors = load_dcp_optimizer(path, params, sharded)
     else:
-        tensors = load_local_optimizer(path)
-    if sharded:
-        from extmem.run.checkpoint.distributed import localizer
-        localize = localizer(sharded)
-        tensors = {key: localize(key.partition("::")[0], value) for key, value in tensors.items()}
+        tensors = load_local_optimizer(path, params, sharded)
     load_optimizer_tensors(optimizer, tensors)
 
 

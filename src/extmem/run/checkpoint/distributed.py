@@ -9,10 +9,12 @@ A torchrun run writes RUN/checkpoints/step-N/ with
 The directory is assembled under a temporary name and renamed by rank 0 after every rank has
 written, so a crash leaves a complete checkpoint or none.
 
-Loading reshards: the model weights (and optimizer state) are read as full tensors, in one
-process (for `extmem eval` / `export`) or on every rank before the tables are cut to the
-rank's shard, so a checkpoint written on N ranks loads on 1 or M, and a one-process
-checkpoint starts an N-rank run.
+Loading reshards without materialising a table: a sharded table (and its optimizer state)
+is loaded as a DTensor over this rank's shard, so DCP reads only the rows (or columns) the
+rank holds, whatever layout wrote them; FSDP2 parameters' optimizer state loads the same way
+into their own placements (`placement.py`). In one process (`extmem eval` / `export`)
+everything is read as full tensors. So a checkpoint written on N ranks loads on 1 or M, and
+a one-process checkpoint starts an N-rank run.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from extmem.run.checkpoint.format import (
     sha256_file,
     unique_state_dict,
 )
+from extmem.run.checkpoint.placement import empty_like_param, fsdp_param, table_slice
 
 _MESHES: dict[str, DeviceMesh] = {}
 
@@ -122,30 +125,48 @@ def _load(path: Path, state: dict) -> None:
                               "written with a different model config?") from None
 
 
-def load_dcp_model(path: Path, model: nn.Module) -> None:
-    """Full model weights from a DCP checkpoint into an unsharded model."""
+def load_dcp_model(path: Path, model: nn.Module,
+                   sharded: dict[str, ShardedValueTable] | None = None) -> None:
+    """Model weights from a DCP checkpoint; the `sharded` tables read only their shard, in
+    place, everything else as full tensors."""
+    sharded = sharded or {}
     weights = unique_state_dict(model)  # full tensors, filled in place
-    _load(path, {"model": weights})
-    model.load_state_dict(weights, strict=False)
+    targets = {name: _as_dtensor(sharded[name].weight.detach(), sharded[name])
+               if name in sharded else tensor for name, tensor in weights.items()}
+    _load(path, {"model": targets})
+    model.load_state_dict({name: tensor for name, tensor in weights.items()
+                           if name not in sharded}, strict=False)
 
 
-def load_dcp_optimizer(path: Path) -> dict[str, torch.Tensor]:
-    """Every optimizer tensor of a DCP checkpoint as a full tensor ("name::key" -> tensor)."""
+def _optimizer_target(key: str, meta: TensorStorageMetadata, params: dict[str, torch.Tensor],
+                      sharded: dict[str, ShardedValueTable]) -> torch.Tensor:
+    """Where "name::field" of the checkpoint loads: a DTensor over a table shard, a DTensor in
+    an FSDP parameter's placements, or a full tensor."""
+    name = key.partition("::")[0]
+    table = sharded.get(name)
+    index = table_slice(table, meta.size) if table is not None else None
+    if index is not None:
+        local = torch.empty(meta.size, dtype=meta.properties.dtype, device="meta")[index]
+        return _as_dtensor(torch.empty(local.shape, dtype=local.dtype,
+                                       device=table.weight.device), table)
+    if fsdp_param(params.get(name), meta.size):
+        return empty_like_param(params[name], meta.properties.dtype)
+    return torch.empty(meta.size, dtype=meta.properties.dtype)
+
+
+def load_dcp_optimizer(path: Path, params: dict[str, torch.Tensor] | None = None,
+                       sharded: dict[str, ShardedValueTable] | None = None,
+                       ) -> dict[str, torch.Tensor]:
+    """The optimizer tensors of a DCP checkpoint ("name::key" -> tensor): those of `sharded`
+    tables as this rank's shard, those of FSDP parameters (in `params`) as DTensors like the
+    parameter, the rest full."""
+    params, sharded = params or {}, sharded or {}
     metadata = FileSystemReader(str(path / DCP_DIR)).read_metadata().state_dict_metadata
     prefix = "optim."
-    tensors = {key[len(prefix):]: torch.empty(meta.size, dtype=meta.properties.dtype)
+    tensors = {key[len(prefix):]: _optimizer_target(key[len(prefix):], meta, params, sharded)
                for key, meta in metadata.items()
                if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)}
     if tensors:
         _load(path, {"optim": tensors})
-    return tensors
-
-
-def localizer(sharded: dict[str, ShardedValueTable]):
-    """(param name, full tensor) -> this rank's part of it (unchanged if not a table's)."""
-    def localize(name: str, tensor: torch.Tensor) -> torch.Tensor:
-        table = sharded.get(name)
-        if table is None or tensor.dim() == 0:
-            return tensor
-        return table.shard(tensor).clone()
-    return localize
+    return {key: tensor.to_local() if isinstance(tensor, DTensor) and
+            key.partition("::")[0] in sharded else tensor for key, tensor in tensors.items()}

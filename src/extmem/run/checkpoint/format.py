@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from extmem.errors import CheckpointError
 
@@ -47,7 +48,8 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """state_dict without the second name of tied tensors (safetensors refuses shared memory)."""
     out, seen = {}, set()
     for name, tensor in model.state_dict().items():
-        key = (tensor.data_ptr(), tensor.shape, tensor.dtype)
+        local = tensor.to_local() if isinstance(tensor, DTensor) else tensor  # FSDP's shards
+        key = (local.data_ptr(), tensor.shape, tensor.dtype)
         if tensor.numel() and key in seen:
             continue
         seen.add(key)
@@ -76,12 +78,17 @@ def _state_shapes(field: str, param: torch.Tensor) -> list[tuple[int, ...]]:
     return known.get(field, [(), shape, shape[:1]])
 
 
-def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    """Assign saved optimizer state; every tensor is checked against its parameter first, so a
-    checkpoint that does not match leaves the optimizer as it was."""
+def params_by_name(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     by_name = {}
     for group in optimizer.param_groups:
         by_name.update(zip(group["param_names"], group["params"], strict=False))
+    return by_name
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Assign saved optimizer state; every tensor is checked against its parameter first, so a
+    checkpoint that does not match leaves the optimizer as it was."""
+    by_name = params_by_name(optimizer)
     for key, value in tensors.items():
         name, _, field = key.partition("::")
         if name not in by_name:

@@ -11,9 +11,10 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -27,31 +28,50 @@ from extmem.run.checkpoint.format import (
     sha256_file,
     unique_state_dict,
 )
+from extmem.run.checkpoint.placement import fsdp_param, shard_like_param, table_slice
+
+if TYPE_CHECKING:
+    from extmem.distributed.tables import ShardedValueTable
 
 
-def load_model_weights(model: nn.Module, path: Path) -> None:
-    """Load a model.safetensors into `model`, with errors that name the mismatching tensor."""
+def load_model_weights(model: nn.Module, path: Path,
+                       sharded: dict[str, ShardedValueTable] | None = None) -> None:
+    """Load a model.safetensors into `model`, with errors that name the mismatching tensor.
+    The `sharded` tables read only this rank's rows (or columns) of the file."""
+    sharded = sharded or {}
     try:
-        saved = load_file(str(path))
+        with safe_open(str(path), framework="pt") as file:
+            _check_names(path, model, set(file.keys()))
+            saved = {}
+            for name in unique_state_dict(model):  # model order: the first mismatch tells
+                part = file.get_slice(name)
+                shape = tuple(part.get_shape())
+                table = sharded.get(name)
+                expected = table.global_shape if table is not None \
+                    else tuple(model.state_dict()[name].shape)
+                if shape != expected:
+                    raise CheckpointError(
+                        f"checkpoint {path.parent} does not match the config: {name} has shape "
+                        f"{shape} in the checkpoint but {expected} in the model built from the "
+                        "config")
+                if table is not None:  # in place: no second shard-sized copy
+                    with torch.no_grad():
+                        table.weight.copy_(part[table_slice(table, shape)])
+                else:
+                    saved[name] = file.get_tensor(name)
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"cannot read {path}: {exc}") from None
-    expected = model.state_dict()
-    required = unique_state_dict(model)
-    missing = sorted(set(required) - set(saved))
-    unexpected = sorted(set(saved) - set(expected))
+    model.load_state_dict(saved, strict=False)
+
+
+def _check_names(path: Path, model: nn.Module, saved: set[str]) -> None:
+    missing = sorted(set(unique_state_dict(model)) - saved)
+    unexpected = sorted(saved - set(model.state_dict()))
     if missing or unexpected:
         detail = (f"missing {missing[:3]}" if missing else "") + \
                  (f" unexpected {unexpected[:3]}" if unexpected else "")
         raise CheckpointError(f"checkpoint {path.parent} does not match the config:{' ' + detail.strip()}; "
                               "was it written with a different model config?")
-    for name in required:  # model order: the first mismatching parameter is the telling one
-        tensor = saved[name]
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(
-                f"checkpoint {path.parent} does not match the config: {name} has shape "
-                f"{tuple(tensor.shape)} in the checkpoint but {tuple(expected[name].shape)} "
-                "in the model built from the config")
-    model.load_state_dict(saved, strict=False)
 
 
 def save_local_checkpoint(run_dir: Path, step: int, model: nn.Module,
@@ -92,9 +112,31 @@ def _load(file: Path, what: str) -> dict[str, torch.Tensor]:
                               f"({exc})") from None
 
 
-def load_local_optimizer(path: Path) -> dict[str, torch.Tensor]:
-    """Every optimizer tensor of a one-process checkpoint ("name::key" -> tensor)."""
-    return _load(path / "optimizer.safetensors", "optimizer state")
+def load_local_optimizer(path: Path, params: dict[str, torch.Tensor] | None = None,
+                         sharded: dict[str, ShardedValueTable] | None = None,
+                         ) -> dict[str, torch.Tensor]:
+    """Every optimizer tensor of a one-process checkpoint ("name::key" -> tensor); those of
+    `sharded` tables read as this rank's slice, those of FSDP parameters (in `params`) cut to
+    the parameter's shard."""
+    params, sharded = params or {}, sharded or {}
+    file_path = path / "optimizer.safetensors"
+    out = {}
+    try:
+        with safe_open(str(file_path), framework="pt") as file:
+            for key in file.keys():
+                name = key.partition("::")[0]
+                part = file.get_slice(key)
+                index = table_slice(sharded[name], part.get_shape()) if name in sharded else None
+                if index is not None:
+                    out[key] = part[index]
+                elif fsdp_param(params.get(name), part.get_shape()):
+                    out[key] = shard_like_param(file.get_tensor(key), params[name])
+                else:
+                    out[key] = file.get_tensor(key)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path}: {file_path.name} is not readable optimizer "
+                              f"state ({exc})") from None
+    return out
 
 
 def load_rng_file(file: Path) -> dict[str, torch.Tensor]:
