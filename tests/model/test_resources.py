@@ -220,3 +220,23 @@ def test_add_memory_refuses_a_table_too_big_and_leaves_the_model_alone():
         add_memory(model, huge, layers=[1])
     assert dict(model.state_dict()).keys() == before.keys()
     assert not getattr(model.config, "extmem_memories", None)
+
+
+def test_a_process_limit_counts_as_available_ram(tmp_path, monkeypatch):
+    """`ulimit -v` / `prlimit --data`: the limit less the process's current size."""
+    import resource
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmSize:\t  300000 kB\nVmData:\t  100000 kB\n")
+    limits = {resource.RLIMIT_AS: (resource.RLIM_INFINITY, resource.RLIM_INFINITY),
+              resource.RLIMIT_DATA: (500_000 * 1024, resource.RLIM_INFINITY)}
+    monkeypatch.setattr(resource, "getrlimit", lambda which: limits.get(which, (-1, -1)))
+    assert resources._rlimit_headroom(status) == 400_000 * 1024
+    limits[resource.RLIMIT_AS] = (350_000 * 1024, resource.RLIM_INFINITY)
+    assert resources._rlimit_headroom(status) == 50_000 * 1024  # the tighter of the two
+    limits[resource.RLIMIT_AS] = limits[resource.RLIMIT_DATA] = (resource.RLIM_INFINITY,) * 2
+    assert resources._rlimit_headroom(status) is None
+    # under a real limit, a table that does not fit is refused in one line before the build
+    monkeypatch.setattr(resources, "_rlimit_headroom", lambda: 1024)
+    with pytest.raises(ConfigError, match="memory tables need"):
+        check_table_memory([memory_need(mem(), 64, 100, "model.memories[0]")],
+                           torch.device("cpu"))

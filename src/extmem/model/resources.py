@@ -186,11 +186,39 @@ def _cgroup_headroom(cgroup: Path) -> int | None:
     return None
 
 
+def _status_bytes(field: str, status: Path) -> int | None:
+    """A `VmSize:` / `VmData:` line of /proc/self/status, in bytes."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _rlimit_headroom(status: Path = Path("/proc/self/status")) -> int | None:
+    """What the process's address-space (RLIMIT_AS) or data (RLIMIT_DATA) limit still allows
+    (`ulimit -v`, `prlimit --data`): the limit less the current size; None without a limit."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    found = []
+    for limit, field in ((resource.RLIMIT_AS, "VmSize"), (resource.RLIMIT_DATA, "VmData")):
+        cap = resource.getrlimit(limit)[0]
+        if cap != resource.RLIM_INFINITY and cap > 0:
+            found.append(max(cap - (_status_bytes(field, status) or 0), 0))
+    return min(found) if found else None
+
+
 def available_ram_bytes(meminfo: Path = Path("/proc/meminfo"),
                         cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
     """RAM this process can still take: MemAvailable (else the free pages `os.sysconf`
-    reports), or the cgroup limit's headroom if lower; None if neither is known."""
-    found = [_meminfo_available(meminfo) or _sysconf_available(), _cgroup_headroom(cgroup)]
+    reports), or the cgroup limit's or the process limit's (RLIMIT_AS / RLIMIT_DATA) headroom
+    if lower; None if none is known."""
+    found = [_meminfo_available(meminfo) or _sysconf_available(), _cgroup_headroom(cgroup),
+             _rlimit_headroom()]
     known = [size for size in found if size is not None]
     return min(known) if known else None
 
