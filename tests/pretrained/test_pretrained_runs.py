@@ -195,3 +195,29 @@ def test_finetuning_frames_texts_as_the_pretrained_tokenizer_does():
     ids = encode(bpe, ["the lake"], eos_id=eos, max_len=16)[0]
     assert ids == [eos, *bpe.encode("the lake").ids]
     assert encode(bpe, ["the lake"], eos_id=eos, max_len=2)[0] == ids[:2]
+
+
+def test_a_run_config_can_name_the_checkpoint(sources, tmp_path, capsys):
+    """`model.pretrained` + `data.tokenizer` in a train config: the pretrained weights at step
+    0, the run keeps the checkpoint's config, and a resume needs no source directory."""
+    source = shutil.copytree(sources["bert"], tmp_path / "bert")
+    config = tmp_path / "mine.toml"
+    config.write_text(f'[model]\npretrained = "{source}"\ncausal = false\nvocab_size = '
+                      f'{json.loads((source / "config.json").read_text())["vocab_size"]}\n'
+                      'd_model = 32\nn_heads = 2\nn_layers = 2\nd_ff = 64\nffn = "gelu"\n'
+                      'max_seq_len = 128\n[data]\nseq_len = 32\n'
+                      f'tokenizer = "{source}"\n[train]\nsteps = 2\neval_every = 0\n'
+                      'eval_tokens = 2048\ncheckpoint_every = 1\nkeep_checkpoints = 0\n')
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert (run / "pretrained" / "config.json").is_file()
+    assert not (run / "pretrained" / "model.safetensors").exists()
+    pretrained = load_file(str(source / "model.safetensors"))
+    shutil.rmtree(source)
+    first = load_file(str(run / "checkpoints" / "step-1" / "model.safetensors"))
+    name = "embeddings.position_embeddings.weight"  # trained, so only close to the source
+    assert torch.allclose(first[f"hf.bert.{name}"], pretrained[name], atol=0.05)
+    resumed = run_json(capsys, "train", "--resume", "--out", str(run), "--quiet",
+                       "--set", "train.steps=3")
+    assert resumed["steps"] == 3
