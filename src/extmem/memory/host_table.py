@@ -228,10 +228,10 @@ class HostValueTable(ValueTable):
         self.table_file = file  # "" for host memory or an anonymous (unlinked) mapped file
         self._pending: PrefetchedRows | None = None  # set by `use_prefetched` for one read
         self._copy_streams: dict[torch.device, object] = {}  # device -> side CUDA stream
-        # prefetches started / read from / dropped unread or not matching, and seconds the
-        # reads waited for the background thread
+        # prefetches started / read from / dropped unread or not matching; seconds the thread
+        # spent gathering (host side) and that the reads waited for it
         self.prefetches = self.prefetch_hits = self.prefetch_misses = 0
-        self.prefetch_wait_s = 0.0
+        self.prefetch_gather_s = self.prefetch_wait_s = 0.0
         if storage == "mmap" and materialize:
             self.weight = nn.Parameter(host_rows(storage, file, num_rows, dim, dtype,
                                                  self.init_seed))  # (N, d_v)
@@ -255,13 +255,17 @@ class HostValueTable(ValueTable):
     def _gather_rows(self, handle: PrefetchedRows, device: torch.device):
         """On the background thread: distinct rows, gathered (and copied to a GPU)."""
         handle.thread = threading.get_ident()
+        started = time.perf_counter()
         unique, inverse = torch.unique(handle.ids, return_inverse=True)  # (U,), (R,)
         weight = self.weight.detach()
         if device.type != "cuda":
-            return unique, inverse.to(device), weight.index_select(0, unique).to(device), None
+            rows = weight.index_select(0, unique)  # (U, d): a cold table's page faults
+            self.prefetch_gather_s += time.perf_counter() - started
+            return unique, inverse.to(device), rows.to(device), None
         rows = torch.empty(unique.shape[0], weight.shape[1], dtype=weight.dtype,
                            pin_memory=True)  # (U, d)
         torch.index_select(weight, 0, unique, out=rows)
+        self.prefetch_gather_s += time.perf_counter() - started
         stream = self._copy_streams.get(device)
         if stream is None:
             stream = self._copy_streams[device] = torch.cuda.Stream(device)
