@@ -158,10 +158,12 @@ class Memory(nn.Module):
                        past_ids: torch.Tensor | None = None) -> None:
         """Compute this memory's row ids from the tokens (B, T) and start gathering its rows on
         the host table's background thread (`HostValueTable.prefetch`); the next forward on
-        these same tensors reads them. Needs `memory.prefetch`'s lookup and table storage."""
-        if not isinstance(self.table, HostValueTable) or not hasattr(self.lookup, "row_ids"):
-            raise ValueError(f"memory.prefetch: the {self.cfg.lookup} lookup with table_storage "
-                             f"{self.cfg.table_storage!r} cannot prefetch")
+        these same tensors reads them. A table that is not a HostValueTable (a rank's shard
+        under train.table_sharding = "rows", read across ranks) is read as usual: no-op."""
+        if not hasattr(self.lookup, "row_ids"):
+            raise ValueError(f"memory.prefetch: the {self.cfg.lookup} lookup cannot prefetch")
+        if not isinstance(self.table, HostValueTable):
+            return
         if self._prefetched is not None:  # an earlier prefetch was never read
             self.table.prefetch_misses += 1
         ids = self.lookup.row_ids(input_ids, past_ids, padding_mask)  # (B, T, H)
