@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from extmem import MemoryConfig, ModelConfig, Transformer
 from extmem.errors import ConfigError
-from extmem.memory import EngramConfig
+from extmem.memory import EngramConfig, ValueTable
 from extmem.memory.host_table import HostValueTable
 from extmem.model import DecodeCache
 
@@ -147,3 +147,11 @@ def test_configs_that_cannot_prefetch_are_one_line_errors(settings, message):
     with pytest.raises(ConfigError) as error:
         MemoryConfig(prefetch=True, **settings)
     assert str(error.value) == message
+
+
+def test_a_table_that_is_not_a_host_table_is_read_as_usual():
+    model = model_with(memory_config("host"))
+    memory = model.blocks[1].memories[0]
+    memory.table = ValueTable(memory.table.num_rows, 4)  # as a rank's shard replaces it
+    out = model(torch.randint(0, VOCAB, (2, 5)))
+    assert out.shape == (2, 5, VOCAB) and memory._prefetched is None
