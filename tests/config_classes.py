@@ -14,6 +14,7 @@ from typing import Any
 import extmem
 from extmem.altup.config import AltUpConfig
 from extmem.bench.capacity import CapacityBenchConfig
+from extmem.bench.engram_prefetch import EngramPrefetchBenchConfig
 from extmem.bench.kernels import KernelsBenchConfig
 from extmem.bench.model import ModelBenchConfig
 from extmem.bench.pkm import PkmBenchConfig
@@ -51,6 +52,7 @@ CONFIG_SETUP: dict[type, tuple[str, dict[str, Any]]] = {
     CapacityBenchConfig: ("bench.capacity", {}),
     ModelBenchConfig: ("bench.model", {}),
     KernelsBenchConfig: ("bench.kernels", {}),
+    EngramPrefetchBenchConfig: ("bench.engram-prefetch", {}),
 }
 
 # modules that `discover` does not import

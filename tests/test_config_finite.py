@@ -19,7 +19,8 @@ from tests.cli_helpers import error_line
 from tests.config_classes import declares, discover, missing_setup, setups
 
 EXPECTED = {"ProductKeyConfig", "RouterLookupConfig", "MemoryConfig", "AltUpConfig", "ModelConfig",
-            "DataConfig", "ParamGroupConfig", "TrainConfig", "FinetuneConfig", "SweepConfig"}
+            "DataConfig", "ParamGroupConfig", "TrainConfig", "FinetuneConfig", "SweepConfig",
+            "EngramPrefetchBenchConfig"}
 
 
 def has_float_fields(cls: type) -> bool:

@@ -1,6 +1,6 @@
-"""`extmem bench kernels | host-table | scaling` at tiny sizes, and where every bench writes:
-results.md / results.json / plots under --out (default a fresh runs/bench/NAME), a Markdown doc
-only with --doc. No assertion depends on speed."""
+"""`extmem bench kernels | host-table | engram-prefetch | scaling` at tiny sizes, and where
+every bench writes: results.md / results.json / plots under --out (default a fresh
+runs/bench/NAME), a Markdown doc only with --doc. No assertion depends on speed."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from extmem.memory.kernels import numba_installed
 TINY_KERNELS = ["tokens=16", "heads=2", "topk=4", "key_dim=8", "n_keys=16", "dim=8",
                 "adam_rows=10", "repeats=1", "warmup=0"]
 TINY_TABLE = ["rows=4096", "dim=16", "reads=3", "tokens=8", "per_token=4"]
+TINY_PREFETCH = ["table_gib=0.001", "d_model=16", "n_layers=2", "n_heads=2", "heads=2",
+                 "vocab_size=64", "batch_size=2", "seq_len=8", "steps=2", "warmup=1"]
 
 
 def sets(settings: list[str]) -> list[str]:
@@ -33,6 +35,10 @@ def sets(settings: list[str]) -> list[str]:
     ("kernels", "key_dim=7", "error: bench.kernels.key_dim: 7 must be even"),
     ("host-table", "rows=0", "error: bench.host-table.rows: 0 must be >= 1"),
     ("host-table", "per_token=-1", "error: bench.host-table.per_token: -1 must be >= 1"),
+    ("engram-prefetch", "layer=4", "error: bench.engram-prefetch.layer: 4 must be < "
+                                   "n_layers=4"),
+    ("engram-prefetch", "table_gib=1e-9", "error: bench.engram-prefetch.table_gib: 1e-09 "
+                                          "(memory_gib 0.0) is too small"),
     ("scaling", "procs=[1, 0]", "error: bench.scaling.procs[1]: 0 must be an integer >= 1"),
     ("scaling", "procs=[]", "error: bench.scaling.procs: empty"),
     ("scaling", "config=\"missing.toml\"", "error: bench.scaling.config: 'missing.toml' is "
@@ -96,6 +102,22 @@ def test_host_table_reports_resident_memory(capsys, tmp_path) -> None:
     assert len(result["read_ms"]["samples"]) == 3
     assert not list(table_dir.iterdir())  # the table file is deleted at the end
     assert "## host-table" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_engram_prefetch_times_three_tables(capsys, tmp_path) -> None:
+    table_dir = tmp_path / "table"
+    table_dir.mkdir()
+    result = run_json(capsys, "bench", "engram-prefetch", "--out", str(tmp_path / "out"),
+                      *sets([*TINY_PREFETCH, f"dir=\"{table_dir}\""]))
+    assert list(result["step_ms"]) == ["memory", "mmap", "mmap_prefetch"]
+    assert all(len(s["samples"]) == 2 for s in result["step_ms"].values())
+    assert list(result["prefetch_ms"]) == ["mmap_prefetch"]  # only that subject prefetched
+    rows = result["rows_per_head"]
+    assert result["file_bytes"] == result["memory_table_bytes"] >= 4 * rows * 8 * 4  # 4 tables
+    cached = result["drop_before_after"]["cached_bytes"]
+    assert cached[0] > 0 and cached[1] <= cached[0]
+    assert not list(table_dir.iterdir())  # the table file is deleted at the end
+    assert "## engram-prefetch" in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_scaling_trains_once_on_one_process(capsys, tmp_path) -> None:

@@ -29,6 +29,8 @@ BENCHES: dict[str, tuple[str, str, str]] = {
     "altup": ("altup", "AltUpBenchConfig", "run_altup_bench"),
     "kernels": ("kernels", "KernelsBenchConfig", "run_kernels_bench"),
     "host-table": ("host_table", "HostTableBenchConfig", "run_host_table_bench"),
+    "engram-prefetch": ("engram_prefetch", "EngramPrefetchBenchConfig",
+                        "run_engram_prefetch_bench"),
     "scaling": ("scaling", "ScalingBenchConfig", "run_scaling_bench"),
 }
 RESULTS_MD, RESULTS_JSON = "results.md", "results.json"

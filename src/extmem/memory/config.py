@@ -20,6 +20,8 @@ Lookup = Literal["product_keys", "token", "ngram", "lsh", "router", "engram"]
 Readout = Literal["add", "gated", "memory_plus", "concat", "experts", "engram"]
 PLACEMENTS: tuple[str, ...] = get_args(Placement)
 LOOKUPS: tuple[str, ...] = get_args(Lookup)
+# lookups whose rows depend on the token ids only, so they can be gathered ahead (memory.prefetch)
+TOKEN_ID_LOOKUPS: tuple[str, ...] = ("engram", "token", "ngram")
 READOUTS: tuple[str, ...] = get_args(Readout)
 
 
@@ -275,6 +277,10 @@ class MemoryConfig:
     # so only the parts read are resident, as page cache the kernel can reclaim.
     table_storage: Literal["device", "host", "mmap"] = "device"
     table_file: str = ""
+    # Gather the rows of a host / mmap table on a background thread (and, on a GPU, copy them
+    # on a side stream) while the earlier layers run (`HostValueTable.prefetch`): the row ids
+    # of token-id lookups are known from the tokens before the first layer (Engram's design).
+    prefetch: bool = False
     product_keys: ProductKeyConfig = field(default_factory=ProductKeyConfig)
     token: TokenLookupConfig = field(default_factory=TokenLookupConfig)
     ngram: NgramLookupConfig = field(default_factory=NgramLookupConfig)
@@ -305,6 +311,13 @@ class MemoryConfig:
         require(not self.table_file or len(self.layers) == 1 or self.share_table,
                 f"memory.table_file: one file cannot hold the separate tables of layers "
                 f"{self.layers}; set share_table = true or leave table_file empty")
+        require(not self.prefetch or self.table_storage in ("host", "mmap"),
+                f"memory.prefetch: needs table_storage = 'host' or 'mmap' (this memory's is "
+                f"{self.table_storage!r})")
+        require(not self.prefetch or self.lookup in TOKEN_ID_LOOKUPS,
+                f"memory.prefetch: needs a lookup whose rows depend on the token ids only "
+                f"({', '.join(repr(n) for n in TOKEN_ID_LOOKUPS)}); this memory's is "
+                f"{self.lookup!r}")
         require(not (self.sparse_updates and self.readout == "experts"),
                 "memory.sparse_updates: not supported with readout = 'experts' (expert rows "
                 "are gathered as weights, which gives a dense gradient)")

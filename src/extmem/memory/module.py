@@ -21,7 +21,7 @@ from extmem.config import require
 from extmem.memory.config import MemoryConfig
 from extmem.memory.engram import EngramLookup, EngramReadout
 from extmem.memory.experts import ExpertsReadout, expert_row_width, init_expert_table
-from extmem.memory.host_table import HostValueTable
+from extmem.memory.host_table import HostValueTable, PrefetchedRows
 from extmem.memory.lsh import LshLookup
 from extmem.memory.product_keys import ProductKeyLookup
 from extmem.memory.readout import AddReadout, ConcatReadout, GatedReadout, MemoryPlusReadout
@@ -144,10 +144,43 @@ class Memory(nn.Module):
         self.usage = UsageCounters(self.lookup.num_slots)
         self.altup_first_block: int | None = None  # AltUp memory block for concat_into="altup"
         self._collectors: list[UsageCounters] = []
+        # memory.prefetch: the model calls `start_prefetch` before its first layer (a flag, so
+        # a benchmark can switch it); the pending prefetch and the inputs it was made from
+        self.prefetch = cfg.prefetch
+        self._prefetched: tuple[tuple, PrefetchedRows] | None = None
 
     @property
     def num_slots(self) -> int:
         return self.table.num_rows
+
+    @torch.compiler.disable  # a thread pool call: eager even in a compiled model
+    def start_prefetch(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                       past_ids: torch.Tensor | None = None) -> None:
+        """Compute this memory's row ids from the tokens (B, T) and start gathering its rows on
+        the host table's background thread (`HostValueTable.prefetch`); the next forward on
+        these same tensors reads them. A table that is not a HostValueTable (a rank's shard
+        under train.table_sharding = "rows", read across ranks) is read as usual: no-op."""
+        if not hasattr(self.lookup, "row_ids"):
+            raise ValueError(f"memory.prefetch: the {self.cfg.lookup} lookup cannot prefetch")
+        if not isinstance(self.table, HostValueTable):
+            return
+        if self._prefetched is not None:  # an earlier prefetch was never read
+            self.table.prefetch_misses += 1
+        ids = self.lookup.row_ids(input_ids, past_ids, padding_mask)  # (B, T, H)
+        self._prefetched = ((input_ids, padding_mask, past_ids),
+                            self.table.prefetch(ids, input_ids.device))
+
+    def _take_prefetched(self, input_ids: torch.Tensor | None, padding_mask: torch.Tensor | None,
+                         past_ids: torch.Tensor | None) -> PrefetchedRows | None:
+        """The pending prefetch if it was made from these very tensors, else None (dropped)."""
+        if self._prefetched is None:
+            return None
+        (ids, mask, past), handle = self._prefetched
+        self._prefetched = None
+        if ids is input_ids and mask is padding_mask and past is past_ids:
+            return handle
+        self.table.prefetch_misses += 1
+        return None
 
     def forward(self, h: torch.Tensor, input_ids: torch.Tensor | None = None,
                 padding_mask: torch.Tensor | None = None,
@@ -167,13 +200,17 @@ class Memory(nn.Module):
             self.usage.record(indices, weights, padding_mask)
         for collector in self._collectors:
             collector.record(indices, weights, padding_mask)
+        extra = {}
         if getattr(self.readout, "mixes_positions", False):
             if past_ids is not None and past_ids.shape[1] and state is None:
                 raise ValueError(f"the {self.cfg.readout} readout mixes positions: cached "
                                  "decoding must pass this memory's state (state=)")
-            return self.readout(h, self.table, indices, weights, padding_mask=padding_mask,
-                                state=state)
-        return self.readout(h, self.table, indices, weights)
+            extra = {"padding_mask": padding_mask, "state": state}
+        handle = self._take_prefetched(input_ids, padding_mask, past_ids)
+        if handle is None:
+            return self.readout(h, self.table, indices, weights, **extra)
+        with self.table.use_prefetched(handle):  # the read bags the prefetched rows
+            return self.readout(h, self.table, indices, weights, **extra)
 
     def pop_altup_rows(self) -> torch.Tensor | None:
         """Rows (B, T, d_v) of the last forward for AltUp's memory blocks, once (else None)."""

@@ -45,15 +45,20 @@ class TokenLookup(nn.Module):
         self.reads_per_token = 1
         self.register_buffer("multiplier", _odd_constants(1, cfg.seed))
 
+    def row_ids(self, input_ids: torch.Tensor, past_ids: torch.Tensor | None = None,
+                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) -> table rows (B, T, 1); the ids only (memory.prefetch)."""
+        ids = input_ids
+        if self.hashed:
+            ids = ((ids * self.multiplier) & _MASK_62) % self.num_slots
+        return ids[..., None]
+
     def forward(self, h: torch.Tensor, input_ids: torch.Tensor | None = None,
                 **_: object) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids (B, T) -> indices, weights (B, T, 1, 1)."""
         if input_ids is None:
             raise ValueError("the token lookup needs input_ids")
-        ids = input_ids
-        if self.hashed:
-            ids = ((ids * self.multiplier) & _MASK_62) % self.num_slots
-        indices = ids[..., None, None]  # (B, T, 1, 1)
+        indices = self.row_ids(input_ids)[..., None]  # (B, T, 1, 1)
         return indices, torch.ones(indices.shape, dtype=h.dtype, device=h.device)
 
     def flops_per_token(self, d_model: int) -> int:
@@ -98,6 +103,11 @@ class NgramLookup(nn.Module):
                     mixed = mixed ^ ((shifted[j] * self.multipliers[pair, j]) & _MASK_62)
                 columns.append(mixed % self.primes[pair] + self.offsets[pair])
         return torch.stack(columns, dim=-1)  # (B, T, orders * heads)
+
+    def row_ids(self, input_ids: torch.Tensor, past_ids: torch.Tensor | None = None,
+                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The rows `forward` reads, from the ids only (memory.prefetch): (B, T, H)."""
+        return self.ngram_ids(input_ids, past_ids)
 
     def forward(self, h: torch.Tensor, input_ids: torch.Tensor | None = None,
                 past_ids: torch.Tensor | None = None,

@@ -192,6 +192,17 @@ class Transformer(MemoryHost):
             if block.ffn is not None:
                 nn.init.normal_(block.ffn.down.weight, std=std / (2 * self.cfg.n_layers) ** 0.5)
 
+    def start_prefetches(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None,
+                         cache: DecodeCache | None) -> None:
+        """memory.prefetch: before the first layer, start gathering the rows of every memory
+        that prefetches (token-id lookups on host / mmap tables, `Memory.start_prefetch`) on
+        the tables' background thread, in layer order, while the earlier layers run."""
+        past_ids = cache.token_ids if cache is not None else None
+        for block in self.blocks:
+            for memory in block.memories:
+                if memory.prefetch:
+                    memory.start_prefetch(input_ids, padding_mask, past_ids)
+
     def run_blocks(self, x: torch.Tensor, input_ids: torch.Tensor,
                    padding_mask: torch.Tensor | None,
                    cache: DecodeCache | None) -> torch.Tensor:
@@ -228,6 +239,7 @@ class Transformer(MemoryHost):
                              f"model.max_seq_len={self.cfg.max_seq_len}")
         if cache is not None and not self.cfg.causal:
             raise ValueError("a DecodeCache needs a causal model (model.causal = true)")
+        self.start_prefetches(input_ids, padding_mask, cache)
         x = F.dropout(self.embed(input_ids), self.cfg.dropout, self.training)  # (B, T, d)
         x = self.run_blocks(x, input_ids, padding_mask, cache)
         if cache is not None:
