@@ -44,4 +44,4 @@ def steps_for_exposures(cfg: RunConfig, exposures: int, tokens: dict[str, int]) 
     key = repr(cfg.data)
     if key not in tokens:
         tokens[key] = training_tokens(cfg.data)
-    return exposure_steps(exposures, tokens[key], cfg.train.batch_size, cfg.data.seq_len)
+    return exposure_steps(exposures, tokens[key], cfg.train.rows_per_step, cfg.data.seq_len)
