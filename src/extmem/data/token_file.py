@@ -9,6 +9,7 @@ windows from the page cache and the stream is never one tensor in RAM.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -41,8 +42,13 @@ class TokenFile:
     def __init__(self, path: str | Path, dtype: np.dtype) -> None:
         self.path = Path(path)
         size = self.path.stat().st_size // dtype.itemsize
-        self.array = (np.memmap(self.path, dtype=dtype, mode="r", shape=(size,)) if size
-                      else np.zeros(0, dtype=dtype))  # (N,)
+        self.array = np.zeros(0, dtype=dtype)  # (N,)
+        if size:
+            with self.path.open("rb") as file:
+                mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+            # random windows: no read-ahead around each page fault on a cold file
+            mapped.madvise(mmap.MADV_RANDOM)
+            self.array = np.frombuffer(mapped, dtype=dtype, count=size)
 
     def numel(self) -> int:
         return int(self.array.shape[0])
