@@ -123,7 +123,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                            cfg.data)
         probes, train_probes = [], []
     tc = cfg.train
-    tokens = (run.step + tc.data_offset) * tc.batch_size * cfg.data.seq_len
+    tokens = (run.step + tc.data_offset) * tc.rows_per_step * cfg.data.seq_len
     results = {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name, "steps": run.step,
                **evaluate(model, lm, probes, tc.eval_batch_size, tc.eval_tokens, tc.mask_prob,
                           tc.usage_window, train_probes=train_probes, tokens_trained=tokens)}

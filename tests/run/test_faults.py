@@ -58,18 +58,21 @@ def test_resuming_with_a_bad_lr_keeps_the_good_checkpoints(tiny_config, tmp_path
 
 
 def test_nonfinite_steps_can_be_skipped(tiny_config, tmp_path, monkeypatch, capsys):
-    original = objective.batch_loss
+    original = objective.token_loss
+    calls = []
 
-    def nan_at_step_2(model, inputs, targets, data, seed, step, mask_prob):
-        loss, n = original(model, inputs, targets, data, seed, step, mask_prob)
-        return (loss * float("nan") if step == 2 else loss), n
-    monkeypatch.setattr("extmem.train.loop.batch_loss", nan_at_step_2)
+    def nan_at_step_2(model, inputs, labels):  # one micro-batch per step: call 2 is step 2
+        loss, n = original(model, inputs, labels)
+        calls.append(n)
+        return (loss * float("nan") if len(calls) == 3 else loss), n
+    monkeypatch.setattr("extmem.train.loop.token_loss", nan_at_step_2)
     out = tmp_path / "run"
     line = error_line(capsys, "train", str(tiny_config), "--out", str(out), "--quiet")
     assert "not finite" in line and "train again with the same --out" in line
     assert not out.exists()  # no checkpoint yet: nothing half-made is left to trip a rerun
+    calls.clear()
     assert train(tiny_config, out, "--set", "train.max_nonfinite_steps=1") == 0
-    assert all_finite(out, "step-6")
+    assert len(calls) == 6 and all_finite(out, "step-6")
 
 
 def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tiny_config, tmp_path,

@@ -1,7 +1,8 @@
 """Token streams and batches for language-model training and evaluation.
 
-Each split is one int64 token stream: every document is encoded on its own and followed by
-EOS (`doc0 EOS doc1 EOS ...`), so BPE never merges across documents. Training batches are
+Each split is one token stream (an int64 tensor; for large corpora a memory-mapped file,
+token_file.py): every document is encoded on its own and followed by EOS
+(`doc0 EOS doc1 EOS ...`), so BPE never merges across documents. Training batches are
 random windows whose starts depend only on (seed, step): resuming at step s replays exactly
 the batches an uninterrupted run would have seen. Validation batches are contiguous windows
 whose targets cover the stream once.
@@ -23,6 +24,7 @@ from extmem.data.facts import FactProbe
 from extmem.data.probes import ProbeBatch, probe_batches
 from extmem.data.special import special_ids as find_special_ids
 from extmem.data.streams import cached_stream
+from extmem.data.token_file import TokenFile
 from extmem.errors import DataError
 
 
@@ -39,8 +41,9 @@ class LMData:
     Bits per byte on validation = mean token loss (nats) / (ln 2 * val_bytes_per_token).
     """
 
-    train_ids: torch.Tensor  # (N_train,) int64
-    val_ids: torch.Tensor  # (N_val,) int64
+    # (N,) int64 tensors, or for large corpora memory-mapped files indexed the same way
+    train_ids: torch.Tensor | TokenFile  # (N_train,)
+    val_ids: torch.Tensor | TokenFile  # (N_val,)
     val_bytes_per_token: float  # UTF-8 bytes of the val documents / len(val_ids)
     vocab_size: int
     eos_id: int
@@ -78,12 +81,11 @@ class LMData:
         T = self.seq_len
         n_targets = max(ids.numel() - 1, 0)
         n_full = n_targets // T
-        if n_full:
-            index = torch.arange(n_full)[:, None] * T + torch.arange(T + 1)[None, :]  # (W, T+1)
-            windows = ids[index]  # (W, T + 1)
-            for start in range(0, n_full, batch_size):
-                chunk = windows[start:start + batch_size]  # (B, T + 1)
-                yield chunk[:, :-1], chunk[:, 1:]
+        offsets = torch.arange(T + 1)[None, :]  # (1, T + 1)
+        for start in range(0, n_full, batch_size):  # one batch read at a time
+            rows = torch.arange(start, min(start + batch_size, n_full))  # (B,)
+            chunk = ids[rows[:, None] * T + offsets]  # (B, T + 1)
+            yield chunk[:, :-1], chunk[:, 1:]
         if n_targets > n_full * T:
             rest = ids[n_full * T:]  # (r + 1,)
             yield rest[None, :-1], rest[None, 1:]
@@ -93,24 +95,30 @@ class LMData:
         return probe_batches(self.tokenizer, probes, batch_size, self.eos_id, self.pad_id)
 
 
+def make_lm_data(train_ids: torch.Tensor | TokenFile, val_ids: torch.Tensor | TokenFile,
+                 val_bytes: int, tokenizer: Tokenizer, cfg: DataConfig, name: str) -> LMData:
+    """LMData over finished token streams; DataError when corpus `name` is too small."""
+    special = find_special_ids(tokenizer)
+    if train_ids.numel() < cfg.seq_len + 1:
+        raise DataError(f"data.seq_len: {cfg.seq_len} needs a training stream of at least "
+                        f"{cfg.seq_len + 1} tokens, but corpus {name!r} has "
+                        f"{train_ids.numel()}; lower data.seq_len or add training text")
+    if val_ids.numel() < 2:
+        raise DataError(f"corpus {name!r} has no validation text (val stream has "
+                        f"{val_ids.numel()} token(s)); at least one validation document "
+                        "is needed")
+    return LMData(train_ids=train_ids, val_ids=val_ids,
+                  val_bytes_per_token=val_bytes / val_ids.numel(),
+                  vocab_size=tokenizer.get_vocab_size(), eos_id=special.eos,
+                  pad_id=special.pad, mask_id=special.mask, seq_len=cfg.seq_len,
+                  tokenizer=tokenizer)
+
+
 def build_lm_data(corpus: Corpus, tokenizer: Tokenizer, cfg: DataConfig,
                   cache_dir: str | Path | None = None) -> LMData:
     """Encode the corpus' train and val documents into token streams (large ones cached)."""
-    special = find_special_ids(tokenizer)
-    eos_id = special.eos
+    eos_id = find_special_ids(tokenizer).eos
     train_ids = cached_stream(tokenizer, corpus.train_docs, eos_id, cache_dir)  # (N_train,)
     val_ids = cached_stream(tokenizer, corpus.val_docs, eos_id, cache_dir)  # (N_val,)
-    if train_ids.numel() < cfg.seq_len + 1:
-        raise DataError(f"data.seq_len: {cfg.seq_len} needs a training stream of at least "
-                        f"{cfg.seq_len + 1} tokens, but corpus {corpus.name!r} has "
-                        f"{train_ids.numel()}; lower data.seq_len or add training text")
-    if val_ids.numel() < 2:
-        raise DataError(f"corpus {corpus.name!r} has no validation text (val stream has "
-                        f"{val_ids.numel()} token(s)); at least one validation document "
-                        "is needed")
     val_bytes = sum(len(doc.encode("utf-8")) for doc in corpus.val_docs)
-    return LMData(train_ids=train_ids, val_ids=val_ids,
-                  val_bytes_per_token=val_bytes / val_ids.numel(),
-                  vocab_size=tokenizer.get_vocab_size(), eos_id=eos_id,
-                  pad_id=special.pad, mask_id=special.mask, seq_len=cfg.seq_len,
-                  tokenizer=tokenizer)
+    return make_lm_data(train_ids, val_ids, val_bytes, tokenizer, cfg, corpus.name)

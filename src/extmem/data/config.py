@@ -72,6 +72,11 @@ class DataConfig:
     hf_config: str = ""  # "hf": dataset configuration name ("" = default)
     hf_split: str = "train"  # "hf": split to load (train/val are re-split by content hash)
     text_field: str = "text"  # field holding the text in JSONL / HF rows
+    # "files" / "hf": read documents one at a time into memory-mapped token files (cached),
+    # never the whole corpus in RAM; a trained tokenizer learns from the first 20M characters
+    streaming: bool = False
+    # "hf": load_dataset(..., streaming=True): rows read as iterated (implies streaming)
+    hf_streaming: bool = False
     val_fraction: float = 0.05  # document-level validation fraction (not used by "facts")
     max_chars: int = 0  # 0 = no cap; otherwise cap total training characters
     vocab_size: int = 512  # trained byte-level BPE size (incl. specials); ignored with tokenizer
@@ -95,6 +100,14 @@ class DataConfig:
                 "such as 'roneneldan/TinyStories'")
         require(self.corpus != "hf" or self.hf_split.strip() != "",
                 f"{p}.hf_split: is empty; set it to a split name such as 'train'")
+        for name in ("streaming", "hf_streaming"):
+            require(isinstance(getattr(self, name), bool),
+                    f"{p}.{name}: expected true or false, got {getattr(self, name)!r}")
+        require(not self.streaming or self.corpus in ("files", "hf"),
+                f"{p}.streaming: not available for corpus {self.corpus!r}; allowed with "
+                "corpus = 'files' or 'hf'")
+        require(not self.hf_streaming or self.corpus == "hf",
+                f"{p}.hf_streaming: needs corpus = 'hf', got {self.corpus!r}")
         require(self.text_field.strip() != "",
                 f"{p}.text_field: is empty; set it to the row field holding the text")
         require(isinstance(self.val_fraction, (int, float)) and not isinstance(

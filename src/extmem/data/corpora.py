@@ -41,7 +41,8 @@ class Corpus:
         return sum(len(d) for d in self.val_docs)
 
 
-def _hash_fraction(doc: str) -> float:
+def hash_fraction(doc: str) -> float:
+    """The document's SHA-1 as a fraction of 2**64 (< val_fraction: validation)."""
     digest = hashlib.sha1(doc.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
@@ -52,7 +53,7 @@ def split_docs(docs: list[str], val_fraction: float) -> tuple[list[str], list[st
         raise DataError(f"the corpus has {len(docs)} document(s); at least 2 are needed to "
                         "make non-empty training and validation splits (in .txt files, "
                         "separate documents with a blank line)")
-    keys = [_hash_fraction(d) for d in docs]
+    keys = [hash_fraction(d) for d in docs]
     is_val = [k < val_fraction for k in keys]
     if not any(is_val):  # move the document closest to the threshold
         is_val[min(range(len(docs)), key=lambda i: (keys[i], i))] = True

@@ -3,7 +3,8 @@
 `data.path` is a file, a directory (searched recursively) or a glob pattern. Files are read in
 sorted path order. In a .txt file, documents are separated by blank lines; in a .jsonl file,
 each non-blank line is a JSON object whose `data.text_field` string is one document.
-Empty documents are skipped.
+Empty documents are skipped. `iter_files` yields the same documents one at a time, reading
+files line by line (`data.streaming`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from extmem.errors import DataError
@@ -65,10 +67,11 @@ def txt_documents(path: Path) -> list[str]:
     return [part.strip() for part in parts if part.strip()]
 
 
-def jsonl_documents(path: Path, text_field: str) -> list[str]:
-    """The `text_field` string of each row of a .jsonl file."""
+def jsonl_documents_of(lines: Iterable[tuple[int, str]], path: Path,
+                       text_field: str) -> list[str]:
+    """The `text_field` string of each (line number, JSON line) of `path`."""
     docs: list[str] = []
-    for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
+    for lineno, line in lines:
         if not line.strip():
             continue
         try:
@@ -89,6 +92,11 @@ def jsonl_documents(path: Path, text_field: str) -> list[str]:
     return docs
 
 
+def jsonl_documents(path: Path, text_field: str) -> list[str]:
+    """The `text_field` string of each row of a .jsonl file."""
+    return jsonl_documents_of(enumerate(read_utf8(path).split("\n"), start=1), path, text_field)
+
+
 def load_files(path: str, text_field: str = "text") -> list[str]:
     """All documents under `path`, in sorted file order."""
     files = find_files(path)
@@ -102,3 +110,50 @@ def load_files(path: str, text_field: str = "text") -> list[str]:
         raise DataError(f"data.path: {path!r} matched {len(files)} file(s) but all are empty "
                         "(no non-blank documents)")
     return docs
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line without its newline), read incrementally as UTF-8 (BOM dropped,
+    newlines normalised like `read_utf8`)."""
+    lineno = 0
+    try:
+        with path.open("r", encoding="utf-8-sig", newline=None) as file:
+            for lineno, line in enumerate(file, start=1):
+                yield lineno, line.rstrip("\n")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not valid UTF-8 near line {lineno + 1}; "
+                        "convert the file to UTF-8") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def iter_txt_documents(path: Path) -> Iterator[str]:
+    """`txt_documents`, one document at a time (a line of spaces/tabs ends a document)."""
+    lines: list[str] = []
+    for _, line in _lines(path):
+        if line.strip(" \t\f\v"):
+            lines.append(line)
+        elif lines:
+            doc = "\n".join(lines).strip()
+            lines = []
+            if doc:
+                yield doc
+    doc = "\n".join(lines).strip()
+    if doc:
+        yield doc
+
+
+def iter_jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+    """`jsonl_documents`, one row at a time."""
+    for lineno, line in _lines(path):
+        if line.strip():
+            yield from jsonl_documents_of([(lineno, line)], path, text_field)
+
+
+def iter_files(path: str, text_field: str = "text") -> Iterator[str]:
+    """`load_files`, one document at a time (never a whole file in memory)."""
+    for file in find_files(path):
+        if file.suffix.lower() == ".jsonl":
+            yield from iter_jsonl_documents(file, text_field)
+        else:
+            yield from iter_txt_documents(file)

@@ -179,7 +179,7 @@ def _set_budget(run: RunConfig, variant: VariantConfig, cfg: SweepConfig,
         run.train.steps = steps_for_exposures(run, exposures, tokens)
         run.train.exposures = exposures
     elif cfg.tokens:
-        run.train.steps = max(1, cfg.tokens // (run.train.batch_size * run.data.seq_len))
+        run.train.steps = max(1, cfg.tokens // (run.train.rows_per_step * run.data.seq_len))
     elif cfg.steps:
         run.train.steps = cfg.steps
 

@@ -21,12 +21,16 @@ from pathlib import Path
 
 from extmem.config import require
 from extmem.data import DataConfig, build_lm_data, get_tokenizer, load_corpus
+from extmem.data.stream_corpus import build_streamed_lm_data, is_streamed, sample_corpus
 from extmem.run.config import RunConfig
 
 
 def training_tokens(data: DataConfig, cache_dir: str | Path | None = None) -> int:
     """N: tokens of the training stream of `data` (documents + one EOS each), with the
     tokenizer a run of this data config trains (cached)."""
+    if is_streamed(data):
+        tokenizer = get_tokenizer(sample_corpus(data), data, cache_dir)
+        return int(build_streamed_lm_data(data, tokenizer, cache_dir).train_ids.numel())
     corpus = load_corpus(data, cache_dir)
     tokenizer = get_tokenizer(corpus, data, cache_dir)
     return int(build_lm_data(corpus, tokenizer, data, cache_dir).train_ids.numel())
@@ -44,4 +48,4 @@ def steps_for_exposures(cfg: RunConfig, exposures: int, tokens: dict[str, int]) 
     key = repr(cfg.data)
     if key not in tokens:
         tokens[key] = training_tokens(cfg.data)
-    return exposure_steps(exposures, tokens[key], cfg.train.batch_size, cfg.data.seq_len)
+    return exposure_steps(exposures, tokens[key], cfg.train.rows_per_step, cfg.data.seq_len)

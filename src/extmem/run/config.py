@@ -62,7 +62,10 @@ def default_param_groups() -> list[ParamGroupConfig]:
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 16
+    batch_size: int = 16           # rows per micro-batch (split over processes under torchrun)
+    # micro-batches per optimizer step: a step trains on batch_size * grad_accum_steps rows,
+    # the same rows, losses and (to fp32 rounding) weights as that batch in one piece
+    grad_accum_steps: int = 1
     lr: float = 3e-3
     min_lr_ratio: float = 0.1      # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 50
@@ -106,10 +109,16 @@ class TrainConfig:
     # 0 = none. train.steps is what trains.
     exposures: int = 0
 
+    @property
+    def rows_per_step(self) -> int:
+        """Rows of one optimizer step: batch_size * grad_accum_steps."""
+        return self.batch_size * self.grad_accum_steps
+
     def __post_init__(self) -> None:
         require_valid_fields(self, "train")
         require(bool(self.tracker_project.strip()), "train.tracker_project: must not be empty")
-        for name in ("steps", "batch_size", "eval_batch_size", "log_every", "usage_window"):
+        for name in ("steps", "batch_size", "grad_accum_steps", "eval_batch_size", "log_every",
+                     "usage_window"):
             value = getattr(self, name)
             require(value >= 1, f"train.{name}: {value} must be >= 1")
         for name in ("warmup_steps", "eval_every", "eval_tokens", "checkpoint_every",

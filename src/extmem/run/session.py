@@ -13,6 +13,7 @@ import torch
 from tokenizers import Tokenizer
 
 from extmem.data import Corpus, LMData, build_lm_data, get_tokenizer, load_corpus
+from extmem.data.stream_corpus import build_streamed_lm_data, is_streamed, sample_corpus
 from extmem.distributed.context import DistContext
 from extmem.distributed.tables import shard_tables
 from extmem.errors import CheckpointError, ConfigError
@@ -43,8 +44,11 @@ class RunData:
 
 def load_run_data(cfg: RunConfig, run_dir: Path | None = None) -> RunData:
     """Corpus, tokenizer (the run directory's own if it has one) and token streams."""
-    corpus = load_corpus(cfg.data)
     saved = run_dir / TOKENIZER_FILE if run_dir is not None else None
+    streamed = is_streamed(cfg.data)  # in RAM: at most the sample a tokenizer is trained on
+    trains = not cfg.data.tokenizer and not (saved is not None and saved.is_file())
+    corpus = (load_corpus(cfg.data) if not streamed else sample_corpus(cfg.data) if trains
+              else Corpus(cfg.data.corpus, [], []))
     if saved is not None and saved.is_file():
         try:
             tokenizer = Tokenizer.from_file(str(saved))
@@ -52,7 +56,8 @@ def load_run_data(cfg: RunConfig, run_dir: Path | None = None) -> RunData:
             raise CheckpointError(f"{saved} is not a readable tokenizer: {exc}") from None
     else:
         tokenizer = get_tokenizer(corpus, cfg.data)
-    lm = build_lm_data(corpus, tokenizer, cfg.data)
+    lm = (build_streamed_lm_data(cfg.data, tokenizer) if streamed
+          else build_lm_data(corpus, tokenizer, cfg.data))
     if not cfg.model.causal and lm.mask_id is None:
         raise ConfigError("model.causal: false (masked LM) needs a mask token, but the "
                           f"tokenizer{' ' + repr(cfg.data.tokenizer) if cfg.data.tokenizer else ''}"

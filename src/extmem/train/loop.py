@@ -5,7 +5,8 @@ as an uninterrupted run: batches and masks depend only on (seed, step), and chec
 model, optimizer, RNG state and the step.
 
 The loop reads as its named steps: `set_up` (setup.py: lock, data, model, resume, sharding,
-optimizer, run files, writers), `train_step` (one optimizer step), `check_finite`
+optimizer, run files, writers), `train_step` (one optimizer step of
+`train.grad_accum_steps` micro-batches), `check_finite`
 (failures.py), `log_window` (train metrics every `log_every` steps), `evaluate_now`
 (validation and usage), `checkpoint_now`, `finish` (results.json). `train` strings them
 together; trainer.py holds the session's state, resume.py what a resume must match.
@@ -17,9 +18,10 @@ import resource
 import signal
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from extmem.distributed.parallel import replica_divergence
@@ -29,7 +31,7 @@ from extmem.run.checkpoint import (
 )
 from extmem.run.config import RunConfig
 from extmem.run.evaluate import evaluate
-from extmem.run.objective import batch_loss
+from extmem.run.objective import is_causal, label_count, prepare_batch, token_loss
 from extmem.run.run_dir import (
     RESULTS_FILE,
     write_json,
@@ -58,8 +60,30 @@ def _flat(prefix: str, value: object, out: dict) -> dict:
     return out
 
 
+def _micro_batches(t: Trainer, data_step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's (model inputs, labels) micro-batches of the step, each (B/W, T): the
+    global batch of batch_size * grad_accum_steps rows is drawn (and, for a masked LM, masked)
+    in one piece, so every grad_accum_steps sees the same rows and masks."""
+    tc = t.cfg.train
+    inputs, targets = t.data.lm.train_batch(data_step, tc.rows_per_step, tc.seed)
+    inputs, targets = inputs[t.rows].to(t.device), targets[t.rows].to(t.device)  # (A*B/W, T)
+    inputs, labels = prepare_batch(is_causal(t.forward_model), inputs, targets, t.data.lm,
+                                   tc.seed, data_step, tc.mask_prob)
+    size = inputs.shape[0] // tc.grad_accum_steps
+    return list(zip(inputs.split(size), labels.split(size), strict=True))
+
+
+def _sync_unless(t: Trainer, last: bool) -> AbstractContextManager:
+    """DDP's no_sync on every micro-batch but the last (gradients sync once per step)."""
+    no_sync = getattr(t.forward_model, "no_sync", None)
+    return nullcontext() if last or no_sync is None else no_sync()
+
+
 def train_step(t: Trainer, step: int) -> StepResult:
-    """One optimizer step at `step` (learning rate, batch, forward, backward, clip, update).
+    """One optimizer step at `step` (learning rate, micro-batches' forward and backward,
+    clip, update). Each micro-batch's mean loss is weighted by its share of the step's
+    predicted tokens, so the gradient is that of the whole batch's mean token loss; auxiliary
+    losses are averaged over the micro-batches.
 
     A non-finite loss or gradient norm skips the update (the gradients are dropped)."""
     tc = t.cfg.train
@@ -67,19 +91,28 @@ def train_step(t: Trainer, step: int) -> StepResult:
     set_lr(t.optimizer, lr_factor(step, tc))
     t.model.set_memory_step(step)
     data_step = step + tc.data_offset  # augmented runs continue their source's data
-    inputs, targets = t.data.lm.train_batch(data_step, tc.batch_size, tc.seed)
-    inputs, targets = inputs[t.rows].to(t.device), targets[t.rows].to(t.device)  # (B/W, T)
-    with t.autocast:
-        loss, _ = batch_loss(t.forward_model, inputs, targets, t.data.lm, tc.seed,
-                             data_step, tc.mask_prob)
-        aux = t.model.aux_loss()  # router balance / z-loss, already weighted
-    (loss if aux is None else loss + aux).backward()
+    micro = _micro_batches(t, data_step)
+    total = max(sum(label_count(labels) for _, labels in micro), 1)
+    loss_sum: torch.Tensor | float = 0.0
+    aux_sum: torch.Tensor | None = None
+    for i, (inputs, labels) in enumerate(micro):
+        with _sync_unless(t, i == len(micro) - 1):
+            with t.autocast:
+                loss, count = token_loss(t.forward_model, inputs, labels)
+                aux = t.model.aux_loss()  # router balance / z-loss, already weighted
+            if len(micro) > 1:
+                loss = loss * (count / total)
+                aux = None if aux is None else aux / len(micro)
+            (loss if aux is None else loss + aux).backward()
+        loss_sum = loss_sum + loss.detach()
+        if aux is not None:
+            aux_sum = aux.detach() if aux_sum is None else aux_sum + aux.detach()
     grad_norm = None
     if tc.grad_clip:  # sparse-aware; sharded tables' norms are summed over ranks
         grad_norm = float(clip_grad_norm(t.model.parameters(), tc.grad_clip,
                                          sharded={id(s.weight) for s in t.sharded.values()}))
-    result = StepResult(loss=t.ctx.mean(float(loss.detach())),
-                        aux=0.0 if aux is None else t.ctx.mean(float(aux.detach())),
+    result = StepResult(loss=t.ctx.mean(float(loss_sum)),
+                        aux=0.0 if aux_sum is None else t.ctx.mean(float(aux_sum)),
                         grad_norm=grad_norm)
     if result.finite:
         t.optimizer.step()

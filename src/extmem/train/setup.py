@@ -195,8 +195,9 @@ def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions, held: ExitStack
     start = int(state["step"]) if state is not None else 0
     writer = _open_writers(cfg, run_dir, ctx, start, model, accounting, options.quiet, existing)
     log = MetricsLog(run_dir, resume_step=start if options.resume else None) if ctx.is_main else None
-    rows = slice(ctx.rank * tc.batch_size // ctx.world_size,
-                 (ctx.rank + 1) * tc.batch_size // ctx.world_size)
+    # this rank's share of the step's rows (all its micro-batches)
+    rows = slice(ctx.rank * tc.rows_per_step // ctx.world_size,
+                 (ctx.rank + 1) * tc.rows_per_step // ctx.world_size)
     return Trainer(cfg=cfg, run_dir=run_dir, ctx=ctx, device=device, data=data, model=model,
                    forward_model=forward_model, optimizer=optimizer, sharded=sharded,
                    accounting=accounting, start=start, console=console, writer=writer, log=log,

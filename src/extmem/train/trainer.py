@@ -86,7 +86,7 @@ class Trainer:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.cfg.train.batch_size * self.cfg.data.seq_len
+        return self.cfg.train.rows_per_step * self.cfg.data.seq_len  # every micro-batch
 
 
 @dataclass
