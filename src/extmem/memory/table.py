@@ -29,8 +29,12 @@ class ValueTable(nn.Module):
         self.init_seed = draw_table_seed()  # rows drawn per block from it (memory/table_init.py)
         # Lample/XLM init: N(0, d_v^-1/2), filled in place block by block (no second
         # table-sized temporary, which matters at 2^24 rows)
+        # the ambient default device (`torch.device(...)` context): Hugging Face builds models
+        # on "meta" and loads the weights afterwards, so a meta table is left undrawn there
+        ambient = torch.empty(0).device
+        materialize = materialize and ambient.type != "meta"
         weight = torch.empty(num_rows, dim, dtype=dtype,
-                             device="cpu" if materialize else "meta")  # (N, d_v)
+                             device=ambient if materialize else "meta")  # (N, d_v)
         if materialize:
             fill_table_rows(weight, self.init_seed, 0, dim)
         self.weight = nn.Parameter(weight)

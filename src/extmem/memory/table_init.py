@@ -30,8 +30,9 @@ _DEFERRED: contextvars.ContextVar[bool] = contextvars.ContextVar("extmem_tables_
 
 
 def draw_table_seed() -> int:
-    """A table's seed, from the global torch RNG (so `torch.manual_seed` fixes it)."""
-    return int(torch.randint(0, 2 ** 62, (1,)))
+    """A table's seed, from the global torch (CPU) RNG (so `torch.manual_seed` fixes it); drawn
+    on the CPU even under a default-device context (Hugging Face builds models on "meta")."""
+    return int(torch.randint(0, 2 ** 62, (1,), device="cpu"))
 
 
 def _block_seed(seed: int, block: int) -> int:
@@ -47,12 +48,13 @@ def fill_table_rows(out: torch.Tensor, seed: int, row_start: int, dim: int,
     rows, cols = out.shape
     if rows == 0 or cols == 0:
         return out
-    generator = torch.Generator()
+    generator = torch.Generator()  # CPU: the same numbers whatever device `out` is on
     std = dim ** -0.5
     first, last = row_start // INIT_BLOCK_ROWS, (row_start + rows - 1) // INIT_BLOCK_ROWS
     for block in range(first, last + 1):
         generator.manual_seed(_block_seed(seed, block))
-        values = torch.empty(INIT_BLOCK_ROWS, dim).normal_(0, std, generator=generator)  # (R, d)
+        values = torch.empty(INIT_BLOCK_ROWS, dim, device="cpu").normal_(
+            0, std, generator=generator)  # (R, d)
         lo = max(row_start, block * INIT_BLOCK_ROWS)
         hi = min(row_start + rows, (block + 1) * INIT_BLOCK_ROWS)
         piece = values[lo - block * INIT_BLOCK_ROWS:hi - block * INIT_BLOCK_ROWS,
