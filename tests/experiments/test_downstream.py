@@ -91,3 +91,29 @@ def test_bad_finetune_tables_are_one_line_errors(tmp_path, capsys, base, table, 
     line = error_line(capsys, "compare", str(sweep), "--out", str(tmp_path / "o"))
     assert message in line
     assert not (tmp_path / "o").exists()
+
+
+def test_variant_seeds_and_finetuned_runs_are_subsets(tmp_path, capsys, base, monkeypatch):
+    """`seeds` in a variant trains a subset of the sweep's seeds; `runs` in [finetune]
+    finetunes only the runs of those pretraining seeds."""
+    from rich.console import Console
+
+    from extmem.experiments import downstream
+    from extmem.experiments.sweep import load_sweep
+    text = SWEEP.format(base=base).replace('name = "pkm"', 'name = "pkm"\nseeds = [1]')
+    text = text.replace("seeds = [0, 1]\nset", "seeds = [0, 1]\nruns = [1]\nset")
+    sweep_path = tmp_path / "s.toml"
+    sweep_path.write_text(text)
+    sweep = load_sweep(sweep_path)
+    assert {v: list(r) for v, r in sweep.runs.items()} == {"dense": [0, 1], "pkm": [1]}
+    assert sweep.cfg.finetune.runs == [1]
+    calls = []
+    monkeypatch.setattr(downstream, "finetune",
+                        lambda run_dir, task, mode, overrides, quiet, out: calls.append(
+                            (run_dir.name, overrides[-1])))
+    runs = [(v, s, tmp_path / v / f"seed-{s}") for v in sweep.runs for s in sweep.runs[v]]
+    downstream.run_downstream(sweep.cfg.finetune, runs, Console(quiet=True), True)
+    assert calls == [("seed-1", "seed=0"), ("seed-1", "seed=1")] * 2  # dense and pkm seed 1
+    sweep_path.write_text(text.replace("seeds = [1]", "seeds = [3]"))
+    line = error_line(capsys, "compare", str(sweep_path), "--out", str(tmp_path / "o"))
+    assert "variants.seeds: [3]" in line

@@ -163,8 +163,9 @@ def summarize_variant(sweep: Sweep, out: Path, variant: str,
     if usages and usages[0]:
         row["memory_usage"] = {k: mean_std([u[k] for u in usages])[0] for k in usages[0]}
     if sweep.cfg.finetune is not None:
-        row["downstream"] = summarize_downstream(sweep.cfg.finetune,
-                                                 [run_dir_for(out, variant, s) for s in seeds])
+        stage = sweep.cfg.finetune
+        row["downstream"] = summarize_downstream(
+            stage, [run_dir_for(out, variant, s) for s in seeds if not stage.runs or s in stage.runs])
     usage = usage_curve([(run_dir_for(out, variant, s), offset) for s in seeds])
     if usage is not None:
         row["usage_curve"] = usage

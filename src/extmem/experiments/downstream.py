@@ -9,6 +9,7 @@ have trained, on every task with every finetuning seed:
 [finetune]
 tasks = ["wordnet-supersense", "gcide-pos"]
 seeds = [0, 1, 2]            # finetuning seeds, per pretraining run
+runs = [0]                   # optional: finetune only the runs of these pretraining seeds
 mode = "full"                # full | frozen-base | memory-only (extmem finetune --mode)
 set = ["steps=120", "batch_size=16"]   # extmem finetune --set fields (FinetuneConfig)
 ```
@@ -41,6 +42,8 @@ class DownstreamConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     mode: str = "full"
     set: list[str] = field(default_factory=list)
+    # the pretraining seeds whose runs are finetuned; [] = every run of the sweep
+    runs: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         require_valid_fields(self, "finetune")
@@ -71,7 +74,7 @@ def run_downstream(stage: DownstreamConfig, runs: list[tuple[str, int, Path]],
                    console: Console, quiet: bool) -> None:
     """Finetune every run on every task and seed that has no results yet."""
     jobs = [(variant, seed, run_dir, task, k) for variant, seed, run_dir in runs
-            for task in stage.tasks for k in stage.seeds]
+            if not stage.runs or seed in stage.runs for task in stage.tasks for k in stage.seeds]
     for done, (variant, seed, run_dir, task, k) in enumerate(jobs, start=1):
         out = result_dir(run_dir, stage, task, k)
         label = f"[finetune {done}/{len(jobs)}] {variant} seed {seed}, {task} seed {k}"

@@ -22,6 +22,10 @@ base = "design/product_keys-add"           # optional: its own base config
 lr = 2e-3
 
 [[variants]]
+name = "pkm-big"
+seeds = [0]                    # optional: a subset of the sweep's seeds for this variant
+
+[[variants]]
 name = "pkm-from-dense"
 init_from = "dense"            # optional: start from this variant's final checkpoint (same
 steps = 150                    # seed) with this variant's extra memories added (extmem
@@ -61,6 +65,7 @@ class VariantConfig:
     init_from: str = ""                 # "" = from scratch; else a variant to augment (Kim & Jung 2020)
     group: str = ""                     # model family for the capacity chart (same model,
                                         # different data: e.g. facts n_entities)
+    seeds: list[int] = field(default_factory=list)  # [] = the sweep's seeds; else a subset
 
     def __post_init__(self) -> None:
         require_valid_fields(self, "variants")
@@ -73,6 +78,8 @@ class VariantConfig:
                 "allowed: one of them")
         require(self.init_from != self.name,
                 f"variants.init_from: variant {self.name!r} cannot start from itself")
+        require(len(set(self.seeds)) == len(self.seeds),
+                f"variants.seeds: {self.seeds} repeats a seed")
 
 
 @dataclass
@@ -108,6 +115,9 @@ class SweepConfig:
         require(self.baseline in names,
                 f"sweep.baseline: {self.baseline!r} is not a variant; choose one of {names}")
         for i, variant in enumerate(self.variants):
+            extra = sorted(set(variant.seeds) - set(self.seeds))
+            require(not extra, f"variants.seeds: {extra} (in {variant.name!r}) are not among "
+                               f"the sweep's seeds {self.seeds}")
             require(not variant.init_from or variant.init_from in names[:i],
                     f"variants.init_from: {variant.init_from!r} (in {variant.name!r}) must name "
                     f"a variant listed before it; choose one of {names[:i]}")
@@ -207,7 +217,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None,
         raw = _deep_merge(base, variant.patch)
         raw = apply_overrides(raw, [*variant.set, *(overrides or [])])
         runs[variant.name] = {}
-        for seed in cfg.seeds:
+        for seed in [s for s in cfg.seeds if not variant.seeds or s in variant.seeds]:
             seeded = apply_overrides(copy.deepcopy(raw), [f"train.seed={seed}"])
             try:
                 run = from_dict(RunConfig, seeded)
