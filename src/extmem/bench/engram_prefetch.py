@@ -25,7 +25,8 @@ step reads its rows from disk, as with a table larger than the page cache can ho
 on a disk: a tmpfs file has no page cache to drop. Rounds interleave the subjects, in an order
 reversed every other round. Reported: step median / min, the gather time of the background
 thread and the time the layer waited for it, and the fraction of the mmap overhead hidden,
-(t_mmap - t_prefetch) / (t_mmap - t_memory), medians. Target (issue 19): >= 0.8.
+(t_mmap - t_prefetch) / (t_mmap - t_memory), medians; the aim is >= 0.8 (docs/performance.md,
+"Prefetching host and mmap tables").
 """
 
 from __future__ import annotations

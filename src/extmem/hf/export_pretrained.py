@@ -17,12 +17,10 @@ from pathlib import Path
 
 from extmem.hf.export import check_out_dir, wrap_tokenizer
 from extmem.pretrained import RUN_COPY
+from extmem.pretrained.run_copy import TOKENIZER_FILES
 from extmem.run.session import load_trained
 
-# files that make a complete tokenizer for AutoTokenizer.from_pretrained
-TOKENIZER_CONFIG = "tokenizer_config.json"
-TOKENIZER_FILES = ("tokenizer.json", TOKENIZER_CONFIG, "special_tokens_map.json", "vocab.txt",
-                   "vocab.json", "merges.txt", "tokenizer.model")
+TOKENIZER_CONFIG = "tokenizer_config.json"  # present: the tokenizer files are complete
 
 
 def _card(run, out: Path) -> str:

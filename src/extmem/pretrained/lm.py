@@ -152,15 +152,15 @@ class PretrainedLM(MemoryHost):
         return out.last_hidden_state
 
 
-def build_pretrained(cfg: ModelConfig, base_dir: Path) -> tuple[PretrainedLM, list[str]]:
+def build_pretrained(cfg: ModelConfig, base_dir: Path) -> PretrainedLM:
     """The model `cfg` describes, from the checkpoint directory `base_dir`: its weights when it
     has them and `cfg.pretrained_init` is "weights", else a fresh model of its shape (a run's
-    own copy holds only the config; its checkpoint supplies the weights). Returns the model and
-    the tensors that loading created (a missing MLM head)."""
+    own copy holds only the config; its checkpoint supplies the weights). The tensors that
+    loading created (a missing MLM head) are in `model.created_tensors`."""
     hf = read_hf_config(base_dir)
     check_architecture(cfg, hf, str(base_dir))
     init = "weights" if cfg.pretrained_init == "weights" and has_weights(base_dir) else "random"
     loaded = load_language_model(base_dir, init)
     model = PretrainedLM(cfg, loaded.model)
     model.created_tensors = loaded.created
-    return model, loaded.created
+    return model

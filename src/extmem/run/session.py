@@ -108,7 +108,7 @@ def build_model(cfg: RunConfig, device: torch.device, force: bool = False,
     torch.manual_seed(cfg.train.seed)
     with deferred_tables(shard):
         if cfg.model.pretrained:
-            model, _ = build_pretrained(cfg.model, base_dir(cfg.model.pretrained, run_dir))
+            model = build_pretrained(cfg.model, base_dir(cfg.model.pretrained, run_dir))
         else:
             model = Transformer(cfg.model)
     if world > 1:
