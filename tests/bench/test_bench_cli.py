@@ -5,6 +5,7 @@ runs/bench/NAME), a Markdown doc only with --doc. No assertion depends on speed.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,10 +109,12 @@ def test_engram_prefetch_times_three_tables(capsys, tmp_path) -> None:
     table_dir = tmp_path / "table"
     table_dir.mkdir()
     result = run_json(capsys, "bench", "engram-prefetch", "--out", str(tmp_path / "out"),
-                      *sets([*TINY_PREFETCH, f"dir=\"{table_dir}\""]))
+                      *sets([*TINY_PREFETCH, "steps=3", "chain=2", f"dir=\"{table_dir}\""]))
     assert list(result["step_ms"]) == ["memory", "mmap", "mmap_prefetch"]
-    assert all(len(s["samples"]) == 2 for s in result["step_ms"].values())
+    assert all(len(s["samples"]) == 3 for s in result["step_ms"].values())  # chains of 2 + 1
     assert list(result["prefetch_ms"]) == ["mmap_prefetch"]  # only that subject prefetched
+    if sys.platform.startswith("linux"):  # the next step's pages were asked for
+        assert result["prefetch_ms"]["mmap_prefetch"]["pages_per_warm"] > 0
     rows = result["rows_per_head"]
     assert result["file_bytes"] == result["memory_table_bytes"] >= 4 * rows * 8 * 4  # 4 tables
     cached = result["drop_before_after"]["cached_bytes"]

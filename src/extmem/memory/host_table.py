@@ -40,6 +40,13 @@ recording an event. The next `read` whose ids are those ids (`use_prefetched`, s
 Memory for one read) waits for the thread (and makes the current stream wait for the event),
 then bags the compact rows instead of the table.
 
+Warming a step ahead (`warm(ids)`, mapped tables): a cold file's rows cost disk reads that
+the layers before the memory are far too short to hide. A training step's tokens are known a
+step early, so the trainer hands the next step's row ids to `warm` (`MemoryHost.warm_tables`),
+which asks the kernel for their pages on a second background thread (`warm_pool`,
+`page_advice.will_need`) while the current step computes; the next step's gather then finds
+them in the page cache. Only advice: nothing is copied, so no value can be stale.
+
 Why this is autograd-correct: the thread never builds a graph (it reads `weight.detach()`), and
 the read is one custom autograd Function, `_PrefetchedBag`, with `weight` as an input. Its
 forward is the bag of the prefetched rows, equal to the bag of the table because those rows are
@@ -78,32 +85,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from extmem.memory.page_advice import will_need
 from extmem.memory.read_weight_grad import read_weight_grad
 from extmem.memory.sparse import row_sparse_grad
 from extmem.memory.table import ValueTable
 from extmem.memory.table_init import fill_table_rows
 
 MMAP_INIT_ROWS = 65_536  # rows drawn and written per chunk when a mapped table is created
-_pool: ThreadPoolExecutor | None = None
+_pools: dict[str, ThreadPoolExecutor] = {}
 _pool_lock = threading.Lock()
 
 
-def prefetch_pool() -> ThreadPoolExecutor:
-    """The one background thread that gathers prefetched rows (created on first use)."""
-    global _pool
+def _background_thread(name: str) -> ThreadPoolExecutor:
+    """The one background thread called `name` (created on first use)."""
     with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extmem-prefetch")
-        return _pool
+        if name not in _pools:
+            _pools[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        return _pools[name]
 
 
-def _forget_pool() -> None:
-    global _pool
-    _pool = None  # a forked child (a data-loader worker) has no thread: make its own
+def prefetch_pool() -> ThreadPoolExecutor:
+    """The one background thread that gathers prefetched rows, in layer order."""
+    return _background_thread("extmem-prefetch")
+
+
+def warm_pool() -> ThreadPoolExecutor:
+    """The one background thread that asks for a later step's pages (`HostValueTable.warm`);
+    apart from the gathers, so a step's gather never queues behind the next step's advice."""
+    return _background_thread("extmem-warm")
+
+
+def _forget_pools() -> None:
+    _pools.clear()  # a forked child (a data-loader worker) has no threads: make its own
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
+    os.register_at_fork(after_in_child=_forget_pools)
 
 
 @dataclass
@@ -232,6 +249,9 @@ class HostValueTable(ValueTable):
         # spent gathering (host side) and that the reads waited for it
         self.prefetches = self.prefetch_hits = self.prefetch_misses = 0
         self.prefetch_gather_s = self.prefetch_wait_s = 0.0
+        # warms (`warm`) submitted, pages asked for, seconds the warm thread spent asking
+        self.warms = self.warm_pages = 0
+        self.warm_s = 0.0
         if storage == "mmap" and materialize:
             self.weight = nn.Parameter(host_rows(storage, file, num_rows, dim, dtype,
                                                  self.init_seed))  # (N, d_v)
@@ -274,6 +294,24 @@ class HostValueTable(ValueTable):
             inverse_device = inverse.to(device, non_blocking=True)
             event = stream.record_event()
         return unique, inverse_device, rows_device, event
+
+    def warm(self, ids: torch.Tensor) -> Future | None:
+        """A mapped table: start reading the pages of the rows `ids` (any shape) into the page
+        cache on the warm thread (`page_advice.will_need`), a step ahead of the read that needs
+        them (`MemoryHost.warm_tables`). Page-cache advice only: the values read later are the
+        file's at that time. A table in host memory has nothing to warm: None."""
+        if self.storage != "mmap":
+            return None
+        rows = torch.unique(ids.detach().reshape(-1).to(self.weight.device))  # (U,)
+        self.warms += 1
+        return warm_pool().submit(self._ask_for_pages, rows)
+
+    def _ask_for_pages(self, rows: torch.Tensor) -> int:
+        started = time.perf_counter()
+        pages = will_need(self.weight.detach(), rows)
+        self.warm_s += time.perf_counter() - started
+        self.warm_pages += pages
+        return pages
 
     @contextlib.contextmanager
     def use_prefetched(self, handle: PrefetchedRows | None) -> Iterator[None]:

@@ -170,6 +170,15 @@ class Memory(nn.Module):
         self._prefetched = ((input_ids, padding_mask, past_ids),
                             self.table.prefetch(ids, input_ids.device))
 
+    @torch.compiler.disable  # a thread pool call: eager even in a compiled model
+    def warm(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None) -> None:
+        """memory.prefetch on a mapped table: start reading into the page cache the rows that a
+        later forward on these tokens (B, T) will read (`HostValueTable.warm`); the trainer
+        calls it with the next step's tokens. Other tables: no-op."""
+        if not isinstance(self.table, HostValueTable) or not hasattr(self.lookup, "row_ids"):
+            return
+        self.table.warm(self.lookup.row_ids(input_ids, None, padding_mask))  # (B, T, H)
+
     def _take_prefetched(self, input_ids: torch.Tensor | None, padding_mask: torch.Tensor | None,
                          past_ids: torch.Tensor | None) -> PrefetchedRows | None:
         """The pending prefetch if it was made from these very tensors, else None (dropped)."""

@@ -73,6 +73,23 @@ def _micro_batches(t: Trainer, data_step: int) -> list[tuple[torch.Tensor, torch
     return list(zip(inputs.split(size), labels.split(size), strict=True))
 
 
+def _step_batches(t: Trainer, data_step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The step's micro-batches. With a memory that warms a mapped table (memory.prefetch),
+    the next step's are drawn now too (they depend on (seed, step) only) and their rows'
+    pages requested while this step computes (`MemoryHost.warm_tables`); kept for that step."""
+    ahead = t.batches_ahead
+    micro = ahead[1] if ahead is not None and ahead[0] == data_step else None
+    t.batches_ahead = None
+    if micro is None:
+        micro = _micro_batches(t, data_step)
+    if t.model.warms_tables():
+        upcoming = _micro_batches(t, data_step + 1)
+        for inputs, _ in upcoming:
+            t.model.warm_tables(inputs)
+        t.batches_ahead = (data_step + 1, upcoming)
+    return micro
+
+
 def _sync_unless(t: Trainer, last: bool) -> AbstractContextManager:
     """DDP's no_sync on every micro-batch but the last (gradients sync once per step)."""
     no_sync = getattr(t.forward_model, "no_sync", None)
@@ -91,7 +108,7 @@ def train_step(t: Trainer, step: int) -> StepResult:
     set_lr(t.optimizer, lr_factor(step, tc))
     t.model.set_memory_step(step)
     data_step = step + tc.data_offset  # augmented runs continue their source's data
-    micro = _micro_batches(t, data_step)
+    micro = _step_batches(t, data_step)
     total = max(sum(label_count(labels) for _, labels in micro), 1)
     loss_sum: torch.Tensor | float = 0.0
     aux_sum: torch.Tensor | None = None

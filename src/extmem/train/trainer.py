@@ -83,6 +83,8 @@ class Trainer:
     step: int = 0                           # steps finished so far (the run's, not the session's)
     in_step: bool = False                   # between the forward and the optimizer update
     skipped: int = 0                        # non-finite steps skipped this session
+    # (data step, its micro-batches) drawn a step early to warm mapped tables (loop.py)
+    batches_ahead: tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     @property
     def tokens_per_step(self) -> int:
