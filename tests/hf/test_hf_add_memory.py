@@ -20,9 +20,9 @@ from transformers import (
 )
 
 from extmem import MemoryConfig, ProductKeyConfig
-from extmem.memory import EngramConfig
 from extmem.errors import ConfigError
 from extmem.hf import add_memory, load_with_memory
+from extmem.memory import EngramConfig
 from extmem.memory.module import Memory
 
 VOCAB = 64
