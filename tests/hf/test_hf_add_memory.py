@@ -22,6 +22,7 @@ from transformers import (
 from extmem import MemoryConfig, ProductKeyConfig
 from extmem.errors import ConfigError
 from extmem.hf import add_memory, load_with_memory
+from extmem.memory import EngramConfig
 from extmem.memory.module import Memory
 
 VOCAB = 64
@@ -103,6 +104,23 @@ def test_ngram_memory_reads_history_during_cached_generation():
     add_memory(model, ngram, layers=[0, 1])
     prompt = torch.randint(0, VOCAB, (1, 5))
     kwargs = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+    assert torch.equal(model.generate(prompt, **kwargs),
+                       model.generate(prompt, use_cache=False, **kwargs))
+
+
+def test_engram_memory_decodes_a_left_padded_batch_as_without_the_cache():
+    """Prompts of 1 and 5 tokens, the short one left-padded (pad id 0 is also a token): with
+    the cache, the first steps must hash against the sequence start as the full forward
+    (padding masked) does, not against the padding's ids."""
+    model = build("gpt2")
+    engram = MemoryConfig(lookup="engram", readout="engram", value_dim=8,
+                          engram=EngramConfig(heads=2, rows_per_head=31, conv_zero_init=False))
+    add_memory(model, engram, layers=[0, 1])
+    prompt = torch.randint(1, VOCAB, (2, 5))
+    mask = torch.ones_like(prompt)
+    prompt[0, :4], mask[0, :4] = 0, 0
+    kwargs = {"attention_mask": mask, "max_new_tokens": 6, "min_new_tokens": 6,
+              "do_sample": False, "pad_token_id": 0}
     assert torch.equal(model.generate(prompt, **kwargs),
                        model.generate(prompt, use_cache=False, **kwargs))
 

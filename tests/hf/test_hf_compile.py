@@ -15,7 +15,9 @@ from tests.hf.test_hf_export import MEMORIES, make_run
 from transformers import AutoModelForCausalLM
 
 import extmem
+from extmem import MemoryConfig, ProductKeyConfig
 from extmem.cli import main
+from extmem.hf import add_memory
 
 SRC = str(Path(extmem.__file__).resolve().parent)
 TOKEN_MEMORIES = [{"layers": [0], "lookup": "token"},
@@ -75,3 +77,29 @@ def test_fullgraph_compile_equals_eager(exported):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
+def test_gpt2_with_add_memory_traces_its_attention_mask_without_graph_breaks():
+    """A Hugging Face GPT-2 with `add_memory`: the memories' padding comes from the attention
+    mask, kept as a tensor while compiling (no `padding.any()` test), and the compiled forward
+    equals the eager one with and without left padding."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2,
+                                       n_head=2)).eval()
+    add_memory(model, MemoryConfig(product_keys=ProductKeyConfig(n_keys=4, heads=2, topk=2,
+                                                                 key_dim=8)), layers=[1])
+    ids = torch.randint(0, 64, (2, 8))
+    padded = torch.ones_like(ids)
+    padded[1, :3] = 0  # left padding
+    for mask in (torch.ones_like(ids), padded):
+        torch._dynamo.reset()
+        with torch.no_grad():
+            explained = torch._dynamo.explain(model)(ids, attention_mask=mask)
+        assert extmem_breaks(explained) == []
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager")
+    with torch.no_grad():
+        for mask in (torch.ones_like(ids), padded):
+            torch.testing.assert_close(compiled(ids, attention_mask=mask).logits,
+                                       model(ids, attention_mask=mask).logits)

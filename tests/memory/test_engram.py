@@ -92,6 +92,31 @@ def test_left_padding_reads_like_the_sequence_start():
     torch.testing.assert_close(out[:, 3:], memory(h, input_ids=ids), rtol=1e-6, atol=1e-6)
 
 
+def test_cached_decoding_of_a_left_padded_batch_equals_each_unpadded_row():
+    """Prompts of 1, 2 and 5 tokens left-padded to 5 (with arbitrary ids at the padding), then
+    4 decoding steps: a prompt shorter than the n-gram context (largest order 3) must hash its
+    first steps against the sequence start, as the full forward does, not against the
+    padding's ids."""
+    model = model_with().eval()
+    lengths, width, steps = [1, 2, 5], 5, 4
+    rows = [torch.randint(0, VOCAB, (n + steps,)) for n in lengths]
+    prompt = torch.randint(0, VOCAB, (len(lengths), width))  # the padding: any ids
+    padding = torch.zeros(len(lengths), width, dtype=torch.bool)
+    for b, (n, row) in enumerate(zip(lengths, rows, strict=True)):
+        prompt[b, width - n:] = row[:n]
+        padding[b, :width - n] = True
+    cache = DecodeCache()
+    with torch.no_grad():
+        outs = [model(prompt, padding_mask=padding, cache=cache)]  # (B, 5, V)
+        for t in range(steps):
+            step = torch.stack([row[n + t] for n, row in zip(lengths, rows, strict=True)])
+            outs.append(model(step[:, None], cache=cache))  # (B, 1, V)
+        cached = torch.cat(outs, dim=1)  # (B, 5 + steps, V)
+        for b, (n, row) in enumerate(zip(lengths, rows, strict=True)):
+            full = model(row[None])  # (1, n + steps, V)
+            torch.testing.assert_close(cached[b, width - n:], full[0], rtol=1e-5, atol=1e-5)
+
+
 def test_compression_merges_case_and_leading_space(tokenizer):
     canonical = canonical_token_map(tokenizer, 300)
     ids = [tokenizer.token_to_id(t) for t in ("The", "the", "Ġthe", "ĠThe", "THE")]

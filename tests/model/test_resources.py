@@ -17,6 +17,7 @@ from extmem import MemoryConfig, ModelConfig, Transformer
 from extmem.cli import main
 from extmem.errors import ConfigError
 from extmem.memory import (
+    EngramConfig,
     ExpertsConfig,
     LshLookupConfig,
     NgramLookupConfig,
@@ -24,11 +25,16 @@ from extmem.memory import (
     RouterLookupConfig,
     TokenLookupConfig,
 )
+from extmem.memory.config import LOOKUPS, READOUTS
+from extmem.memory.module import build_lookup, build_readout, row_width
 from extmem.memory.table import ValueTable
 from extmem.model import parameter_counts, resources
 from extmem.model.resources import (
+    LOOKUP_PARAMETERS,
+    READOUT_PARAMETERS,
     available_ram_bytes,
     check_table_memory,
+    dense_parameters,
     memory_need,
     table_needs,
     table_parameter,
@@ -58,6 +64,17 @@ MODELS = {
                           mem(table_dtype="bfloat16", layers=[0, 2])],
     "shared_and_host": [mem(share_table=True, layers=[0, 1, 2]),
                         mem("lsh", table_storage="host", layers=[2])],
+    # every readout's parameters, and the product-key query norms
+    "readouts": [mem(readout="gated", value_dim=8), mem("router", readout="memory_plus"),
+                 mem(readout="concat", value_dim=8, layers=[0]),
+                 mem(readout="add", zero_init_output=True, layers=[2]),
+                 # shared: separate engram tables take larger primes at later layers
+                 mem("engram", readout="engram", engram=EngramConfig(rows_per_head=11),
+                     share_table=True, layers=[0, 2]),
+                 mem(readout="engram", value_dim=8, share_table=True, layers=[0, 1],
+                     engram=EngramConfig(gate=False, conv=False, combine="mean"))],
+    "query_norms": [mem(product_keys=dataclasses.replace(PK, query_norm=norm), layers=[i])
+                    for i, norm in enumerate(["none", "batchnorm", "layernorm_per_head"])],
 }
 
 
@@ -69,6 +86,12 @@ def model_config(memories: list[MemoryConfig]) -> ModelConfig:
 def unique_tables(model: Transformer) -> list[torch.Tensor]:
     found = {id(m.weight): m.weight for m in model.modules() if isinstance(m, ValueTable)}
     return list(found.values())
+
+
+def dense_memory_parameters(model: Transformer) -> list[torch.Tensor]:
+    """The memories' parameters other than their tables: lookups and readouts."""
+    tables = {id(t) for t in unique_tables(model)}
+    return [p for _, m in model.memory_modules() for p in m.parameters() if id(p) not in tables]
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -90,6 +113,31 @@ def test_rows_width_and_bytes_equal_the_built_model(name):
                  for layer in layers]
         assert all(m.table.weight is table or not cfg.memories[i].share_table for m in built)
         assert all(m.num_slots == need.rows and m.value_dim == need.width for m in built)
+        # the lookups' and readouts' parameters at all its layers (a shared table shares
+        # nothing else)
+        dense = [p for m in built for p in [*m.lookup.parameters(), *m.readout.parameters()]]
+        assert need.dense_bytes == sum(p.numel() * p.element_size() for p in dense)
+    dense_bytes = sum(p.numel() * p.element_size() for p in dense_memory_parameters(model))
+    assert sum(n.dense_bytes for n in needs) == dense_bytes > 0
+    assert sum(n.dense_bytes for n in needs) == 4 * parameter_counts(model)["memory_other"]
+
+
+def test_dense_parameter_formulas_cover_every_lookup_and_readout():
+    assert tuple(LOOKUP_PARAMETERS) == LOOKUPS and tuple(READOUT_PARAMETERS) == READOUTS
+
+
+@pytest.mark.parametrize("cfg", [
+    mem("router", router=RouterLookupConfig(entries=1000, topk=2)),  # d x entries
+    mem(product_keys=ProductKeyConfig(n_keys=300, topk=3, heads=3, key_dim=10)),
+    mem("lsh", readout="experts"), mem("token", readout="concat", concat_into="altup"),
+    mem("ngram", readout="add", value_dim=24),
+    mem("engram", readout="engram", engram=EngramConfig(orders=[2], heads=3, conv_kernel=5,
+                                                        rows_per_head=7)),
+], ids=["router", "product_keys", "experts", "concat_into_altup", "add_projected", "engram"])
+def test_dense_parameters_equal_the_built_lookup_and_readout(cfg):
+    d = 16
+    modules = [build_lookup(cfg, d, VOCAB, 0), build_readout(cfg, d, row_width(cfg, d))]
+    assert dense_parameters(cfg, d) == sum(p.numel() for m in modules for p in m.parameters())
 
 
 def state_bytes(optimizer, table: torch.Tensor) -> int:
@@ -115,15 +163,28 @@ def test_gradient_and_optimizer_state_equal_a_training_step(optimizer, sparse, d
     tables = unique_tables(model)
     grads = sum(t.grad.numel() * t.grad.element_size() for t in tables)
     assert need.gradient_bytes == (0 if sparse else grads)
+    dense = dense_memory_parameters(model)
+    dense_grads = sum(p.grad.numel() * p.grad.element_size() for p in dense)
     opt.step()
     assert need.optimizer_bytes == sum(state_bytes(opt, t) for t in tables)
+    # the lookup's query network and sub-keys: a gradient and two AdamW moments each
+    assert need.dense_training_bytes == dense_grads + sum(state_bytes(opt, p) for p in dense)
+    assert need.dense_training_bytes == 3 * need.dense_bytes > 0
 
 
-def test_a_model_that_is_not_trained_needs_its_tables_and_counters_only():
+def test_a_model_that_is_not_trained_needs_its_tables_parameters_and_counters_only():
     (need,) = table_needs(model_config([mem()]))
     assert need.optimizer is None and need.optimizer_bytes == need.gradient_bytes == 0
-    assert need.held("RAM", accelerator=False) == {"table": need.table_bytes,
-                                                   "usage counters": need.counter_bytes}
+    assert need.dense_training_bytes == 0
+    assert need.held("RAM", accelerator=False) == {
+        "table": need.table_bytes, "lookup / readout parameters": need.dense_bytes,
+        "usage counters": need.counter_bytes}
+
+
+def test_a_frozen_table_still_has_trained_lookups():
+    (need,) = table_needs(model_config([mem(freeze_table=True)]), lambda name: "adamw")
+    assert need.optimizer is None and need.optimizer_bytes == need.gradient_bytes == 0
+    assert need.dense_training_bytes == 3 * need.dense_bytes > 0
 
 
 def test_mmap_tables_count_as_file_bytes_not_ram():
@@ -131,21 +192,28 @@ def test_mmap_tables_count_as_file_bytes_not_ram():
     assert need.file_bytes == need.table_bytes > 0
     assert need.held("RAM", accelerator=False) == {
         "lazy_adam state": need.optimizer_bytes, "gradient": need.gradient_bytes,
+        "lookup / readout parameters": need.dense_bytes,
+        "their gradient and moments": need.dense_training_bytes,
         "usage counters": need.counter_bytes}
 
 
 def test_on_an_accelerator_device_tables_are_checked_against_its_memory():
     device = memory_need(mem(), 16, VOCAB, "d", optimizer="adamw")
     host = memory_need(mem(table_storage="host"), 16, VOCAB, "h", optimizer="adamw")
+    dense = {"lookup / readout parameters": device.dense_bytes,
+             "their gradient and moments": device.dense_training_bytes}
     assert device.held("device", True) == {"table": device.table_bytes,
                                            "adamw state": device.optimizer_bytes,
-                                           "gradient": device.gradient_bytes,
+                                           "gradient": device.gradient_bytes, **dense,
                                            "usage counters": device.counter_bytes}
     assert device.held("RAM", True) == {"table": device.table_bytes,  # built in RAM first
+                                        "lookup / readout parameters": device.dense_bytes,
                                         "usage counters": device.counter_bytes}
-    assert host.held("device", True) == {"usage counters": host.counter_bytes}
+    # a host table stays in RAM; its lookup and readout move with the model
+    assert host.held("device", True) == {**dense, "usage counters": host.counter_bytes}
     assert sum(host.held("RAM", True).values()) == (host.table_bytes + host.optimizer_bytes
-                                                    + host.gradient_bytes + host.counter_bytes)
+                                                    + host.gradient_bytes + host.dense_bytes
+                                                    + host.counter_bytes)
 
 
 def test_available_ram_reads_meminfo_and_the_cgroup_limit(tmp_path):
@@ -177,9 +245,12 @@ def test_refusal_is_one_line_with_the_numbers(monkeypatch):
     total = sum(sum(n.held("RAM", False).values()) for n in needs)
     assert message.startswith(f"memory tables need {total / (1 << 30):,.2f} GiB of RAM (")
     # 2 tables x 10^10 rows x 16 x 4 bytes, twice that in AdamW moments, a gradient like the
-    # tables, 2 counter sets x 10^10 rows x 20 bytes
-    assert ("model.memories[0]: 5,140.90 GiB for table, adamw state, gradient and usage "
-            "counters of 2 x 10,000,000,000 rows x 16 float32") in message
+    # tables, 2 counter sets x 10^10 rows x 20 bytes (5,140.90 GiB); 2 layers' sub-keys
+    # (4 heads x 2 x 10^5 x 128) and query networks, 4 bytes each, with a gradient and two
+    # moments (3.05 GiB)
+    assert ("model.memories[0]: 5,143.95 GiB for table, adamw state, gradient, lookup / "
+            "readout parameters, their gradient and moments and usage counters of 2 x "
+            "10,000,000,000 rows x 16 float32") in message
     assert "model.memories[1]: " in message
     assert "3.00 GiB available; model.memories[1]'s table (0.25 GiB) is a file" in message
     assert "product_keys.n_keys" in message and message.endswith("or pass --force")

@@ -164,6 +164,10 @@ def test_accounting_names_the_embeddings_and_the_memory(sources, tmp_path, capsy
     assert flops["core"] == layers * (8 * d * d + 4 * 64 * d + 4 * d * ff)
     assert flops["memory"] > 0 and flops["total"] == sum(
         flops[k] for k in ("core", "memory", "lm_head"))
+    # BERT's MLM head (transform d x d, decoder d x V) runs at the masked positions only
+    head = 2 * d * d + 2 * d * model.cfg.vocab_size
+    assert flops["lm_head"] == int(head * 0.15)  # train.mask_prob's default
+    assert flops_per_token(model, 64, mask_prob=0.5)["lm_head"] == head // 2
 
 
 def test_bad_sources_and_mismatched_configs_are_one_line_errors(sources, tmp_path, capsys):

@@ -244,6 +244,10 @@ def _swap_tokenizer(run: Path) -> None:
     (lambda run: (run / "tokenizer.json").unlink(), [], "tokenizer.json is missing"),
     (None, ["model.d_model=64"], "does not match the config"),
     (None, ["model.memories.0.product_keys.n_keys=6"], "does not match the config"),
+    (None, ["train.batch_size=2"], "train.batch_size x train.grad_accum_steps: 2 x 1 = 2 rows "
+                                   "per step, but"),
+    (None, ["train.grad_accum_steps=2"], "train.batch_size x train.grad_accum_steps: 4 x 2 = 8 "
+                                         "rows per step, but"),
 ])
 def test_resume_refuses_another_vocabulary_tokenizer_or_model(run, capsys, change, overrides,
                                                               fragment):
@@ -254,6 +258,13 @@ def test_resume_refuses_another_vocabulary_tokenizer_or_model(run, capsys, chang
     line = error_line(capsys, *resume("--out", str(run), *sets))
     assert fragment in line, line
     assert snapshot(run) == before  # config.toml is written only after the checkpoint loaded
+
+
+def test_resume_may_split_the_same_rows_into_micro_batches(run, capsys):
+    """batch_size 4 x 1 resumed as 2 x 2: the same rows per step, so it is allowed."""
+    assert main([*resume("--out", str(run), "--json", "--set", "train.steps=4",
+                         "--set", "train.batch_size=2", "--set", "train.grad_accum_steps=2")]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 4
 
 
 def test_checkpoints_record_the_tokenizer(trained):

@@ -13,8 +13,10 @@ docs/design-space.md). Lookup "engram" and readout "engram" (`extmem.memory.conf
   distinct odd constants (drawn per layer, small enough that no product overflows int64) and
   XORed; each of K heads takes the mix modulo its own prime, the size of its own table. The
   tables are segments of one `ValueTable`, so lookups return indices (B, T, n_orders * K, 1)
-  like every lookup. Positions before the sequence start and padded positions use an id no
-  token has. The ids depend on the token ids only (`EngramLookup.row_ids`), never on h.
+  like every lookup. Positions before the sequence start and padded positions (of this call,
+  and in cached decoding the padded past ones, `past_padding`) use an id no token has, so a
+  left-padded prompt hashes like its unpadded sequence. The ids depend on the token ids only
+  (`EngramLookup.row_ids`), never on h.
 - Readout (section 2.3): e = the heads' rows concatenated (or their mean); the context-aware
   gate alpha = sigmoid(RMSNorm(h) . RMSNorm(W_k e) / sqrt(d)) (with the reference code's signed
   square root of the logit), v = alpha * W_v e; then y = v + SiLU(conv(RMSNorm(v))) with a
@@ -119,9 +121,11 @@ class EngramLookup(nn.Module):
         return self.canonical[ids]
 
     def row_ids(self, input_ids: torch.Tensor, past_ids: torch.Tensor | None = None,
-                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, T), past_ids (B, P) earlier ids, padding_mask (B, T) -> table rows
-        (B, T, n_orders * heads), order-major. Depends on the ids only (can run ahead)."""
+                padding_mask: torch.Tensor | None = None,
+                past_padding: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T), past_ids (B, P) earlier ids, padding_mask (B, T) and past_padding
+        (B, P) True at padding -> table rows (B, T, n_orders * heads), order-major. Padding
+        reads as the sequence start. Depends on the ids only (can run ahead)."""
         ids = self.compress(input_ids)
         if padding_mask is not None:
             ids = ids.masked_fill(padding_mask, self.pad_id)
@@ -129,7 +133,9 @@ class EngramLookup(nn.Module):
         b, t = ids.shape
         history = ids.new_full((b, context), self.pad_id)  # (B, N-1)
         if past_ids is not None and past_ids.shape[1] and context:
-            recent = self.compress(past_ids[:, -context:])
+            recent = self.compress(past_ids[:, -context:])  # (B, <= N-1)
+            if past_padding is not None:  # a left-padded prompt's padding: the start
+                recent = recent.masked_fill(past_padding[:, -context:], self.pad_id)
             history[:, context - recent.shape[1]:] = recent
         ids = torch.cat([history, ids], dim=1)  # (B, N-1 + T)
         # the id j positions back from each position, times its constant: (N, B, T)
@@ -145,12 +151,14 @@ class EngramLookup(nn.Module):
 
     def forward(self, h: torch.Tensor, input_ids: torch.Tensor | None = None,
                 padding_mask: torch.Tensor | None = None, past_ids: torch.Tensor | None = None,
+                past_padding: torch.Tensor | None = None,
                 **_: object) -> tuple[torch.Tensor, torch.Tensor]:
         """-> indices, weights (B, T, H, 1): each head's row with weight 1 (readouts that sum
         the reads sum the heads, as product keys' heads are summed)."""
         if input_ids is None:
             raise ValueError("the engram lookup needs input_ids")
-        indices = self.row_ids(input_ids, past_ids, padding_mask)[..., None]  # (B, T, H, 1)
+        indices = self.row_ids(input_ids, past_ids, padding_mask,
+                               past_padding)[..., None]  # (B, T, H, 1)
         return indices, torch.ones(indices.shape, dtype=h.dtype, device=h.device)
 
     def flops_per_token(self, d_model: int) -> int:

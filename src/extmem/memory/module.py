@@ -155,7 +155,8 @@ class Memory(nn.Module):
 
     @torch.compiler.disable  # a thread pool call: eager even in a compiled model
     def start_prefetch(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                       past_ids: torch.Tensor | None = None) -> None:
+                       past_ids: torch.Tensor | None = None,
+                       past_padding: torch.Tensor | None = None) -> None:
         """Compute this memory's row ids from the tokens (B, T) and start gathering its rows on
         the host table's background thread (`HostValueTable.prefetch`); the next forward on
         these same tensors reads them. A table that is not a HostValueTable (a rank's shard
@@ -166,8 +167,8 @@ class Memory(nn.Module):
             return
         if self._prefetched is not None:  # an earlier prefetch was never read
             self.table.prefetch_misses += 1
-        ids = self.lookup.row_ids(input_ids, past_ids, padding_mask)  # (B, T, H)
-        self._prefetched = ((input_ids, padding_mask, past_ids),
+        ids = self.lookup.row_ids(input_ids, past_ids, padding_mask, past_padding)  # (B, T, H)
+        self._prefetched = ((input_ids, padding_mask, past_ids, past_padding),
                             self.table.prefetch(ids, input_ids.device))
 
     @torch.compiler.disable  # a thread pool call: eager even in a compiled model
@@ -180,13 +181,15 @@ class Memory(nn.Module):
         self.table.warm(self.lookup.row_ids(input_ids, None, padding_mask))  # (B, T, H)
 
     def _take_prefetched(self, input_ids: torch.Tensor | None, padding_mask: torch.Tensor | None,
-                         past_ids: torch.Tensor | None) -> PrefetchedRows | None:
+                         past_ids: torch.Tensor | None,
+                         past_padding: torch.Tensor | None) -> PrefetchedRows | None:
         """The pending prefetch if it was made from these very tensors, else None (dropped)."""
         if self._prefetched is None:
             return None
-        (ids, mask, past), handle = self._prefetched
+        made_from, handle = self._prefetched
         self._prefetched = None
-        if ids is input_ids and mask is padding_mask and past is past_ids:
+        if all(a is b for a, b in zip(made_from, (input_ids, padding_mask, past_ids,
+                                                  past_padding), strict=True)):
             return handle
         self.table.prefetch_misses += 1
         return None
@@ -194,17 +197,20 @@ class Memory(nn.Module):
     def forward(self, h: torch.Tensor, input_ids: torch.Tensor | None = None,
                 padding_mask: torch.Tensor | None = None,
                 past_ids: torch.Tensor | None = None,
-                state: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
+                state: dict[str, torch.Tensor] | None = None,
+                past_padding: torch.Tensor | None = None) -> torch.Tensor | None:
         """h (B, T, d) -> (B, T, d), or None for a concat readout that writes into AltUp blocks
         (its rows are then taken with `pop_altup_rows`).
 
         input_ids (B, T) are the tokens at these positions, padding_mask (B, T) is True at
-        padding, past_ids (B, P) are earlier tokens during cached decoding (n-gram lookups).
+        padding, past_ids (B, P) are earlier tokens during cached decoding (n-gram lookups),
+        past_padding (B, P) True where they are padding (a left-padded prompt's).
         `state` is this memory's own dict in the decoding cache (`DecodeCache.memory_state`):
         a readout that mixes positions (Engram's convolution) keeps its past inputs there.
         """
         indices, weights = self.lookup(h, input_ids=input_ids, padding_mask=padding_mask,
-                                       past_ids=past_ids)  # (B, T, H, k) each
+                                       past_ids=past_ids,
+                                       past_padding=past_padding)  # (B, T, H, k) each
         if self.training:
             self.usage.record(indices, weights, padding_mask)
         for collector in self._collectors:
@@ -215,7 +221,7 @@ class Memory(nn.Module):
                 raise ValueError(f"the {self.cfg.readout} readout mixes positions: cached "
                                  "decoding must pass this memory's state (state=)")
             extra = {"padding_mask": padding_mask, "state": state}
-        handle = self._take_prefetched(input_ids, padding_mask, past_ids)
+        handle = self._take_prefetched(input_ids, padding_mask, past_ids, past_padding)
         if handle is None:
             return self.readout(h, self.table, indices, weights, **extra)
         with self.table.use_prefetched(handle):  # the read bags the prefetched rows

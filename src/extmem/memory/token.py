@@ -46,7 +46,8 @@ class TokenLookup(nn.Module):
         self.register_buffer("multiplier", _odd_constants(1, cfg.seed))
 
     def row_ids(self, input_ids: torch.Tensor, past_ids: torch.Tensor | None = None,
-                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                padding_mask: torch.Tensor | None = None,
+                past_padding: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T) -> table rows (B, T, 1); the ids only (memory.prefetch)."""
         ids = input_ids
         if self.hashed:
@@ -105,8 +106,10 @@ class NgramLookup(nn.Module):
         return torch.stack(columns, dim=-1)  # (B, T, orders * heads)
 
     def row_ids(self, input_ids: torch.Tensor, past_ids: torch.Tensor | None = None,
-                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The rows `forward` reads, from the ids only (memory.prefetch): (B, T, H)."""
+                padding_mask: torch.Tensor | None = None,
+                past_padding: torch.Tensor | None = None) -> torch.Tensor:
+        """The rows `forward` reads, from the ids only (memory.prefetch): (B, T, H). Padding
+        is hashed as the ids it holds (unlike the engram lookup)."""
         return self.ngram_ids(input_ids, past_ids)
 
     def forward(self, h: torch.Tensor, input_ids: torch.Tensor | None = None,

@@ -3,7 +3,9 @@
 Experiments match models on these numbers, so table lookups are counted honestly: the
 product-key search (query network, sub-key scores, k*k candidates) is included. FLOPs count a
 multiply-add as 2; attention scores are counted at the average causal context (T/2 for a
-decoder, T for an encoder).
+decoder, T for an encoder). The LM head is counted at the positions training predicts: every
+position of a decoder, the masked share (`train.mask_prob`) of a masked LM, whose training runs
+the head at the masked positions only (`select` in the models' forward).
 """
 
 from __future__ import annotations
@@ -50,10 +52,24 @@ def parameter_counts(model: Transformer) -> dict[str, int]:
     return split
 
 
-def flops_per_token(model: Transformer, seq_len: int) -> dict[str, int]:
-    """Forward FLOPs per token: core (attention + FFN), memory (lookups + reads), lm_head."""
+# train.mask_prob's default (extmem.run.config): the masked share a masked LM's head runs at
+DEFAULT_MASK_PROB = 0.15
+
+
+def head_share(causal: bool, mask_prob: float) -> float:
+    """The share of positions the LM head runs at in training: every position of a causal LM,
+    the expected masked share (`mask_prob`) of a masked LM (its loss selects them)."""
+    return 1.0 if causal else mask_prob
+
+
+def flops_per_token(model: Transformer, seq_len: int,
+                    mask_prob: float = DEFAULT_MASK_PROB) -> dict[str, int]:
+    """Forward FLOPs per token: core (attention + FFN), memory (lookups + reads), lm_head.
+
+    `lm_head` is the head's cost per token trained: at every position of a causal LM, at the
+    `mask_prob` share of positions of a masked LM (ignored for a causal LM)."""
     if not isinstance(model, Transformer):  # extmem.pretrained.PretrainedLM counts its own
-        return model.flops_per_token(seq_len)
+        return model.flops_per_token(seq_len, mask_prob)
     cfg = model.cfg
     d = cfg.d_model
     altup = model.altup  # extmem.altup: Sequence-AltUp runs the layers on 1/K of the positions
@@ -69,6 +85,7 @@ def flops_per_token(model: Transformer, seq_len: int) -> dict[str, int]:
     core, memory = int(core * share), int(memory * share)
     if altup is not None:  # predict / correct (and expand / collapse) count as core
         core += altup.flops_per_token()
-    lm_head = 2 * model.lm_head.in_features * cfg.vocab_size  # K*d wide for standard AltUp
+    head = 2 * model.lm_head.in_features * cfg.vocab_size  # K*d wide for standard AltUp
+    lm_head = int(head * head_share(cfg.causal, mask_prob))
     return {"core": core, "memory": memory, "lm_head": lm_head,
             "total": core + memory + lm_head}

@@ -17,11 +17,18 @@ each memory's tables will hold and compares the sum with the memory available:
 - the usage counters of each memory (`extmem.memory.stats.UsageCounters`: int64 read count,
   float32 weight, int64 last step per row), one set per layer, shared table or not.
 
-Lookup parameters (product-key sub-keys: ~sqrt(rows); a router's d x entries projection) are
-not counted. A table with `table_storage = "mmap"` lives in a file: its rows count as file
-bytes, not RAM (its gradient and optimizer state are in RAM). The model is built in RAM; on an
-accelerator, the tables with `table_storage = "device"` (with their gradients and optimizer
-state) and the counters are also checked against the device's free memory.
+- the memory's dense parameters at every layer (`dense_parameters`, float32; what the
+  accounting calls memory_other): its lookup's (the product-key query network and sub-keys,
+  ~sqrt(rows); a router's d x entries projection; the hashed lookups have none) and its
+  readout's (projections, gates, norms, Engram's W_v / W_k and convolution); in training, their
+  gradient and two optimizer moments (AdamW / lazy Adam; a row-wise Adagrad group over them
+  keeps less, so the estimate is then an upper bound). They live with the model, wherever the
+  table is.
+
+A table with `table_storage = "mmap"` lives in a file: its rows count as file bytes, not RAM
+(its gradient and optimizer state are in RAM). The model is built in RAM; on an accelerator,
+the tables with `table_storage = "device"` (with their gradients and optimizer state), the
+dense parameters and the counters are also checked against the device's free memory.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import torch
 
 from extmem.errors import ConfigError
 from extmem.memory.config import MemoryConfig
-from extmem.memory.module import row_width, table_dtype
+from extmem.memory.module import lookup_heads, row_width, table_dtype
 from extmem.memory.stats import UsageCounters
 from extmem.model.config import ModelConfig
 
@@ -54,6 +61,70 @@ _STATE_BYTES: dict[str, Callable[[int, int, int], int]] = {
     "lazy_adam": lambda rows, width, size: 2 * rows * width * 4,
     "rowwise_adagrad": lambda rows, width, size: rows * 4,
 }
+
+
+# bytes per element of the dense (non-table) parameters: the model is built in float32
+DENSE_ELEMENT_BYTES = 4
+# a trained dense parameter also holds a gradient and two moments (AdamW / lazy Adam), each
+# its own size
+DENSE_TRAINING_COPIES = 3
+
+
+def _product_key_parameters(cfg: MemoryConfig, d_model: int) -> int:
+    """Query network d -> H * key_dim (with bias), its norm's gain and bias (none for "none"),
+    sub-keys (H, 2, n_keys, key_dim / 2)."""
+    pk = cfg.product_keys
+    query = pk.heads * pk.key_dim
+    norm = 0 if pk.query_norm == "none" else 2 * query
+    return d_model * query + query + norm + pk.heads * 2 * pk.n_keys * (pk.key_dim // 2)
+
+
+def _engram_readout_parameters(cfg: MemoryConfig, d_model: int) -> int:
+    """W_v e (with bias); the gate's W_k e (with bias) and its two RMSNorm gains; the
+    depthwise convolution's d x kernel. e is the heads' rows side by side (or their mean)."""
+    engram, value_dim = cfg.engram, row_width(cfg, d_model)
+    width = lookup_heads(cfg) * value_dim if engram.combine == "concat" else value_dim
+    value = width * d_model + d_model
+    gate = width * d_model + d_model + 2 * d_model if engram.gate else 0
+    conv = d_model * engram.conv_kernel if engram.conv else 0
+    return value + gate + conv
+
+
+def _add_readout_parameters(cfg: MemoryConfig, d_model: int) -> int:
+    """The output projection d_v -> d, there when d_v != d or the output starts at zero."""
+    value_dim = row_width(cfg, d_model)
+    projected = value_dim != d_model or cfg.zero_init_output
+    return value_dim * d_model if projected else 0
+
+
+# lookup / readout name -> its parameters at one layer, from (cfg, d_model); the names are
+# exactly those of extmem.memory.module's builders (tests/model/test_resources.py)
+LOOKUP_PARAMETERS: dict[str, Callable[[MemoryConfig, int], int]] = {
+    "product_keys": _product_key_parameters,
+    "token": lambda cfg, d: 0,   # hashed or direct token ids: buffers only
+    "ngram": lambda cfg, d: 0,
+    "lsh": lambda cfg, d: 0,     # frozen random hyperplanes: a buffer
+    "router": lambda cfg, d: d * cfg.router.entries,  # the d x entries projection, no bias
+    "engram": lambda cfg, d: 0,
+}
+READOUT_PARAMETERS: dict[str, Callable[[MemoryConfig, int], int]] = {
+    "add": _add_readout_parameters,
+    # W_g d -> d_v, W_up d_v -> d, the RMSNorm gain
+    "gated": lambda cfg, d: 2 * d * row_width(cfg, d) + d,
+    "memory_plus": lambda cfg, d: 2 * d * row_width(cfg, d),  # W_1, W_2
+    # [h ; row] -> d, unless the row goes into AltUp's memory blocks
+    "concat": lambda cfg, d: (0 if cfg.concat_into == "altup"
+                              else (d + row_width(cfg, d)) * d),
+    "experts": lambda cfg, d: 0,  # the experts' weights are the table's rows
+    "engram": _engram_readout_parameters,
+}
+
+
+def dense_parameters(cfg: MemoryConfig, d_model: int) -> int:
+    """Parameters of memory `cfg`'s lookup and readout at one layer (each layer has its own,
+    shared table or not)."""
+    return (LOOKUP_PARAMETERS[cfg.lookup](cfg, d_model)
+            + READOUT_PARAMETERS[cfg.readout](cfg, d_model))
 
 
 @functools.cache
@@ -81,6 +152,8 @@ class TableNeed:
     optimizer_bytes: int
     gradient_bytes: int
     counter_bytes: int
+    dense_bytes: int = 0           # the lookups' and readouts' parameters, every layer
+    dense_training_bytes: int = 0  # their gradient and optimizer moments (trained only)
 
     @property
     def file_bytes(self) -> int:
@@ -89,16 +162,23 @@ class TableNeed:
 
     def held(self, pool: str, accelerator: bool) -> dict[str, int]:
         """What lives in `pool` ("RAM" or "device": the accelerator), part -> bytes. The model
-        is built in RAM (tables and counters); on an accelerator a device table, its gradient
-        and state and the counters then move there, while host tables keep theirs in RAM."""
+        is built in RAM (tables, counters, dense parameters); on an accelerator a device table,
+        its gradient and state, the counters and the dense parameters (with theirs) then move
+        there, while host tables keep theirs in RAM."""
         trained = {f"{self.optimizer} state": self.optimizer_bytes,
                    "gradient": self.gradient_bytes}
+        dense = {"lookup / readout parameters": self.dense_bytes}
+        dense_trained = {"their gradient and moments": self.dense_training_bytes}
         if pool == "RAM":
             parts = {"table": self.table_bytes - self.file_bytes}
             if self.storage != "device" or not accelerator:
                 parts.update(trained)
+            parts.update(dense)
+            if not accelerator:
+                parts.update(dense_trained)
         else:
             parts = {"table": self.table_bytes, **trained} if self.storage == "device" else {}
+            parts.update({**dense, **dense_trained})
         parts["usage counters"] = self.counter_bytes
         return {part: size for part, size in parts.items() if size}
 
@@ -112,22 +192,26 @@ class TableNeed:
 
 def memory_need(cfg: MemoryConfig, d_model: int, vocab_size: int, name: str,
                 optimizer: str | None = None) -> TableNeed:
-    """What memory `cfg` (at each of cfg.layers) needs in a d_model-wide model."""
+    """What memory `cfg` (at each of cfg.layers) needs in a d_model-wide model; `optimizer`
+    (None: not trained) is its table's."""
     rows, width, dtype = cfg.num_slots(vocab_size), row_width(cfg, d_model), table_dtype(cfg)
-    optimizer = None if cfg.freeze_table else optimizer  # a frozen table is not trained
+    dense = len(cfg.layers) * dense_parameters(cfg, d_model) * DENSE_ELEMENT_BYTES
+    # a frozen table is not trained; the lookups and readouts still are
+    dense_training = DENSE_TRAINING_COPIES * dense if optimizer else 0
+    optimizer = None if cfg.freeze_table else optimizer
     tables = 1 if cfg.share_table else len(cfg.layers)
     table = tables * rows * width * dtype.itemsize
     state = tables * _STATE_BYTES[optimizer](rows, width, dtype.itemsize) if optimizer else 0
     gradient = table if optimizer and not cfg.sparse_updates else 0
     counters = len(cfg.layers) * rows * counter_bytes_per_slot()
     return TableNeed(name, tables, rows, width, dtype, cfg.table_storage, optimizer, table,
-                     state, gradient, counters)
+                     state, gradient, counters, dense, dense_training)
 
 
 def per_rank(need: TableNeed, world: int) -> TableNeed:
     """What one of `world` ranks holds of a row- or column-sharded table: 1/W of the rows,
-    their gradient and optimizer state (ceil); the usage counters stay whole on every rank
-    (docs/distributed.md)."""
+    their gradient and optimizer state (ceil); the usage counters and the dense lookup /
+    readout parameters stay whole on every rank (docs/distributed.md)."""
     def share(size: int) -> int:
         return -(-size // world)
     return dataclasses.replace(need, table_bytes=share(need.table_bytes),

@@ -125,14 +125,15 @@ class Block(nn.Module):
     def _memory_update(self, h: torch.Tensor, placement_input: bool, input_ids: torch.Tensor | None,
                        padding_mask: torch.Tensor | None,
                        cache: DecodeCache | None) -> torch.Tensor | None:
-        past_ids = cache.token_ids if cache is not None else None
+        past_ids = cache.token_ids if cache is not None else None  # (B, P)
+        past_padding = cache.padding if cache is not None else None  # (B, P) or None
         update = None
         for slot, memory in enumerate(self.memories):
             if (memory.cfg.placement == "input") != placement_input:
                 continue
             state = cache.memory_state(f"{self.layer}.{slot}") if cache is not None else None
             out = memory(h, input_ids=input_ids, padding_mask=padding_mask, past_ids=past_ids,
-                         state=state)
+                         state=state, past_padding=past_padding)
             if out is not None:  # None: a concat memory that writes into AltUp blocks
                 update = out if update is None else update + out
         return update
@@ -197,11 +198,12 @@ class Transformer(MemoryHost):
         """memory.prefetch: before the first layer, start gathering the rows of every memory
         that prefetches (token-id lookups on host / mmap tables, `Memory.start_prefetch`) on
         the tables' background thread, in layer order, while the earlier layers run."""
-        past_ids = cache.token_ids if cache is not None else None
+        past_ids = cache.token_ids if cache is not None else None  # (B, P)
+        past_padding = cache.padding if cache is not None else None  # (B, P) or None
         for block in self.blocks:
             for memory in block.memories:
                 if memory.prefetch:
-                    memory.start_prefetch(input_ids, padding_mask, past_ids)
+                    memory.start_prefetch(input_ids, padding_mask, past_ids, past_padding)
 
     def run_blocks(self, x: torch.Tensor, input_ids: torch.Tensor,
                    padding_mask: torch.Tensor | None,

@@ -55,6 +55,33 @@ CONFIG_KEY = "extmem_memories"
 FFN_PLACEMENTS = tuple(p for p in PLACEMENTS if p != "input")
 
 
+def _new_padding(mask: torch.Tensor | None, t: int) -> torch.Tensor | None:
+    """HF attention_mask (B, T_total), 1 = token -> (B, t) True at padding of the newest t
+    positions; None when nothing is padded. While `torch.compile` traces, the mask is kept as
+    it is: testing it is data-dependent control flow (a graph break), and an all-False mask
+    gives the same result (as `extmem.hf.modeling._padding`)."""
+    if mask is None or mask.dim() != 2:
+        return None
+    padding = mask[:, -t:] == 0
+    if torch.compiler.is_compiling():
+        return padding
+    return padding if bool(padding.any()) else None
+
+
+def _joined_padding(past: torch.Tensor | None, new: torch.Tensor | None, past_len: int,
+                    ids: torch.Tensor) -> torch.Tensor | None:
+    """Padding (B, P + T) of the history from the past's (B, P) and the new positions' (B, T),
+    either None where nothing is padded; None when neither is padded."""
+    if past is None and new is None:
+        return None
+    b, t = ids.shape
+    if past is None:
+        past = torch.zeros(b, past_len, dtype=torch.bool, device=ids.device)
+    if new is None:
+        new = torch.zeros(b, t, dtype=torch.bool, device=ids.device)
+    return torch.cat([past, new], dim=1)
+
+
 class _Context:
     """Token ids and padding of the current forward, shared by the base model and its memories."""
 
@@ -62,7 +89,9 @@ class _Context:
         self.input_ids: torch.Tensor | None = None  # (B, T) new positions
         self.padding: torch.Tensor | None = None    # (B, T) True at padding, or None
         self.past_ids: torch.Tensor | None = None   # (B, P) earlier ids in cached decoding
+        self.past_padding: torch.Tensor | None = None  # (B, P) True at their padding, or None
         self.history: torch.Tensor | None = None    # (B, P + T)
+        self.history_padding: torch.Tensor | None = None  # (B, P + T) or None
         # per memory (by id), what a readout that mixes positions keeps between decoding
         # steps (Engram's convolution inputs); emptied whenever a sequence starts
         self.states: dict[int, dict[str, torch.Tensor]] = {}
@@ -71,16 +100,19 @@ class _Context:
         self.input_ids = ids
         if ids is None:
             self.padding = self.past_ids = self.history = None
+            self.past_padding = self.history_padding = None
             self.states = {}
             return
-        padding = mask[:, -ids.shape[1]:] == 0 if mask is not None and mask.dim() == 2 else None
-        self.padding = padding if padding is not None and bool(padding.any()) else None
+        self.padding = _new_padding(mask, ids.shape[1])
         continuing = (past and self.history is not None and self.history.shape[1] == past
                       and self.history.shape[0] == ids.shape[0])
         self.past_ids = self.history if continuing else None
+        self.past_padding = self.history_padding if continuing else None
         if not continuing:
             self.states = {}
         self.history = torch.cat([self.history, ids], dim=1) if continuing else ids
+        self.history_padding = (_joined_padding(self.past_padding, self.padding, past, ids)
+                                if continuing else self.padding)
 
 
 def _capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -115,7 +147,7 @@ class MemoryList(nn.Module):
         for memory in self:  # a Memory, or PEFT's wrapper of one (modules_to_save)
             dtype = memory.table.weight.dtype
             y = memory(x.to(dtype), input_ids=ctx.input_ids, padding_mask=ctx.padding,
-                       past_ids=ctx.past_ids,
+                       past_ids=ctx.past_ids, past_padding=ctx.past_padding,
                        state=ctx.states.setdefault(id(memory), {})).to(x.dtype)
             out = y if out is None else out + y
         return out

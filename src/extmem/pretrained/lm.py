@@ -18,6 +18,7 @@ from torch import nn
 from extmem.config import require
 from extmem.decode_cache import DecodeCache
 from extmem.errors import ConfigError
+from extmem.model.accounting import DEFAULT_MASK_PROB, head_share
 from extmem.model.config import ModelConfig
 from extmem.model.memory_host import MemoryHost
 from extmem.pretrained.inject import add_memory
@@ -81,9 +82,11 @@ class PretrainedLM(MemoryHost):
                       if isinstance(module, nn.Embedding) and ".memories." not in f".{name}."]
         return tuple(heads + embeddings)
 
-    def flops_per_token(self, seq_len: int) -> dict[str, int]:
+    def flops_per_token(self, seq_len: int,
+                        mask_prob: float = DEFAULT_MASK_PROB) -> dict[str, int]:
         """Forward FLOPs per token as `extmem.model.flops_per_token` counts them (multiply-add
-        = 2; attention at the average context: T/2 causal, T bidirectional)."""
+        = 2; attention at the average context: T/2 causal, T bidirectional; the head, BERT's
+        transform included, at every position causal, at the `mask_prob` share masked)."""
         cfg = self.cfg
         d = cfg.d_model
         context = seq_len / 2 if cfg.causal else seq_len
@@ -92,7 +95,8 @@ class PretrainedLM(MemoryHost):
         replaced = {layer for m in cfg.memories if m.placement == "replace_ffn" for layer in m.layers}
         core = cfg.n_layers * attention + (cfg.n_layers - len(replaced)) * ffn
         memory = sum(m.flops_per_token() for _, m in self.memory_modules())
-        lm_head = 2 * d * cfg.vocab_size + (0 if cfg.causal else 2 * d * d)  # BERT's transform
+        head = 2 * d * cfg.vocab_size + (0 if cfg.causal else 2 * d * d)  # BERT's transform
+        lm_head = int(head * head_share(cfg.causal, mask_prob))
         return {"core": core, "memory": memory, "lm_head": lm_head,
                 "total": core + memory + lm_head}
 

@@ -77,9 +77,12 @@ def out_of_memory(t: Trainer, exc: BaseException) -> TrainingError:
     if not discard_unresumable(t):
         kept = (f"{t.run_dir} was removed" if t.existing is None
                 else f"what it wrote into {t.run_dir} was removed")
+    tc = t.cfg.train
     return TrainingError(f"out of memory at step {step} ({reason}); {kept}. Lower "
-                         f"train.batch_size (now {t.cfg.train.batch_size}), data.seq_len or the "
-                         "model / memory size, or use a device with more memory")
+                         f"train.batch_size (now {tc.batch_size}) and raise "
+                         f"train.grad_accum_steps (now {tc.grad_accum_steps}) to keep their "
+                         "product (a resume must), lower data.seq_len or the model / memory "
+                         "size, or use a device with more memory")
 
 
 def discard_unresumable(t: Trainer) -> bool:

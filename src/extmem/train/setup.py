@@ -162,7 +162,7 @@ def set_up(cfg: RunConfig, run_dir: Path, options: TrainOptions, held: ExitStack
                         run_dir=run_dir, ctx=ctx)
     sharded = sharded_tables(model)
     accounting = {"params": parameter_counts(model),  # the whole model (tables counted whole)
-                  "flops_per_token": flops_per_token(model, cfg.data.seq_len)}
+                  "flops_per_token": flops_per_token(model, cfg.data.seq_len, tc.mask_prob)}
     if checkpoint is not None:  # dense weights whole, each table's shard only
         load_model_state(checkpoint, model, state, sharded)
     if ctx.enabled and tc.data_parallel == "fsdp":
