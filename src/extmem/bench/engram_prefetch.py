@@ -25,8 +25,9 @@ dropped before every mmap step (untimed): `madvise(MADV_DONTNEED)` unmaps them f
 process, then `posix_fadvise(POSIX_FADV_DONTNEED)` evicts them from the page cache (no root
 needed), so the rows come from disk, as with a table larger than the page cache can hold;
 only the pages that mmap_prefetch asked for during the step before are kept. Its timed step
-lasts until all those pages are in the page cache (mincore), so requests the step's own
-work does not cover count against it (in training the next step's first layers would still
+lasts until all those pages have arrived in the page cache (mincore; or none has for 20 ms:
+the kernel may drop readahead it cannot queue), so requests the step's own work does not
+cover count against it (in training the next step's first layers would still
 overlap them: the figure is conservative). Put `dir` on a disk: a tmpfs file has no page
 cache to drop. Chains interleave the subjects, in an order reversed every other round.
 Reported: step median / min, the gather time of the background thread and the time the
@@ -264,7 +265,7 @@ def _timed_chains(subjects: dict[str, tuple[_Subject, bool]], chains: list[list[
                   cold: bool) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
     """Step ms per subject over each chain's batches after its first (untimed), the chains
     interleaved over the subjects; and per prefetching subject the thread's gather, the
-    layer's wait and the warm thread's page requests per step (means). With `cold`, before
+    layer's wait and the warm thread's page requests per timed step (means). With `cold`, before
     every step the file's pages are dropped (untimed), all but those a prefetching subject
     asked for during the step before."""
     samples: dict[str, list[float]] = {name: [] for name in subjects}
@@ -276,20 +277,21 @@ def _timed_chains(subjects: dict[str, tuple[_Subject, bool]], chains: list[list[
             subject, prefetch = subjects[name]
             subject.memory.prefetch = prefetch
             mapped = cold and subject.file is not None
-            before, missed = _counters(subject.memory.table), subject.missing
             kept = None  # the pages asked for during the step before
             for i, ids in enumerate(chain):
                 if mapped:
                     subject.evict(kept)
                 ahead = chain[i + 1] if prefetch and i + 1 < len(chain) else None
                 kept = subject.pages_of(ahead) if ahead is not None and mapped else None
+                before, missed = _counters(subject.memory.table), subject.missing
                 took = time_ms(functools.partial(subject.step, ids, ahead, kept))
-                if i:  # the first step had no step before it to ask for its pages
-                    samples[name].append(took)
-            after = _counters(subject.memory.table)
-            for i, (a, b) in enumerate(zip(after, before, strict=True)):
-                totals[name][i] += a - b
-            missing[name] += subject.missing - missed
+                if not i:  # the first step had no step before it to ask for its pages
+                    continue
+                samples[name].append(took)
+                after = _counters(subject.memory.table)
+                for k, (a, b) in enumerate(zip(after, before, strict=True)):
+                    totals[name][k] += a - b
+                missing[name] += subject.missing - missed
     return samples, {name: {"gather_ms": round(1000 * gather / hits, 2),
                             "wait_ms": round(1000 * wait / hits, 2),
                             "warm_ms": round(1000 * warm / warms, 2) if warms else 0.0,
@@ -376,8 +378,8 @@ def render_markdown(result: dict, command: str) -> str:
         "the start of the forward, and the next step's pages requested while it runs, as in "
         "training)"
         + ("; the file's pages are dropped before every mmap step, all but those the "
-           "prefetching step before asked for, whose step ends only when they are all in the "
-           "page cache" if cfg["cold"] else "")
+           "prefetching step before asked for, whose step ends only when they have all arrived in "
+           "the page cache (or none has for 20 ms)" if cfg["cold"] else "")
         + f". Median / min over {cfg['steps']} timed steps per subject after {cfg['warmup']} "
         "warmup.", "",
         *command_lines(command),
