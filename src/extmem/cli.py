@@ -15,6 +15,18 @@ from pathlib import Path
 from extmem.errors import ConfigError, ExtmemError
 
 
+def _int_list(text: str) -> list[int]:
+    """argparse type: "1,10,100" -> [1, 10, 100], each an integer >= 1."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not allowed; use integers >= 1 separated by commas, e.g. 1,10,100")
+    return values
+
+
 def _print_json(data: dict) -> None:
     from extmem.run.run_dir import json_safe
     print(json.dumps(json_safe(data), indent=2))
@@ -266,7 +278,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
     from extmem.console import print_table
     from extmem.report.usage import usage_report, usage_tables
 
-    report = usage_report(Path(args.run_dir), args.checkpoint, args.set, plots=not args.no_plots)
+    report = usage_report(Path(args.run_dir), args.checkpoint, args.set, plots=not args.no_plots,
+                          eval_sizes=args.eval_tokens, windows=args.windows)
     console = Console(stderr=args.json)
     for table in usage_tables(report):
         print_table(console, table)
@@ -444,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--checkpoint", help="checkpoint directory name (default: newest)")
     p.add_argument("--no-plots", action="store_true", help="only the table / JSON")
+    p.add_argument("--eval-tokens", type=_int_list, default=[], metavar="N[,N...]",
+                   help="also Lample's usage over the first N validation tokens, for each N")
+    p.add_argument("--windows", type=_int_list, default=[], metavar="W[,W...]",
+                   help="also windowed usage over the last W training steps, for each W")
     common(p)
     p.set_defaults(func=cmd_usage)
 

@@ -96,3 +96,38 @@ def test_usage_needs_a_run_with_memory(tmp_path, capsys):
     assert not (tmp_path / "d" / "usage").exists()
     assert main(["usage", str(tmp_path / "nope")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_usage_over_several_eval_sizes_and_windows(memory_run, capsys):
+    """--eval-tokens: Lample's usage over the first N validation tokens, equal to a run whose
+    eval_tokens is N; --windows: windowed usage per window, from the saved counters."""
+    assert main(["usage", str(memory_run), "--json", "--no-plots",
+                 "--eval-tokens", "16,256", "--windows", "1,2,100"]) == 0
+    captured = capsys.readouterr()
+    figures = json.loads(captured.out)["memories"][MEMORY]
+    assert "first 16 tokens" in captured.err and "last 100 steps" in captured.err
+    by_size = figures["eval"]["usage_by_eval_tokens"]
+    assert list(by_size) == ["16", "256"]
+    assert by_size["16"]["tokens_read"] == 16 and by_size["256"]["tokens_read"] == 256
+    assert 0 < by_size["16"]["usage"] <= by_size["256"]["usage"] <= 1  # reads only add slots
+    assert by_size["256"]["usage"] == pytest.approx(figures["eval"]["usage"])  # eval_tokens 256
+    assert main(["usage", str(memory_run), "--json", "--no-plots",
+                 "--set", "train.eval_tokens=16"]) == 0
+    alone = json.loads(capsys.readouterr().out)["memories"][MEMORY]["eval"]["usage"]
+    assert alone == pytest.approx(by_size["16"]["usage"])
+    saved = load_file(str(memory_run / "checkpoints" / "step-6" / "model.safetensors"))
+    last_step = saved[f"{MEMORY}.usage.last_step"]
+    windows = figures["train"]["windowed_usage_by_window"]
+    assert windows == {w: pytest.approx(windowed_usage(last_step, 5, int(w)))
+                       for w in ("1", "2", "100")}
+    assert windows["100"] == pytest.approx(figures["train"]["usage"])  # every step so far
+
+
+@pytest.mark.parametrize("argument", [["--windows", "0"], ["--eval-tokens", "1,x"],
+                                      ["--windows", ""]])
+def test_bad_sizes_are_one_line_errors(memory_run, capsys, argument):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["usage", str(memory_run), "--no-plots", *argument])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "use integers >= 1 separated by commas" in err
