@@ -22,7 +22,7 @@ from transformers import (
 from extmem import MemoryConfig, ProductKeyConfig
 from extmem.errors import ConfigError
 from extmem.hf import add_memory, load_with_memory
-from extmem.memory import EngramConfig
+from extmem.memory import EngramConfig, NgramLookupConfig
 from extmem.memory.module import Memory
 
 VOCAB = 64
@@ -123,6 +123,29 @@ def test_engram_memory_decodes_a_left_padded_batch_as_without_the_cache():
               "do_sample": False, "pad_token_id": 0}
     assert torch.equal(model.generate(prompt, **kwargs),
                        model.generate(prompt, use_cache=False, **kwargs))
+
+
+def test_ngram_memory_generates_a_left_padded_batch_as_each_row_alone():
+    """Prompts of 1, 2 and 5 tokens left-padded to 5 (pad id 0 is also a token): with and
+    without the cache, each row generates what its prompt generates alone; the n-gram windows
+    of the first real positions must read the sequence start, not the padding's ids."""
+    model = build("gpt2")
+    ngram = MemoryConfig(lookup="ngram", ngram=NgramLookupConfig(orders=[2, 3], heads=2,
+                                                                 rows=97))
+    add_memory(model, ngram, layers=[0, 1])
+    lengths, width = [1, 2, 5], 5
+    prompt = torch.randint(1, VOCAB, (len(lengths), width))
+    mask = torch.ones_like(prompt)
+    for b, n in enumerate(lengths):
+        prompt[b, :width - n], mask[b, :width - n] = 0, 0
+    kwargs = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    cached = model.generate(prompt, attention_mask=mask, **kwargs)  # (B, 5 + 6)
+    assert torch.equal(cached, model.generate(prompt, attention_mask=mask, use_cache=False,
+                                              **kwargs))
+    for b, n in enumerate(lengths):
+        alone = prompt[b:b + 1, width - n:]  # (1, n)
+        generated = model.generate(alone, attention_mask=torch.ones_like(alone), **kwargs)
+        assert torch.equal(cached[b, width - n:], generated[0]), f"prompt of {n} tokens"
 
 
 def test_bad_layers_and_placement_are_config_errors():

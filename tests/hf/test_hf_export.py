@@ -157,9 +157,13 @@ def test_left_padded_batch_decodes_with_the_cache_as_without(causal_export):
     kwargs = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
     cached = hf.generate(**batch, **kwargs)
     assert torch.equal(cached, hf.generate(**batch, use_cache=False, **kwargs))
-    # the unpadded row continues as it does alone (the padded row's n-grams see pad tokens)
+    # each row continues as it does alone (the padded row's n-grams read its padding as the
+    # sequence start)
     alone = hf.generate(**tokenizer(texts[:1], return_tensors="pt"), **kwargs)
     assert torch.equal(cached[0], alone[0])
+    pads = int((batch["attention_mask"][1] == 0).sum())
+    short = hf.generate(**tokenizer(texts[1:], return_tensors="pt"), **kwargs)
+    assert torch.equal(cached[1, pads:], short[0])
 
 
 def test_tokenizer_round_trips(causal_export):

@@ -120,3 +120,22 @@ def test_ngram_past_ids_continue_the_sequence():
     full = lookup.ngram_ids(ids)
     step = lookup.ngram_ids(ids[:, 6:7], past_ids=ids[:, :6])
     assert torch.equal(step[:, 0], full[:, 6])
+
+
+def test_ngram_left_padding_hashes_like_the_sequence_start():
+    """Padded positions (whatever ids they hold) read as the positions before the start: a
+    left-padded row's real positions get exactly the rows of the unpadded sequence, in the
+    full call (padding_mask) and in cached decoding (past_padding)."""
+    lookup = NgramLookup(NgramLookupConfig(orders=[2, 3], heads=2, rows=800), vocab_size=50)
+    ids = torch.randint(0, 50, (1, 6))
+    padded = torch.cat([torch.randint(0, 50, (1, 3)), ids], dim=1)  # (1, 9)
+    padding = torch.tensor([[True] * 3 + [False] * 6])
+    unpadded = lookup.row_ids(ids)  # (1, 6, 4)
+    assert torch.equal(lookup.row_ids(padded, padding_mask=padding)[:, 3:], unpadded)
+    assert not torch.equal(lookup.row_ids(padded)[:, 3:], unpadded)  # the padding's ids differ
+    # decoding the first real token after the padded prefix, then the second
+    first = lookup.row_ids(padded[:, 3:4], past_ids=padded[:, :3], past_padding=padding[:, :3])
+    second = lookup.row_ids(padded[:, 4:5], past_ids=padded[:, :4], past_padding=padding[:, :4])
+    assert torch.equal(first, unpadded[:, :1]) and torch.equal(second, unpadded[:, 1:2])
+    indices, _ = lookup(torch.zeros(1, 9, 4), input_ids=padded, padding_mask=padding)
+    assert torch.equal(indices[:, 3:, :, 0], unpadded)  # forward reads what row_ids gives

@@ -5,8 +5,10 @@
 - `NgramLookup`: hashed n-grams (Engram, DeepSeek 2026; Over-Tokenized Transformers 2025). For
   each order n and hash head, the last n ids are multiplied by distinct random odd constants and
   XORed, then taken modulo a distinct prime; each (order, head) owns a segment of the table.
-  Positions before the sequence start use a padding id. No parameters; causal by construction.
-  During cached decoding the ids of earlier steps come in as `past_ids`.
+  Positions before the sequence start and padded positions (`padding_mask`, and in cached
+  decoding the padded past ones, `past_padding`) use a padding id no token has, so a left-padded
+  row hashes like its unpadded sequence. No parameters; causal by construction. During cached
+  decoding the ids of earlier steps come in as `past_ids`.
 Both return indices and weights (B, T, H, 1).
 """
 
@@ -83,14 +85,21 @@ class NgramLookup(nn.Module):
         self.register_buffer("primes", torch.tensor(primes, dtype=torch.int64))
         self.register_buffer("offsets", torch.arange(self.reads_per_token, dtype=torch.int64) * segment)
 
-    def ngram_ids(self, input_ids: torch.Tensor,
-                  past_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, T), past_ids (B, P) -> row ids (B, T, orders * heads)."""
+    def ngram_ids(self, input_ids: torch.Tensor, past_ids: torch.Tensor | None = None,
+                  padding_mask: torch.Tensor | None = None,
+                  past_padding: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T), past_ids (B, P) earlier ids, padding_mask (B, T) and past_padding
+        (B, P) True at padding -> row ids (B, T, orders * heads). Padding reads as the
+        sequence start (the pad id), whatever ids it holds."""
+        if padding_mask is not None:
+            input_ids = input_ids.masked_fill(padding_mask, self.pad_id)
         context = max(self.orders) - 1
         b, t = input_ids.shape
         history = input_ids.new_full((b, context), self.pad_id)  # (B, N-1)
         if past_ids is not None and past_ids.shape[1]:
-            recent = past_ids[:, -context:]
+            recent = past_ids[:, -context:]  # (B, <= N-1)
+            if past_padding is not None:  # a left-padded prompt's padding: the start
+                recent = recent.masked_fill(past_padding[:, -context:], self.pad_id)
             history[:, context - recent.shape[1]:] = recent
         ids = torch.cat([history, input_ids], dim=1)  # (B, N-1 + T)
         # shifted[j] = id at position t - j for every t: (max_order, B, T)
@@ -109,16 +118,18 @@ class NgramLookup(nn.Module):
                 padding_mask: torch.Tensor | None = None,
                 past_padding: torch.Tensor | None = None) -> torch.Tensor:
         """The rows `forward` reads, from the ids only (memory.prefetch): (B, T, H). Padding
-        is hashed as the ids it holds (unlike the engram lookup)."""
-        return self.ngram_ids(input_ids, past_ids)
+        reads as the sequence start (`ngram_ids`)."""
+        return self.ngram_ids(input_ids, past_ids, padding_mask, past_padding)
 
     def forward(self, h: torch.Tensor, input_ids: torch.Tensor | None = None,
-                past_ids: torch.Tensor | None = None,
+                padding_mask: torch.Tensor | None = None, past_ids: torch.Tensor | None = None,
+                past_padding: torch.Tensor | None = None,
                 **_: object) -> tuple[torch.Tensor, torch.Tensor]:
         """-> indices, weights (B, T, orders * heads, 1); rows are averaged."""
         if input_ids is None:
             raise ValueError("the n-gram lookup needs input_ids")
-        indices = self.ngram_ids(input_ids, past_ids)[..., None]  # (B, T, H, 1)
+        indices = self.row_ids(input_ids, past_ids, padding_mask,
+                               past_padding)[..., None]  # (B, T, H, 1)
         weights = torch.full(indices.shape, 1.0 / self.reads_per_token, dtype=h.dtype,
                              device=h.device)
         return indices, weights
