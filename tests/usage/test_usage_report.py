@@ -101,10 +101,14 @@ def test_usage_needs_a_run_with_memory(tmp_path, capsys):
 def test_usage_over_several_eval_sizes_and_windows(memory_run, capsys):
     """--eval-tokens: Lample's usage over the first N validation tokens, equal to a run whose
     eval_tokens is N; --windows: windowed usage per window, from the saved counters."""
-    assert main(["usage", str(memory_run), "--json", "--no-plots",
+    assert main(["usage", str(memory_run), "--json",
                  "--eval-tokens", "16,256", "--windows", "1,2,100"]) == 0
     captured = capsys.readouterr()
-    figures = json.loads(captured.out)["memories"][MEMORY]
+    report = json.loads(captured.out)
+    figures = report["memories"][MEMORY]
+    assert report["tokens_per_step"] == 4 * 16  # batch_size x seq_len of the tiny config
+    plot = memory_run / "usage" / "usage_by_tokens.png"
+    assert str(plot) in report["plots"] and plot.read_bytes()[:8] == PNG_MAGIC
     assert "first 16 tokens" in captured.err and "last 100 steps" in captured.err
     by_size = figures["eval"]["usage_by_eval_tokens"]
     assert list(by_size) == ["16", "256"]

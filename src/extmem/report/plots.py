@@ -6,7 +6,11 @@ Figures after Kim & Jung 2020, "Large Product Key Memory for Pretrained Language
 - windowed_usage.png: windowed usage of the training reads and eval-set usage over training;
 - staleness.png: per memory layer, slots by steps since last selected, plus never selected;
 - heatmap.png: per memory layer, eval-set read weight and training read counts per slot,
-  reshaped to the n_keys x n_keys product-key grid (row = first sub-key, column = second).
+  reshaped to the n_keys x n_keys product-key grid (row = first sub-key, column = second);
+- usage_by_tokens.png (with `extmem usage --eval-tokens / --windows`): fraction of slots read
+  against the tokens that read them, over evaluation sets of several sizes (Lample's usage)
+  and over training windows of several lengths (windowed usage), so the two metrics are
+  compared at equal reads.
 """
 
 from __future__ import annotations
@@ -131,6 +135,41 @@ def plot_heatmap(report: dict[str, Any], arrays: dict[str, dict[str, torch.Tenso
 def write_usage_plots(report: dict[str, Any], arrays: dict[str, dict[str, torch.Tensor]],
                       out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [plot_windowed_usage(report, out_dir / "windowed_usage.png"),
-            plot_staleness(report, arrays, out_dir / "staleness.png"),
-            plot_heatmap(report, arrays, out_dir / "heatmap.png")]
+    paths = [plot_windowed_usage(report, out_dir / "windowed_usage.png"),
+             plot_staleness(report, arrays, out_dir / "staleness.png"),
+             plot_heatmap(report, arrays, out_dir / "heatmap.png")]
+    if any("usage_by_eval_tokens" in f["eval"] or "windowed_usage_by_window" in f["train"]
+           for f in report["memories"].values()):
+        paths.append(plot_usage_by_tokens(report, out_dir / "usage_by_tokens.png"))
+    return paths
+
+
+def plot_usage_by_tokens(report: dict[str, Any], path: Path) -> Path:
+    """Slots read at least once against tokens read: evaluation sets (Lample's usage) and
+    the last W training steps (windowed usage, W x tokens per step), one colour per memory."""
+    fig = Figure(figsize=(7.5, 4.4))
+    ax = fig.subplots()
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    per_step = report["tokens_per_step"]
+    for i, (name, figures) in enumerate(report["memories"].items()):
+        color = colors[i % len(colors)]
+        by_size = figures["eval"].get("usage_by_eval_tokens", {})
+        if by_size:
+            points = sorted((f["tokens_read"], f["usage"]) for f in by_size.values())
+            ax.plot(*zip(*points, strict=True), "--o", color=color, markersize=4,
+                    label=f"{name}: usage over the eval set (Lample)")
+        by_window = figures["train"].get("windowed_usage_by_window", {})
+        if by_window:
+            points = sorted((int(w) * per_step, u) for w, u in by_window.items())
+            ax.plot(*zip(*points, strict=True), "-s", color=color, markersize=4,
+                    label=f"{name}: windowed usage (last W training steps)")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(f"tokens read (training: W steps x {per_step:,} tokens)")
+    ax.set_ylabel("fraction of slots read at least once")
+    ax.set_title(f"Usage against the reads behind it (at {report['checkpoint']})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path

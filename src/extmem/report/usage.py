@@ -106,7 +106,9 @@ def usage_report(run_dir: Path, checkpoint: str | None = None,
                                 run.data.lm.val_batches(tc.eval_batch_size, size))
     records = read_metrics(run_dir)
     report: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name,
-                              "step": run.step, "usage_window": tc.usage_window, "memories": {}}
+                              "step": run.step, "usage_window": tc.usage_window,
+                              "tokens_per_step": tc.rows_per_step * run.cfg.data.seq_len,
+                              "memories": {}}
     arrays: dict[str, dict[str, torch.Tensor]] = {}
     for name, memory in memories:
         collected, counters = collectors[name], memory.usage
