@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.left_padding import assert_cached_left_padded_decoding_equals_unpadded, left_padded_batch
 
 from extmem import MemoryConfig, ModelConfig, Transformer
 from extmem.memory import (
@@ -101,18 +102,6 @@ def test_cached_generation_matches_full_forward(lookup):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
-def left_padded_batch(lengths: list[int], width: int, steps: int = 0):
-    """Rows of lengths[b] + steps random ids; the prompts (their first lengths[b] ids) left-
-    padded to width with arbitrary ids -> rows, prompt (B, width), padding (B, width)."""
-    rows = [torch.randint(0, VOCAB, (n + steps,)) for n in lengths]
-    prompt = torch.randint(0, VOCAB, (len(lengths), width))  # the padding: any ids
-    padding = torch.zeros(len(lengths), width, dtype=torch.bool)
-    for b, (n, row) in enumerate(zip(lengths, rows, strict=True)):
-        prompt[b, width - n:] = row[:n]
-        padding[b, :width - n] = True
-    return rows, prompt, padding
-
-
 @pytest.mark.parametrize("lookup", ["token", "ngram"])
 def test_left_padded_rows_equal_each_unpadded_sequence(lookup):
     """Prompts of 1, 2 and 6 tokens left-padded to 6: at its real positions each row gives the
@@ -120,7 +109,7 @@ def test_left_padded_rows_equal_each_unpadded_sequence(lookup):
     sequence start, not the padding's ids)."""
     model = model_with(memory_config(lookup, "add", "parallel_ffn")).eval()
     lengths, width = [1, 2, 6], 6
-    rows, prompt, padding = left_padded_batch(lengths, width)
+    rows, prompt, padding = left_padded_batch(VOCAB, lengths, width)
     with torch.no_grad():
         padded = model(prompt, padding_mask=padding)  # (B, 6, V)
         for b, (n, row) in enumerate(zip(lengths, rows, strict=True)):
@@ -134,18 +123,7 @@ def test_cached_decoding_of_a_left_padded_batch_equals_each_unpadded_row(lookup)
     each row equals its unpadded sequence's full forward (the padded past ids, which come in
     as past_ids with DecodeCache.padding, read as the sequence start)."""
     model = model_with(memory_config(lookup, "add", "parallel_ffn")).eval()
-    lengths, width, steps = [1, 2, 5], 5, 4
-    rows, prompt, padding = left_padded_batch(lengths, width, steps)
-    cache = DecodeCache()
-    with torch.no_grad():
-        outs = [model(prompt, padding_mask=padding, cache=cache)]  # (B, 5, V)
-        for t in range(steps):
-            step = torch.stack([row[n + t] for n, row in zip(lengths, rows, strict=True)])
-            outs.append(model(step[:, None], cache=cache))  # (B, 1, V)
-        cached = torch.cat(outs, dim=1)  # (B, 5 + steps, V)
-        for b, (n, row) in enumerate(zip(lengths, rows, strict=True)):
-            full = model(row[None])  # (1, n + steps, V)
-            torch.testing.assert_close(cached[b, width - n:], full[0], rtol=1e-5, atol=1e-5)
+    assert_cached_left_padded_decoding_equals_unpadded(model, VOCAB)
 
 
 def test_flops_and_params_count_lookups_honestly():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.left_padding import assert_cached_left_padded_decoding_equals_unpadded
 
 from extmem import MemoryConfig, ModelConfig, Transformer
 from extmem.data.tokenizer import train_tokenizer
@@ -97,24 +98,7 @@ def test_cached_decoding_of_a_left_padded_batch_equals_each_unpadded_row():
     4 decoding steps: a prompt shorter than the n-gram context (largest order 3) must hash its
     first steps against the sequence start, as the full forward does, not against the
     padding's ids."""
-    model = model_with().eval()
-    lengths, width, steps = [1, 2, 5], 5, 4
-    rows = [torch.randint(0, VOCAB, (n + steps,)) for n in lengths]
-    prompt = torch.randint(0, VOCAB, (len(lengths), width))  # the padding: any ids
-    padding = torch.zeros(len(lengths), width, dtype=torch.bool)
-    for b, (n, row) in enumerate(zip(lengths, rows, strict=True)):
-        prompt[b, width - n:] = row[:n]
-        padding[b, :width - n] = True
-    cache = DecodeCache()
-    with torch.no_grad():
-        outs = [model(prompt, padding_mask=padding, cache=cache)]  # (B, 5, V)
-        for t in range(steps):
-            step = torch.stack([row[n + t] for n, row in zip(lengths, rows, strict=True)])
-            outs.append(model(step[:, None], cache=cache))  # (B, 1, V)
-        cached = torch.cat(outs, dim=1)  # (B, 5 + steps, V)
-        for b, (n, row) in enumerate(zip(lengths, rows, strict=True)):
-            full = model(row[None])  # (1, n + steps, V)
-            torch.testing.assert_close(cached[b, width - n:], full[0], rtol=1e-5, atol=1e-5)
+    assert_cached_left_padded_decoding_equals_unpadded(model_with().eval(), VOCAB)
 
 
 def test_compression_merges_case_and_leading_space(tokenizer):
