@@ -8,7 +8,7 @@ from tests.cli_helpers import error_line, run_sweep
 
 from extmem.cli import main
 from extmem.data.batches import LMData
-from extmem.experiments.stats import bootstrap_interval, mean_std, welch_t_test
+from extmem.experiments.stats import mean_std, welch_interval, welch_t_test
 
 SWEEP = """
 name = "tiny"
@@ -104,9 +104,11 @@ def test_statistics_against_hand_computation():
     # Welch: a = [1, 2, 3], b = [4, 5, 6]: t = -3 / sqrt(2/3) = -3.674, df = 4 -> p = 0.02131
     assert welch_t_test([1, 2, 3], [4, 5, 6]) == pytest.approx(0.021311, abs=1e-5)
     assert math.isnan(welch_t_test([1.0], [2.0]))
-    low, high = bootstrap_interval([1, 2, 3], [4, 5, 6])
-    assert -5 <= low <= high <= -1  # resampled means lie within the groups' ranges
-    assert bootstrap_interval([2, 2], [1, 1]) == (1.0, 1.0)
+    # interval: -3 +- t(0.975, df = 4) * sqrt(2/3) = -3 +- 2.7764 * 0.8165
+    low, high = welch_interval([1, 2, 3], [4, 5, 6])
+    assert (low, high) == (pytest.approx(-5.2669, abs=1e-4), pytest.approx(-0.7331, abs=1e-4))
+    assert welch_interval([2, 2], [1, 1]) == (1.0, 1.0)
+    assert all(math.isnan(x) for x in welch_interval([1.0], [2.0, 3.0]))
 
 
 INIT_SWEEP = """

@@ -6,7 +6,7 @@ variant, the parameter split, FLOPs per token, tokens/s, final validation loss, 
 bits per byte and facts recalled (mean +- std over seeds), on `facts` the storage meter
 (extmem.run.storage: stored bits, per parameter and per training FLOP, recall on training vs
 held-out phrasings), memory usage, and the difference to the baseline with Welch's t-test and
-a bootstrap interval.
+Welch's confidence interval.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rich.console import Console
 from extmem.errors import ConfigError
 from extmem.experiments.capacity import capacity_figures
 from extmem.experiments.downstream import compare_downstream, run_downstream, summarize_downstream
-from extmem.experiments.stats import bootstrap_interval, mean_std, significance_note, welch_t_test
+from extmem.experiments.stats import mean_std, significance_note, welch_interval, welch_t_test
 from extmem.experiments.sweep import Sweep, added_memories
 from extmem.experiments.usage_curves import usage_curve
 from extmem.run.provenance import record_session
@@ -182,7 +182,7 @@ def _compare(row: dict, base: dict, metric: str) -> dict | None:
         return None
     a, b = row[metric]["values"], base[metric]["values"]
     p_value = welch_t_test(a, b)
-    interval = bootstrap_interval(a, b) if len(a) > 1 and len(b) > 1 else (math.nan, math.nan)
+    interval = welch_interval(a, b)
     return {"diff": row[metric]["mean"] - base[metric]["mean"], "p_value": p_value,
             "interval95": list(interval), "note": significance_note(p_value, interval)}
 

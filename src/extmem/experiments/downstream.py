@@ -16,20 +16,19 @@ set = ["steps=120", "batch_size=16"]   # extmem finetune --set fields (FinetuneC
 Results go to RUN/finetune/<task>-<mode>-seed-<k>/ (a finished one is skipped, so the stage
 resumes like the training runs). The summary gives, per variant and task, accuracy and macro-F1
 over every (pretraining seed, finetuning seed) pair, the majority-class baseline, and the
-difference to the baseline variant with Welch's t-test and a bootstrap interval.
+difference to the baseline variant with Welch's t-test and Welch's confidence interval.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 
 from extmem.config import require, require_valid_fields
-from extmem.experiments.stats import bootstrap_interval, mean_std, significance_note, welch_t_test
+from extmem.experiments.stats import mean_std, significance_note, welch_interval, welch_t_test
 from extmem.finetune.config import MODES
 from extmem.finetune.run import finetune, parse_config, slug
 
@@ -106,7 +105,7 @@ def summarize_downstream(stage: DownstreamConfig, runs: list[Path]) -> dict:
 
 
 def compare_downstream(row: dict, base: dict) -> dict:
-    """task -> metric -> difference to the baseline variant (Welch, bootstrap interval)."""
+    """task -> metric -> difference to the baseline variant (Welch's t-test and interval)."""
     out: dict = {}
     for task, entry in row.get("downstream", {}).items():
         other = base.get("downstream", {}).get(task, {})
@@ -115,8 +114,7 @@ def compare_downstream(row: dict, base: dict) -> dict:
                 continue
             a, b = entry[metric]["values"], other[metric]["values"]
             p_value = welch_t_test(a, b)
-            interval = (bootstrap_interval(a, b) if len(a) > 1 and len(b) > 1
-                        else (math.nan, math.nan))
+            interval = welch_interval(a, b)
             out.setdefault(task, {})[metric] = {
                 "diff": entry[metric]["mean"] - other[metric]["mean"], "p_value": p_value,
                 "interval95": list(interval), "note": significance_note(p_value, interval)}

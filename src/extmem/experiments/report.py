@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rich.table import Table
@@ -29,7 +30,9 @@ def _delta(row: dict, metric: str, baseline: str) -> str:
     comparison = row["vs_baseline"].get(metric)
     if comparison is None:
         return "-"
-    return f"{comparison['diff']:+.4f} ({comparison['note']})"
+    low, high = comparison.get("interval95", (math.nan, math.nan))
+    interval = "" if math.isnan(low) else f" [{low:+.4f}, {high:+.4f}]"
+    return f"{comparison['diff']:+.4f}{interval} ({comparison['note']})"
 
 
 COLUMNS = ("variant", "params core / tables", "core FLOPs/tok", "total FLOPs/tok", "tokens/s",
@@ -104,7 +107,7 @@ def _downstream_table(rows: list[dict], baseline: str) -> list[str]:
     if not any("downstream" in row for row in rows):
         return []
     lines = ["", "Downstream (finetuned; mean ± std over every pretraining x finetuning seed; "
-             f"Δ vs `{baseline}` with Welch's t-test and a 95% bootstrap interval):", "",
+             f"Δ vs `{baseline}` with Welch's t-test and its 95% interval):", "",
              "| variant | task | n | accuracy | macro-F1 | majority | Δ accuracy | Δ macro-F1 |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -127,7 +130,7 @@ def _downstream_table(rows: list[dict], baseline: str) -> list[str]:
 def markdown(results: dict, command: str) -> str:
     lines = [f"# {results['sweep']}", "", f"Command: `{command}`", "",
              f"Seeds: {results['seeds']}; baseline: `{results['baseline']}`; mean ± sample std "
-             "over seeds; Δ = variant − baseline with Welch's t-test and a 95% bootstrap "
+             "over seeds; Δ = variant − baseline with Welch's t-test and its 95% "
              "interval (rough with few seeds).", ""]
     if results.get("pending"):
         waiting = "; ".join(f"{v}: seeds {', '.join(map(str, seeds))}"
