@@ -124,6 +124,7 @@ def test_step_batches_reuses_the_batches_drawn_ahead(monkeypatch: pytest.MonkeyP
 
     class Trainer:
         batches_ahead = (5, ["ahead"])
+        warm_ahead = None
         model = Model()
 
     t = Trainer()

@@ -82,7 +82,9 @@ def _step_batches(t: Trainer, data_step: int) -> list[tuple[torch.Tensor, torch.
     t.batches_ahead = None
     if micro is None:
         micro = _micro_batches(t, data_step)
-    if t.model.warms_tables():
+    if t.warm_ahead is None:  # asked once per session: the memories do not change
+        t.warm_ahead = t.model.warms_tables()
+    if t.warm_ahead:
         upcoming = _micro_batches(t, data_step + 1)
         for inputs, _ in upcoming:
             t.model.warm_tables(inputs)

@@ -85,6 +85,7 @@ class Trainer:
     skipped: int = 0                        # non-finite steps skipped this session
     # (data step, its micro-batches) drawn a step early to warm mapped tables (loop.py)
     batches_ahead: tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+    warm_ahead: bool | None = None          # any memory warms a mapped table (None: not asked yet)
 
     @property
     def tokens_per_step(self) -> int:
