@@ -1,7 +1,9 @@
-"""A tiny sweep end to end: results, plots, skipping finished runs, resuming a killed sweep."""
+"""A tiny sweep end to end: results, plots, skipping finished runs, resuming a killed sweep,
+workers sharing a sweep."""
 
 import json
 import math
+import os
 
 import pytest
 from tests.cli_helpers import error_line, run_sweep
@@ -9,6 +11,7 @@ from tests.cli_helpers import error_line, run_sweep
 from extmem.cli import main
 from extmem.data.batches import LMData
 from extmem.experiments.stats import mean_std, welch_interval, welch_t_test
+from extmem.run.lock import RunLock, holder_of
 
 SWEEP = """
 name = "tiny"
@@ -210,3 +213,36 @@ def test_report_only_summarises_the_finished_runs_and_lists_the_rest(sweep_file,
     assert "Partial report" in (out / "results.md").read_text()
     assert not (out / "pkm" / "seed-1" / "results.json").exists()  # nothing was trained
     assert (out / "dense" / "seed-0" / "results.json").stat().st_mtime_ns == mtime
+
+
+def test_a_second_worker_skips_the_run_another_process_holds(sweep_file, tmp_path, capsys):
+    """Two `extmem compare` processes on one sweep: the run one holds (run/lock.py) is skipped by
+    the other, which reports the rest with that run pending; once free it is trained."""
+    out = tmp_path / "out"
+    args = ["compare", str(sweep_file), "--out", str(out), "--steps", "1",
+            "--set", "train.eval_every=0"]
+    held = out / "pkm" / "seed-1"
+    with RunLock(held, command="another worker"):
+        assert main([*args, "--json"]) == 0
+        captured = capsys.readouterr()
+        results = json.loads(captured.out)
+        assert f"pkm seed 1: being trained by process {os.getpid()}" in captured.err
+        assert results["pending"] == {"pkm": [1]}
+        assert [len(r["seeds"]) for r in results["variants"]] == [2, 1]
+        assert sorted(p.name for p in held.iterdir()) == [".lock"]  # nothing written into it
+    assert holder_of(held) is None  # freed with the worker
+    assert main([*args, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["pending"] == {}
+    assert (held / "results.json").is_file()
+
+
+def test_holder_of_a_free_or_missing_run_is_none_and_creates_nothing(tmp_path):
+    missing = tmp_path / "missing"
+    assert holder_of(missing) is None and not missing.exists()
+    free = tmp_path / "free"
+    free.mkdir()
+    assert holder_of(free) is None
+    with RunLock(free):
+        assert holder_of(free).startswith(f"process {os.getpid()} ")
+    assert holder_of(free) is None

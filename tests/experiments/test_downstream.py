@@ -117,3 +117,24 @@ def test_variant_seeds_and_finetuned_runs_are_subsets(tmp_path, capsys, base, mo
     sweep_path.write_text(text.replace("seeds = [1]", "seeds = [3]"))
     line = error_line(capsys, "compare", str(sweep_path), "--out", str(tmp_path / "o"))
     assert "variants.seeds: [3]" in line
+
+
+def test_a_finetune_another_worker_holds_is_skipped(tmp_path, monkeypatch):
+    """Two `extmem compare` workers: a finetune one holds is left to it; the others run here."""
+    from rich.console import Console
+
+    from extmem.experiments import downstream
+    from extmem.run.lock import RunLock
+
+    stage = downstream.DownstreamConfig(tasks=["gcide-pos"], seeds=[0, 1])
+    run_dir = tmp_path / "run"
+    calls = []
+    monkeypatch.setattr(downstream, "finetune",
+                        lambda run, task, mode, sets, quiet, out: calls.append(out.name))
+    busy = downstream.result_dir(run_dir, stage, "gcide-pos", 0)
+    console = Console(record=True, width=400)
+    with RunLock(busy.parent / f".busy-{busy.name}"):
+        downstream.run_downstream(stage, [("dense", 0, run_dir)], console, quiet=True)
+    assert calls == [downstream.result_dir(run_dir, stage, "gcide-pos", 1).name]
+    assert "being finetuned by process" in console.export_text()
+    assert sorted(p.name for p in busy.parent.iterdir()) == []  # the lock directories are gone

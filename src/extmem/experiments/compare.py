@@ -1,7 +1,11 @@
 """`extmem compare`: run every (variant, seed) of a sweep and compare them at matched compute.
 
 Each run is an ordinary run directory `OUT/<variant>/seed-<s>/`; finished runs are skipped and
-unfinished ones resumed, so a killed sweep continues where it stopped. The summary holds, per
+unfinished ones resumed, so a killed sweep continues where it stopped. Several `extmem compare`
+processes on one sweep (cores of one machine, or machines sharing the directory) share its runs:
+each skips a run whose directory another live process holds (run/lock.py) and takes the next,
+and a process that skipped any reports the runs finished so far, the rest as pending. The
+summary holds, per
 variant, the parameter split, FLOPs per token, tokens/s, final validation loss, perplexity,
 bits per byte and facts recalled (mean +- std over seeds), on `facts` the storage meter
 (extmem.run.storage: stored bits, per parameter and per training FLOP, recall on training vs
@@ -23,6 +27,7 @@ from extmem.experiments.downstream import compare_downstream, run_downstream, su
 from extmem.experiments.stats import mean_std, significance_note, welch_interval, welch_t_test
 from extmem.experiments.sweep import Sweep, added_memories
 from extmem.experiments.usage_curves import usage_curve
+from extmem.run.lock import RunInUseError, holder_of
 from extmem.run.provenance import record_session
 from extmem.run.run_dir import CONFIG_FILE, RESULTS_FILE, load_run_config, read_metrics
 from extmem.train.augment_run import AUGMENT_FILE, augment_run
@@ -51,13 +56,29 @@ def _finished(run_dir: Path, steps: int) -> bool:
 
 
 def _train_one(sweep: Sweep, out: Path, variant: str, seed: int, label: str,
-               console: Console, quiet: bool) -> None:
-    """Train (or resume) one run of the sweep; a dense-init variant is augmented first."""
+               console: Console, quiet: bool) -> bool:
+    """Train (or resume) one run of the sweep; a dense-init variant is augmented first.
+    Returns False when another process is training it (nothing done here), else True."""
     cfg = sweep.runs[variant][seed]
     run_dir = run_dir_for(out, variant, seed)
     if _finished(run_dir, cfg.train.steps):
         console.print(f"{label} {variant} seed {seed}: finished, skipped")
-        return
+        return True
+    holder = holder_of(run_dir)
+    if holder is None:
+        try:
+            _train_unfinished(sweep, out, variant, seed, label, console, quiet)
+            return True
+        except RunInUseError as exc:  # taken between the probe and train's own lock
+            holder = exc.holder
+    console.print(f"{label} {variant} seed {seed}: being trained by {holder}, skipped")
+    return False
+
+
+def _train_unfinished(sweep: Sweep, out: Path, variant: str, seed: int, label: str,
+                      console: Console, quiet: bool) -> None:
+    cfg = sweep.runs[variant][seed]
+    run_dir = run_dir_for(out, variant, seed)
     resume = (run_dir / CONFIG_FILE).exists()
     init_from = sweep.variant(variant).init_from
     if init_from and not resume:
@@ -85,12 +106,16 @@ def run_sweep(sweep: Sweep, out: Path, quiet: bool = False) -> dict:
         require_tracker(sweep.runs[variant][seed].train)
     out.mkdir(parents=True, exist_ok=True)
     record_session(out, "compare", sweep=str(sweep.path), runs=len(order))  # OUT/provenance.json
-    for done, (variant, seed) in enumerate(order, start=1):
-        _train_one(sweep, out, variant, seed, f"[{done}/{len(order)}]", console, quiet)
+    elsewhere = [(variant, seed) for done, (variant, seed) in enumerate(order, start=1)
+                 if not _train_one(sweep, out, variant, seed, f"[{done}/{len(order)}]",
+                                   console, quiet)]
     if sweep.cfg.finetune is not None:
-        run_downstream(sweep.cfg.finetune, [(v, s, run_dir_for(out, v, s)) for v, s in order],
-                       console, quiet)
-    return summarize(sweep, out)
+        run_downstream(sweep.cfg.finetune, [(v, s, run_dir_for(out, v, s)) for v, s in order
+                                            if (v, s) not in elsewhere], console, quiet)
+    if elsewhere:
+        console.print(f"{len(elsewhere)} run(s) still training in other processes: reporting "
+                      "the finished runs, the rest as pending")
+    return summarize(sweep, out, partial=bool(elsewhere))
 
 
 def source_steps(run_dir: Path) -> int:

@@ -31,6 +31,7 @@ from extmem.config import require, require_valid_fields
 from extmem.experiments.stats import mean_std, significance_note, welch_interval, welch_t_test
 from extmem.finetune.config import MODES
 from extmem.finetune.run import finetune, parse_config, slug
+from extmem.run.lock import RunInUseError, RunLock
 
 METRICS = ("accuracy", "macro_f1")
 
@@ -80,8 +81,14 @@ def run_downstream(stage: DownstreamConfig, runs: list[tuple[str, int, Path]],
         if _read(out) is not None:
             console.print(f"{label}: finished, skipped")
             continue
-        console.print(f"{label} -> {out}")
-        finetune(run_dir, task, stage.mode, [*stage.set, f"seed={k}"], quiet=quiet, out=out)
+        try:  # one worker per finetune when several `extmem compare` processes share the sweep
+            with RunLock(out.parent / f".busy-{out.name}", command="extmem compare (finetune)"):
+                if _read(out) is None:  # not finished by another worker meanwhile
+                    console.print(f"{label} -> {out}")
+                    finetune(run_dir, task, stage.mode, [*stage.set, f"seed={k}"],
+                             quiet=quiet, out=out)
+        except RunInUseError as exc:
+            console.print(f"{label}: being finetuned by {exc.holder}, skipped")
 
 
 def summarize_downstream(stage: DownstreamConfig, runs: list[Path]) -> dict:

@@ -26,6 +26,14 @@ LOCK_FILE = ".lock"
 _UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
+class RunInUseError(TrainingError):
+    """Another live process holds the run directory's lock (`holder` names it)."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 def _holder(fd: int) -> str:
     """'process PID (started ..., host ...)' from the lock file, as well as it can be read."""
     for _ in range(3):  # the holder may be between taking the lock and writing its PID
@@ -81,10 +89,10 @@ class RunLock:
                     return self
                 holder = _holder(fd)
                 os.close(fd)
-                raise TrainingError(
+                raise RunInUseError(
                     f"run directory {self.run_dir} is in use by {holder}, which holds "
                     f"{self.path}; two writers would mix their metrics and checkpoints. Wait "
-                    f"for it to end (or stop it), or choose another --out") from None
+                    f"for it to end (or stop it), or choose another --out", holder) from None
             if _same_file(fd, self.path):
                 self._fd = fd
             else:  # removed by its previous holder after we opened it: lock the new one
@@ -122,3 +130,16 @@ class RunLock:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+def holder_of(run_dir: Path) -> str | None:
+    """Who holds RUN's lock right now ('process PID (...)'), or None when nobody does (or RUN
+    does not exist). Probes by taking and freeing the lock, so a run that is free stays free,
+    and a directory that did not exist is left not existing."""
+    if not Path(run_dir).is_dir():
+        return None
+    try:
+        with RunLock(run_dir, command="probe"):
+            return None
+    except RunInUseError as exc:
+        return exc.holder
