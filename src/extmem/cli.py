@@ -178,7 +178,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from extmem.experiments.compare import summarize
         results = summarize(sweep, out, partial=True)
     else:
-        results = run_sweep(sweep, out, quiet=args.quiet)
+        results = run_sweep(sweep, out, quiet=args.quiet, only=args.only)
+        if results is None:  # a piece (--only, or runs left to other workers) without its baseline
+            reason = f"the baseline {sweep.cfg.baseline!r} has no finished run in {out}"
+            if args.json:
+                _print_json({"sweep": sweep.cfg.name, "out": str(out), "report": None,
+                             "reason": reason})
+            else:
+                print(f"trained; no report yet: {reason}")
+            return 0
     budget = [f"--{name} {value}" for name in ("steps", "tokens", "exposures")
               if (value := getattr(args, name))]
     command = " ".join(["extmem compare", args.sweep, *budget, *(f"--set {s}" for s in args.set)])
@@ -392,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exposures", type=int, metavar="E",
                    help="budget: train every run until each training token was seen E times "
                         "(steps = ceil(E x training tokens / tokens per step))")
+    p.add_argument("--only", action="append", metavar="PATTERN",
+                   help="train only the variants whose names match (fnmatch, e.g. 'dense-*'; "
+                        "repeatable) and report every finished run, the rest as pending")
     common(p)
     p.set_defaults(func=cmd_compare)
 

@@ -246,3 +246,20 @@ def test_holder_of_a_free_or_missing_run_is_none_and_creates_nothing(tmp_path):
     with RunLock(free):
         assert holder_of(free).startswith(f"process {os.getpid()} ")
     assert holder_of(free) is None
+
+
+def test_only_trains_a_piece_and_reports_once_the_baseline_has_finished(sweep_file, tmp_path,
+                                                                       capsys):
+    out = tmp_path / "out"
+    args = ["compare", str(sweep_file), "--out", str(out), "--quiet", "--steps", "1",
+            "--set", "train.eval_every=0", "--json"]
+    assert main([*args, "--only", "pk*"]) == 0  # the baseline has not run: no report yet
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["report"] is None and "'dense' has no finished run" in printed["reason"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["pkm"]
+    assert not (out / "results.json").exists()
+    assert main([*args, "--only", "dense"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [len(r["seeds"]) for r in results["variants"]] == [2, 2] and results["pending"] == {}
+    assert "matches no variant of tiny; its variants: dense, pkm" in error_line(
+        capsys, *args, "--only", "peer*")

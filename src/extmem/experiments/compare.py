@@ -15,6 +15,7 @@ Welch's confidence interval.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 from pathlib import Path
@@ -94,13 +95,31 @@ def _train_unfinished(sweep: Sweep, out: Path, variant: str, seed: int, label: s
     train(cfg, run_dir, TrainOptions(resume="auto" if resume else False, quiet=quiet))
 
 
-def run_sweep(sweep: Sweep, out: Path, quiet: bool = False) -> dict:
+def selected_variants(sweep: Sweep, only: list[str] | None) -> list[str]:
+    """The variants whose names match one of the `only` patterns (fnmatch: `dense-*`); all
+    of them when `only` is empty. A pattern that matches nothing is a ConfigError."""
+    names = list(sweep.runs)
+    if not only:
+        return names
+    for pattern in only:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            raise ConfigError(f"--only {pattern!r}: matches no variant of {sweep.cfg.name}; "
+                              f"its variants: {', '.join(names)}")
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in only)]
+
+
+def run_sweep(sweep: Sweep, out: Path, quiet: bool = False,
+              only: list[str] | None = None) -> dict | None:
     """Train what is missing, then summarise every variant; returns the results dict.
 
     Runs go seed-major (every variant's first seed, then the next seed, ...), so a sweep
-    stopped part-way, or run in pieces across sessions, already compares every variant."""
+    stopped part-way, or run in pieces across sessions, already compares every variant.
+    `only`: train just the variants matching these patterns (a piece of a large sweep) and
+    report every finished run, the rest as pending; None when the baseline has no finished
+    run yet (nothing to compare against)."""
     console = Console(stderr=True, quiet=quiet)
-    order = [(variant, seed) for seed in sweep.cfg.seeds for variant in sweep.runs
+    chosen = selected_variants(sweep, only)
+    order = [(variant, seed) for seed in sweep.cfg.seeds for variant in chosen
              if seed in sweep.runs[variant]]
     for variant, seed in order:  # a tracker that is not installed: before anything is written
         require_tracker(sweep.runs[variant][seed].train)
@@ -115,7 +134,11 @@ def run_sweep(sweep: Sweep, out: Path, quiet: bool = False) -> dict:
     if elsewhere:
         console.print(f"{len(elsewhere)} run(s) still training in other processes: reporting "
                       "the finished runs, the rest as pending")
-    return summarize(sweep, out, partial=bool(elsewhere))
+    partial = bool(elsewhere) or len(chosen) < len(sweep.runs)
+    if partial and not finished_seeds(sweep, out, sweep.cfg.baseline):
+        console.print(f"no report yet: the baseline {sweep.cfg.baseline!r} has no finished run")
+        return None
+    return summarize(sweep, out, partial=partial)
 
 
 def source_steps(run_dir: Path) -> int:
