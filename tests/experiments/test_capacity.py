@@ -7,7 +7,7 @@ import pytest
 from tests.cli_helpers import run_sweep
 
 from extmem.experiments.capacity import knowledge_bits
-from extmem.experiments.plots import capacity_figure
+from extmem.experiments.capacity_plots import BAR_METRICS, capacity_bars_figure, capacity_figure
 
 
 def test_knowledge_bits_by_hand():
@@ -67,3 +67,11 @@ def test_grouped_sweep_reports_capacity(tiny_config, tmp_path, capsys):
     assert len(fig.axes) == 3 and "bits stored" in fig.axes[2].get_ylabel()
     labels = [line.get_label() for line in fig.axes[2].get_lines()]
     assert "bits offered (all stored)" in labels
+    # the bars: the group at its largest corpus (12 entities), one panel per figure
+    assert (out / "capacity_bars.png").is_file() and "capacity_bars.png" in report
+    bars = capacity_bars_figure(results)
+    assert [ax.get_ylabel() for ax in bars.axes] == [label for _, label in BAR_METRICS]
+    for ax, (key, _) in zip(bars.axes, BAR_METRICS, strict=True):
+        (bar,) = ax.patches
+        assert bar.get_height() == pytest.approx(small12[key]["mean"])
+    assert bars.axes[0].get_xticklabels()[0].get_text() == "small\n(36 facts)"

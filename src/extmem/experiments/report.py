@@ -7,13 +7,13 @@ from pathlib import Path
 
 from rich.table import Table
 
-from extmem.experiments.plots import (
+from extmem.experiments.capacity_plots import (
+    has_capacity_bars,
     has_capacity_chart,
     plot_capacity,
-    plot_curves,
-    plot_quality,
-    seeds_label,
+    plot_capacity_bars,
 )
+from extmem.experiments.plots import plot_curves, plot_quality, seeds_label
 from extmem.experiments.usage_curves import has_usage_chart, plot_usage
 from extmem.run.run_dir import write_json
 
@@ -164,6 +164,8 @@ def markdown(results: dict, command: str) -> str:
     lines += ["", "![validation curves](curves.png)", "", "![quality](quality.png)", ""]
     if has_capacity_chart(results):
         lines += ["![capacity](capacity.png)", ""]
+    if has_capacity_bars(results):
+        lines += ["![bits stored per parameter and per FLOP](capacity_bars.png)", ""]
     if has_usage_chart(results):
         lines += ["![memory usage over training](usage.png)", ""]
     return "\n".join(lines)
@@ -175,6 +177,8 @@ def write_report(results: dict, out: Path, command: str) -> None:
     plot_quality(results, out / "quality.png")
     if has_capacity_chart(results):
         plot_capacity(results, out / "capacity.png")
+    if has_capacity_bars(results):
+        plot_capacity_bars(results, out / "capacity_bars.png")
     if has_usage_chart(results):
         plot_usage(results, out / "usage.png")
     write_json(out / "results.json", results)

@@ -1,0 +1,116 @@
+"""capacity.png and capacity_bars.png of a capacity sweep (`group`ed variants on `facts`;
+Allen-Zhu & Li 2024, *Physics of Language Models: Part 3.3*, measure knowledge capacity as
+bits stored against facts offered, and bits per parameter at saturation).
+
+capacity.png: per model family, against the facts in the corpus, facts recalled, knowledge
+bits (chance-corrected recall) and, with the storage meter (extmem.run.storage), bits stored
+beside the bits offered. capacity_bars.png: each family at its largest corpus (where it is
+closest to saturation), bits stored per core parameter, per parameter in all and per
+training FLOP, mean and std over seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+# (results key, axis label) of capacity_bars.png's panels
+BAR_METRICS = (("stored_bits_per_core_param", "bits stored per core parameter"),
+               ("stored_bits_per_param", "bits stored per parameter (all)"),
+               ("stored_bits_per_flop", "bits stored per training FLOP"))
+
+
+def has_capacity_chart(results: dict) -> bool:
+    return any("group" in row and "capacity" in row for row in results["variants"])
+
+
+def _offered(ax: Axes, groups: dict[str, list[dict]]) -> None:
+    """The bits the corpus holds (every fact stored in full) as a dashed line: the ceiling."""
+    points = sorted({(r["capacity"]["facts"], r["capacity"]["bits_offered"])
+                     for rows in groups.values() for r in rows if "bits_offered" in r["capacity"]})
+    if points:
+        ax.plot([f for f, _ in points], [b for _, b in points], linestyle="--",
+                color="grey", label="bits offered (all stored)")
+
+
+def capacity_figure(results: dict) -> Figure:
+    """Per model family (`group`), against the facts offered: facts recalled (held-out
+    phrasings), knowledge bits (chance-corrected recall) and, when the runs have the storage
+    meter (extmem.run.storage), bits stored (from the loss on the training values)."""
+    groups = _groups(results)
+    stored = any("stored_bits" in r for rows in groups.values() for r in rows)
+    fig = Figure(figsize=(16, 4.5) if stored else (11, 4.5))
+    axes = fig.subplots(1, 3 if stored else 2)
+    for group, rows in groups.items():
+        panels = [(axes[0], rows, [r["facts_recalled"] for r in rows]),
+                  (axes[1], rows, [r["capacity"]["bits"] for r in rows])]
+        if stored:
+            kept = [r for r in rows if "stored_bits" in r]
+            panels.append((axes[2], kept, [r["stored_bits"] for r in kept]))
+        for ax, drawn, values in panels:
+            ax.errorbar([r["capacity"]["facts"] for r in drawn], [v["mean"] for v in values],
+                        yerr=[v["std"] for v in values], marker="o", capsize=3, label=group)
+    axes[0].set_ylabel("facts recalled (fraction of held-out probes)")
+    axes[1].set_ylabel("knowledge stored (chance-corrected bits)")
+    if stored:
+        _offered(axes[2], groups)
+        axes[2].set_ylabel("bits stored (storage meter, training values)")
+        axes[2].set_yscale("log", nonpositive="mask")
+    for ax in axes:
+        ax.set_xlabel("facts in the corpus")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best", framealpha=0.8)
+    fig.suptitle(f"{results['sweep']}: facts recalled and knowledge stored vs facts in the "
+                 "corpus")
+    fig.tight_layout()
+    return fig
+
+
+def plot_capacity(results: dict, path: Path) -> None:
+    capacity_figure(results).savefig(path, dpi=120)
+
+
+def _groups(results: dict) -> dict[str, list[dict]]:
+    """group -> its rows, by facts offered (rows without a group or capacity are left out)."""
+    groups: dict[str, list[dict]] = {}
+    for row in results["variants"]:
+        if "group" in row and "capacity" in row:
+            groups.setdefault(row["group"], []).append(row)
+    return {g: sorted(rows, key=lambda r: r["capacity"]["facts"]) for g, rows in groups.items()}
+
+
+def saturation_rows(results: dict) -> dict[str, dict]:
+    """group -> its row with the most facts offered among those with the storage meter."""
+    return {group: stored[-1] for group, rows in _groups(results).items()
+            if (stored := [r for r in rows if "stored_bits" in r])}
+
+
+def has_capacity_bars(results: dict) -> bool:
+    return bool(saturation_rows(results))
+
+
+def capacity_bars_figure(results: dict) -> Figure:
+    """One panel per BAR_METRICS entry, one bar per family at its largest corpus (mean, std
+    over seeds as the error bar), the facts offered there under each bar's name."""
+    rows = saturation_rows(results)
+    fig = Figure(figsize=(5 * len(BAR_METRICS), 4.5))
+    axes = fig.subplots(1, len(BAR_METRICS))
+    names = [f"{group}\n({row['capacity']['facts']:,} facts)" for group, row in rows.items()]
+    for ax, (key, label) in zip(axes, BAR_METRICS, strict=True):
+        values = [row.get(key, {"mean": float("nan"), "std": 0.0}) for row in rows.values()]
+        ax.bar(range(len(rows)), [v["mean"] for v in values], yerr=[v["std"] for v in values],
+               capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{results['sweep']}: bits stored at each model's largest corpus "
+                 "(storage meter, training values)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_capacity_bars(results: dict, path: Path) -> None:
+    capacity_bars_figure(results).savefig(path, dpi=120)
