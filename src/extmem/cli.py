@@ -234,7 +234,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(summary(result))
         print(f"results: {Path(result['out_dir']) / 'results.md'} (and results.json)")
         if args.doc:
-            print(f"updated the {args.name} section of {args.doc}")
+            print(f"updated the {result['doc_section']} section of {args.doc}")
     return 0
 
 

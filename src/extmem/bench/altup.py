@@ -1,9 +1,13 @@
-"""`extmem bench altup`: training-step time of AltUp against dense models of width d and 2d.
+"""`extmem bench altup`: training-step time of AltUp against dense models of width d and 2d,
+or of Sequence-AltUp against token dropping (Baykal et al. 2023, sections 3 and 4).
 
-Claim 4 (docs/results.md): AltUp K=2 should land near dense-d step time (d-wide layers) while
-its token is 2d wide. One run builds the tiny causal LMs side by side -- dense-d, AltUp K=2
-(standard: 2d embedding and output head), Recycled-AltUp K=2 (d embedding) and dense-2d -- and
-times one training step of each: forward, next-token cross-entropy, backward, `AdamW.step`,
+`models = "blocks"` (default), claim 4 (docs/results.md): AltUp K=2 should land near dense-d
+step time (d-wide layers) while its token is 2d wide. One run builds the tiny causal LMs side
+by side -- dense-d, AltUp K=2 (standard: 2d embedding and output head), Recycled-AltUp K=2 (d
+embedding) and dense-2d. `models = "sequence"`, claim 8: dense-d, Sequence-AltUp K (the layers
+run on one position of every K, the others predicted and corrected) and token dropping at the
+same kept fraction (the skipped positions pass through: `skipped = "pass"`). It times one
+training step of each: forward, next-token cross-entropy, backward, `AdamW.step`,
 `zero_grad`. Repetitions are interleaved (the order rotates every round) so machine noise hits
 every model alike; the median and minimum over repetitions are reported with the ratios to
 dense-d. The step-time ratios are the figure to quote; absolute times move with machine load.
@@ -32,6 +36,9 @@ from extmem.errors import ConfigError
 from extmem.model import ModelConfig, Transformer, flops_per_token, parameter_counts
 
 
+MODEL_SETS = ("blocks", "sequence")
+
+
 @dataclass
 class AltUpBenchConfig:
     """Defaults are the core of configs/dense.toml and configs/altup/*.toml (d=128, 4 layers,
@@ -43,7 +50,9 @@ class AltUpBenchConfig:
     vocab_size: int = 512
     batch_size: int = 32
     seq_len: int = 64
-    k: int = 2              # AltUp blocks
+    k: int = 2              # AltUp blocks (blocks) / positions per group (sequence)
+    models: str = "blocks"  # "blocks": dense-d, AltUp, Recycled-AltUp, dense-2d; "sequence":
+                            # dense-d, Sequence-AltUp, token dropping at the same kept fraction
     repeats: int = 10       # timed rounds; each round times every model once
     warmup: int = 2         # untimed rounds first (allocations, AdamW state)
     threads: int = 0        # torch intra-op threads; 0 keeps torch's default
@@ -58,6 +67,9 @@ class AltUpBenchConfig:
                 raise ConfigError(f"bench.altup.{name}: expected an integer, got {value!r}")
             if value < low:
                 raise ConfigError(f"bench.altup.{name}: {value} must be >= {low}")
+        if self.models not in MODEL_SETS:
+            raise ConfigError(f"bench.altup.models: {self.models!r} is not a model set; "
+                              f"allowed: {', '.join(MODEL_SETS)}")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ConfigError(f"bench.altup.d_model: {self.d_model} must be a multiple of "
                               f"n_heads={self.n_heads} with an even head width (rotary)")
@@ -69,6 +81,13 @@ class AltUpBenchConfig:
                                n_layers=self.n_layers, n_heads=self.n_heads,
                                max_seq_len=self.seq_len, altup=altup)
         d = self.d_model
+        if self.models == "sequence":
+            return {
+                "dense-d": model(d),
+                f"sequence-altup-k{self.k}": model(d, AltUpConfig(mode="sequence", k=self.k)),
+                f"token-dropping-k{self.k}": model(d, AltUpConfig(mode="sequence", k=self.k,
+                                                                  skipped="pass")),
+            }
         return {
             "dense-d": model(d),
             f"altup-k{self.k}": model(d, AltUpConfig(k=self.k)),
@@ -163,18 +182,29 @@ def _run(cfg: AltUpBenchConfig, progress: bool) -> dict:
 # --------------------------------------------------------------------------- Markdown report
 
 
+def section_name(result: dict) -> str:
+    """`altup` for the blocks set, `altup-sequence-kK` for the sequence set at each K
+    (docs/benchmarks.md keeps one section per set and K)."""
+    cfg = result["config"]
+    return f"altup-sequence-k{cfg['k']}" if cfg.get("models") == "sequence" else "altup"
+
+
 def render_markdown(result: dict, command: str) -> str:
     """The `## altup` section for one result of `run_altup_bench`."""
     cfg, env = result["config"], result["environment"]
+    models = (f"dense-d, Sequence-AltUp K={cfg['k']} (the layers run on one position of "
+              f"every {cfg['k']}, the others predicted and corrected) and token dropping at the "
+              f"same kept fraction (skipped positions pass through)"
+              if cfg.get("models") == "sequence" else
+              f"dense-d, AltUp K={cfg['k']} (standard: {cfg['k']}d embedding and output head, "
+              f"d-wide layers), Recycled-AltUp K={cfg['k']} (d embedding) and dense-2d")
     lines = [
-        "## altup",
+        f"## {section_name(result)}",
         "",
         f"One training step (forward, next-token cross-entropy, backward, `AdamW.step`, "
         f"`zero_grad`) of tiny causal LMs ({cfg['n_layers']} layers, {cfg['n_heads']} heads, "
         f"SwiGLU, vocabulary {cfg['vocab_size']}, batch {cfg['batch_size']} x "
-        f"{cfg['seq_len']} tokens): dense-d, AltUp K={cfg['k']} (standard: {cfg['k']}d "
-        f"embedding and output head, d-wide layers), Recycled-AltUp K={cfg['k']} (d "
-        f"embedding) and dense-2d, all in one run with their repetitions interleaved. Times "
+        f"{cfg['seq_len']} tokens): {models}, all in one run with their repetitions interleaved. Times "
         f"are wall-clock ms, median / min over {cfg['repeats']} repetitions after "
         f"{cfg['warmup']} warmup rounds; the ratio to dense-d is the median of the per-round "
         f"ratios (both steps timed in the same round, under the same load), then the ratios of "

@@ -81,15 +81,18 @@ def bench_command(name: str, overrides: list[str], out: Path | None = None,
     target.mkdir(parents=True, exist_ok=True)
     plots = mod.write_plots(result, target) if hasattr(mod, "write_plots") else []
     section = mod.render_markdown(result, command_line(name, overrides, out, doc))
+    # a benchmark with several model sets keeps one doc section per set (bench altup)
+    heading = mod.section_name(result) if hasattr(mod, "section_name") else name
     result["out_dir"] = str(target)
     if doc is not None:
-        update_section(Path(doc), name, section)
+        update_section(Path(doc), heading, section)
         for plot in plots:  # the section links its plots relative to the doc
             beside_doc = Path(doc).parent / plot.name
             if not beside_doc.exists() or not beside_doc.samefile(plot):
                 shutil.copyfile(plot, beside_doc)
         result["doc"] = str(doc)
-    write_atomic(target / RESULTS_MD, replace_section(FILE_HEADER, name, section))
+        result["doc_section"] = heading
+    write_atomic(target / RESULTS_MD, replace_section(FILE_HEADER, heading, section))
     write_atomic(target / RESULTS_JSON, json.dumps(json_safe(result), indent=1) + "\n")
     return result
 
