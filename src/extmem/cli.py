@@ -178,7 +178,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from extmem.experiments.compare import summarize
         results = summarize(sweep, out, partial=True)
     else:
-        results = run_sweep(sweep, out, quiet=args.quiet, only=args.only)
+        results = run_sweep(sweep, out, quiet=args.quiet, only=args.only,
+                            reuse=[Path(d) for d in args.reuse or []])
         if results is None:  # a piece (--only, or runs left to other workers) without its baseline
             reason = f"the baseline {sweep.cfg.baseline!r} has no finished run in {out}"
             if args.json:
@@ -403,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="PATTERN",
                    help="train only the variants whose names match (fnmatch, e.g. 'dense-*'; "
                         "repeatable) and report every finished run, the rest as pending")
+    p.add_argument("--reuse", action="append", metavar="DIR",
+                   help="copy in the finished runs of sweep directory DIR whose config is the "
+                        "same as a run of this sweep instead of training it (repeatable)")
     common(p)
     p.set_defaults(func=cmd_compare)
 

@@ -263,3 +263,36 @@ def test_only_trains_a_piece_and_reports_once_the_baseline_has_finished(sweep_fi
     assert [len(r["seeds"]) for r in results["variants"]] == [2, 2] and results["pending"] == {}
     assert "matches no variant of tiny; its variants: dense, pkm" in error_line(
         capsys, *args, "--only", "peer*")
+
+
+def test_reuse_copies_finished_runs_with_the_same_config(sweep_file, tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    budget = ["--steps", "1", "--set", "train.eval_every=0"]
+    assert main(["compare", str(sweep_file), "--out", str(first), *budget, "--quiet"]) == 0
+    other = sweep_file.with_name("other.toml")  # same dense runs, a different pkm
+    other.write_text(SWEEP.replace('name = "tiny"', 'name = "other"').replace("2e-3", "3e-3"))
+    capsys.readouterr()
+    assert main(["compare", str(other), "--out", str(second), "--reuse", str(first),
+                 *budget]) == 0
+    err = capsys.readouterr().err
+    assert err.count("reused") == 2 and "pkm seed 0: training" in err
+    for seed in (0, 1):
+        copy, source = second / "dense" / f"seed-{seed}", first / "dense" / f"seed-{seed}"
+        assert (copy / "results.json").read_text() == (source / "results.json").read_text()
+        assert (copy / "metrics.jsonl").read_text() == (source / "metrics.jsonl").read_text()
+        assert not (copy / "checkpoints").exists() and (source / "checkpoints").is_dir()
+        session = json.loads((copy / "provenance.json").read_text())["sessions"][-1]
+        assert session["kind"] == "reuse" and session["source"] == str(source.resolve())
+    pkm = json.loads((second / "pkm" / "seed-0" / "config.toml").parent.joinpath(
+        "results.json").read_text())
+    assert pkm["steps"] == 1  # trained here: its lr differs from every run of `first`
+    assert not list(second.glob("*/.reuse-*"))  # no staging left behind
+    wider = sweep_file.with_name("wider.toml")  # a vocabulary the first runs did not train with
+    wider.write_text(SWEEP.replace('name = "tiny"', 'name = "wider"').replace(
+        'set = ["model.memories=[]"]', 'set = ["model.memories=[]", "model.vocab_size=400"]'))
+    capsys.readouterr()
+    assert main(["compare", str(wider), "--out", str(tmp_path / "wider"), "--reuse", str(first),
+                 "--only", "dense", *budget]) == 0
+    assert "reused" not in capsys.readouterr().err
+    assert "--reuse" in error_line(capsys, "compare", str(other), "--out", str(second),
+                                   "--reuse", str(tmp_path / "missing"))

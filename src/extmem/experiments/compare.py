@@ -4,8 +4,9 @@ Each run is an ordinary run directory `OUT/<variant>/seed-<s>/`; finished runs a
 unfinished ones resumed, so a killed sweep continues where it stopped. Several `extmem compare`
 processes on one sweep (cores of one machine, or machines sharing the directory) share its runs:
 each skips a run whose directory another live process holds (run/lock.py) and takes the next,
-and a process that skipped any reports the runs finished so far, the rest as pending. The
-summary holds, per
+and a process that skipped any reports the runs finished so far, the rest as pending.
+`--reuse DIR` copies in finished runs of other sweeps that have the very same config
+(experiments/reuse.py). The summary holds, per
 variant, the parameter split, FLOPs per token, tokens/s, final validation loss, perplexity,
 bits per byte and facts recalled (mean +- std over seeds), on `facts` the storage meter
 (extmem.run.storage: stored bits, per parameter and per training FLOP, recall on training vs
@@ -25,6 +26,7 @@ from rich.console import Console
 from extmem.errors import ConfigError
 from extmem.experiments.capacity import capacity_figures
 from extmem.experiments.downstream import compare_downstream, run_downstream, summarize_downstream
+from extmem.experiments.reuse import reusable_for, reusable_runs, reuse_run
 from extmem.experiments.stats import mean_std, significance_note, welch_interval, welch_t_test
 from extmem.experiments.sweep import Sweep, added_memories
 from extmem.experiments.usage_curves import usage_curve
@@ -57,15 +59,27 @@ def _finished(run_dir: Path, steps: int) -> bool:
 
 
 def _train_one(sweep: Sweep, out: Path, variant: str, seed: int, label: str,
-               console: Console, quiet: bool) -> bool:
-    """Train (or resume) one run of the sweep; a dense-init variant is augmented first.
-    Returns False when another process is training it (nothing done here), else True."""
+               console: Console, quiet: bool, reusable: dict[str, tuple[Path, int]],
+               vocab: dict[str, int]) -> bool:
+    """Train (or resume) one run of the sweep; a dense-init variant is augmented first; a
+    run not yet started whose config a finished run in `reusable` has is copied instead
+    (experiments/reuse.py). Returns False when another process is training it (nothing done
+    here), else True."""
     cfg = sweep.runs[variant][seed]
     run_dir = run_dir_for(out, variant, seed)
     if _finished(run_dir, cfg.train.steps):
         console.print(f"{label} {variant} seed {seed}: finished, skipped")
         return True
     holder = holder_of(run_dir)
+    source = reusable_for(cfg, reusable, vocab) if reusable else None
+    if (holder is None and source is not None and not sweep.variant(variant).init_from
+            and not (run_dir / CONFIG_FILE).exists()):
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        if reuse_run(source, run_dir) or _finished(run_dir, cfg.train.steps):
+            console.print(f"{label} {variant} seed {seed}: the same config finished in "
+                          f"{source}, reused")
+            return True
+        holder = holder_of(run_dir)
     if holder is None:
         try:
             _train_unfinished(sweep, out, variant, seed, label, console, quiet)
@@ -109,16 +123,18 @@ def selected_variants(sweep: Sweep, only: list[str] | None) -> list[str]:
 
 
 def run_sweep(sweep: Sweep, out: Path, quiet: bool = False,
-              only: list[str] | None = None) -> dict | None:
+              only: list[str] | None = None, reuse: list[Path] | None = None) -> dict | None:
     """Train what is missing, then summarise every variant; returns the results dict.
 
     Runs go seed-major (every variant's first seed, then the next seed, ...), so a sweep
     stopped part-way, or run in pieces across sessions, already compares every variant.
     `only`: train just the variants matching these patterns (a piece of a large sweep) and
     report every finished run, the rest as pending; None when the baseline has no finished
-    run yet (nothing to compare against)."""
+    run yet (nothing to compare against). `reuse`: sweep directories whose finished runs with
+    the same config are copied in rather than trained again (experiments/reuse.py)."""
     console = Console(stderr=True, quiet=quiet)
     chosen = selected_variants(sweep, only)
+    reusable, vocab = reusable_runs(reuse or []), {}
     order = [(variant, seed) for seed in sweep.cfg.seeds for variant in chosen
              if seed in sweep.runs[variant]]
     for variant, seed in order:  # a tracker that is not installed: before anything is written
@@ -127,7 +143,7 @@ def run_sweep(sweep: Sweep, out: Path, quiet: bool = False,
     record_session(out, "compare", sweep=str(sweep.path), runs=len(order))  # OUT/provenance.json
     elsewhere = [(variant, seed) for done, (variant, seed) in enumerate(order, start=1)
                  if not _train_one(sweep, out, variant, seed, f"[{done}/{len(order)}]",
-                                   console, quiet)]
+                                   console, quiet, reusable, vocab)]
     if sweep.cfg.finetune is not None:
         run_downstream(sweep.cfg.finetune, [(v, s, run_dir_for(out, v, s)) for v, s in order
                                             if (v, s) not in elsewhere], console, quiet)
