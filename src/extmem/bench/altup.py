@@ -35,7 +35,6 @@ from extmem.bench.timing import (
 from extmem.errors import ConfigError
 from extmem.model import ModelConfig, Transformer, flops_per_token, parameter_counts
 
-
 MODEL_SETS = ("blocks", "sequence")
 
 
