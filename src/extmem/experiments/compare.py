@@ -221,6 +221,8 @@ def summarize_variant(sweep: Sweep, out: Path, variant: str,
     group = sweep.variant(variant).group
     if group:
         row["group"] = group
+    if sweep.variant(variant).x is not None:
+        row["x"] = sweep.variant(variant).x
     speed = [_tokens_per_s(run_dir_for(out, variant, s)) for s in seeds]
     row["tokens_per_s"] = dict(zip(("mean", "std"), mean_std(speed), strict=True))
     usages = [_usage(r) for r in results]
@@ -281,6 +283,8 @@ def summarize(sweep: Sweep, out: Path, partial: bool = False) -> dict:
               if (value := getattr(sweep.cfg, name))}
     return {"sweep": sweep.cfg.name, "sweep_file": str(sweep.path), "out": str(out),
             "baseline": sweep.cfg.baseline, "seeds": sweep.cfg.seeds, "budget": budget,
+            **({"x_label": sweep.cfg.x_label, "x_scale": sweep.cfg.x_scale}
+               if sweep.cfg.x_label else {}),
             "variants": rows, "warnings": warnings,
             "pending": {v: [x for x in sweep.runs[v] if x not in seeds]
                         for v, seeds in done.items() if len(seeds) < len(sweep.runs[v])}}

@@ -13,6 +13,7 @@ from extmem.experiments.capacity_plots import (
     plot_capacity,
     plot_capacity_bars,
 )
+from extmem.experiments.axis_plot import has_axis_chart, plot_axis
 from extmem.experiments.plots import plot_curves, plot_quality, seeds_label
 from extmem.experiments.usage_curves import has_usage_chart, plot_usage
 from extmem.run.run_dir import write_json
@@ -162,6 +163,8 @@ def markdown(results: dict, command: str) -> str:
     if results["warnings"]:
         lines += ["", "Warnings:", ""] + [f"- {w}" for w in results["warnings"]]
     lines += ["", "![validation curves](curves.png)", "", "![quality](quality.png)", ""]
+    if has_axis_chart(results):
+        lines += [f"![final loss against {results['x_label']}](axis.png)", ""]
     if has_capacity_chart(results):
         lines += ["![capacity](capacity.png)", ""]
     if has_capacity_bars(results):
@@ -175,6 +178,8 @@ def write_report(results: dict, out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(results, out / "curves.png")
     plot_quality(results, out / "quality.png")
+    if has_axis_chart(results):
+        plot_axis(results, out / "axis.png")
     if has_capacity_chart(results):
         plot_capacity(results, out / "capacity.png")
     if has_capacity_bars(results):

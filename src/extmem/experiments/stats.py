@@ -1,4 +1,5 @@
-"""Statistics over seeds: mean, sample std, Welch's t-test and its confidence interval.
+"""Statistics over seeds: mean, sample std, the interval of a mean, Welch's t-test and its
+confidence interval.
 
 With 3-5 seeds these are rough: the report says so, and shows every seed's value too.
 """
@@ -42,6 +43,16 @@ def welch_interval(a: list[float], b: list[float],
     result = scipy_stats.ttest_ind(a, b, equal_var=False)
     low, high = result.confidence_interval(confidence)
     return float(low), float(high)
+
+
+def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Student's t confidence interval of the mean of `values` (the one-sample analogue of
+    `welch_interval`); (mean, mean) for a single value, which has no spread to show."""
+    mean, std = mean_std(values)
+    if len(values) < 2:
+        return mean, mean
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * std / math.sqrt(len(values))
+    return mean - half, mean + half
 
 
 def significance_note(p_value: float, interval: tuple[float, float]) -> str:

@@ -10,6 +10,8 @@ steps = 300                    # budget: train.steps for every run (or `tokens =
                                # `exposures = E`: every training token seen E times,
                                # steps = ceil(E * training tokens / tokens per step))
 core_flops_tolerance = 0.05    # warn when a variant's core FLOPs/token differ more than this
+x_label = "value LR"           # optional: an axis the variants lie on (their `x`); axis.png
+x_scale = "log"                # draws the final loss against it ("linear" or "log")
 
 [[variants]]
 name = "dense"
@@ -18,6 +20,7 @@ set = ["model.memories=[]"]    # --set style overrides
 [[variants]]
 name = "pkm"
 base = "design/product_keys-add"           # optional: its own base config
+x = 1e-2                                   # optional: its place on the x_label axis
 [variants.patch.train]                     # optional: a table deep-merged into the config
 lr = 2e-3
 
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,9 +70,12 @@ class VariantConfig:
     group: str = ""                     # model family for the capacity chart (same model,
                                         # different data: e.g. facts n_entities)
     seeds: list[int] = field(default_factory=list)  # [] = the sweep's seeds; else a subset
+    x: float | None = None              # its place on the sweep's axis (x_label): axis.png
 
     def __post_init__(self) -> None:
         require_valid_fields(self, "variants")
+        require(self.x is None or math.isfinite(self.x),
+                f"variants.x: {self.x} must be a finite number")
         require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
                 f"variants.name: {self.name!r} must be a non-empty name without '/'")
         require(self.steps >= 0, f"variants.steps: {self.steps} must be >= 0")
@@ -96,6 +103,10 @@ class SweepConfig:
     description: str = ""
     # [finetune]: finetune every run downstream after training (extmem.experiments.downstream)
     finetune: DownstreamConfig | None = None
+    # the axis the variants' `x` lie on (a table fraction, a learning rate): axis.png draws
+    # the final loss against it
+    x_label: str = ""
+    x_scale: str = "linear"             # "linear" | "log"
 
     def __post_init__(self) -> None:
         require_valid_fields(self, "sweep")
@@ -121,6 +132,13 @@ class SweepConfig:
             require(not variant.init_from or variant.init_from in names[:i],
                     f"variants.init_from: {variant.init_from!r} (in {variant.name!r}) must name "
                     f"a variant listed before it; choose one of {names[:i]}")
+        placed = [v.name for v in self.variants if v.x is not None]
+        require(not placed or bool(self.x_label),
+                f"sweep.x_label: variants {placed} give x; name the axis (x_label = \"...\")")
+        require(self.x_scale in ("linear", "log"),
+                f"sweep.x_scale: {self.x_scale!r} is not allowed; allowed: linear, log")
+        require(self.x_scale == "linear" or all(v.x > 0 for v in self.variants if v.x is not None),
+                "sweep.x_scale: 'log' needs every variant's x > 0")
         require(self.core_flops_tolerance >= 0,
                 f"sweep.core_flops_tolerance: {self.core_flops_tolerance} must be >= 0")
 
