@@ -7,13 +7,13 @@ from pathlib import Path
 
 from rich.table import Table
 
+from extmem.experiments.axis_plot import has_axis_chart, plot_axis
 from extmem.experiments.capacity_plots import (
     has_capacity_bars,
     has_capacity_chart,
     plot_capacity,
     plot_capacity_bars,
 )
-from extmem.experiments.axis_plot import has_axis_chart, plot_axis
 from extmem.experiments.plots import plot_curves, plot_quality, seeds_label
 from extmem.experiments.usage_curves import has_usage_chart, plot_usage
 from extmem.run.run_dir import write_json
