@@ -30,7 +30,7 @@ def axis_lines(results: dict) -> dict[str, list[dict]]:
 
 
 def axis_figure(results: dict) -> Figure:
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(8, 5))
     ax = fig.subplots()
     for group, rows in axis_lines(results).items():
         intervals = [mean_interval(r["val_loss"]["values"]) for r in rows]
@@ -49,8 +49,8 @@ def axis_figure(results: dict) -> Figure:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    fig.suptitle(f"{results['sweep']}: final validation loss against {results['x_label']}\n"
-                 "(mean and 95 % interval of the mean over seeds; one seed: no bar)", fontsize=10)
+    fig.suptitle(f"{results['sweep']}: final validation loss\nagainst {results['x_label']}\n"
+                 "(mean and 95 % interval of the mean over seeds; one seed: no bar)", fontsize=9)
     fig.tight_layout()
     return fig
 
