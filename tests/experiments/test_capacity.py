@@ -58,6 +58,8 @@ def test_grouped_sweep_reports_capacity(tiny_config, tmp_path, capsys):
     assert run["training_flops"] == run["flops_per_token"]["total"] * run["tokens"]
     assert run["stored_bits_per_flop"] == pytest.approx(run["stored_bits"] / run["training_flops"])
     assert small12["stored_bits"]["mean"] == pytest.approx(run["stored_bits"])
+    assert small12["stored_bits_by_attribute"] == pytest.approx(run["stored_bits_by_attribute"])
+    assert sum(run["stored_bits_by_attribute"].values()) == pytest.approx(run["stored_bits"])
     assert small12["recall_train_phrasing"]["values"] == [run["recall_train_phrasing"]]
     assert small12["capacity"]["bits_offered"] == pytest.approx(run["stored_bits_max"])
     assert "bits_train_phrasing" in small12["capacity"]

@@ -99,6 +99,9 @@ def test_full_bits_when_the_values_get_probability_one(facts):
     out = measure(lm, probes, model, tokens=200)
     assert out["stored_bits"] == pytest.approx(full, abs=1e-12)
     assert out["stored_bits_max"] == pytest.approx(full, abs=1e-12)
+    by_attribute = out["stored_bits_by_attribute"]  # 4 entities: 4 facts per attribute
+    assert by_attribute == pytest.approx({a: 4 * math.log2(len(VALUES[a])) for a in by_attribute})
+    assert len(by_attribute) == 2 and sum(by_attribute.values()) == pytest.approx(full)
     assert out["stored_facts"] == 8 and out["recall_train_phrasing"] == 1.0
     assert out["stored_bits_per_core_param"] == pytest.approx(full / 1000)
     assert out["stored_bits_per_param"] == pytest.approx(full / 4000)

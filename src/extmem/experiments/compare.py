@@ -210,6 +210,11 @@ def summarize_variant(sweep: Sweep, out: Path, variant: str,
         if values:
             mean, std = mean_std(values)
             row[metric] = {"mean": mean, "std": std, "values": values}
+    by_attribute = [r["stored_bits_by_attribute"] for r in results
+                    if "stored_bits_by_attribute" in r]
+    if by_attribute:  # where the bits are, mean over seeds
+        row["stored_bits_by_attribute"] = {a: mean_std([b[a] for b in by_attribute])[0]
+                                           for a in by_attribute[0]}
     recalled = row.get("facts_recalled", {}).get("values", [])
     cfg = sweep.runs[variant][seeds[0]]
     capacity = capacity_figures(cfg, recalled, row["params"],

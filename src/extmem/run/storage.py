@@ -95,15 +95,18 @@ def _attributes(probes: Sequence[FactProbe]) -> list[str]:
 def measure_storage(model: nn.Module, data: LMData, train_probes: Sequence[FactProbe],
                     batch_size: int, device: torch.device, accounting: dict,
                     tokens_trained: int = 0) -> dict:
-    """Stored bits (total, per core / total parameter, per training FLOP when
+    """Stored bits (total, by attribute, per core / total parameter, per training FLOP when
     `tokens_trained` > 0) and recall on training phrasings; one probe per fact.
     `accounting`: {"params": parameter_counts, "flops_per_token": flops_per_token} of the run."""
     losses, recalled = probe_scores(model, data, train_probes, batch_size, device)
-    bits = sum(stored_bits(loss, p.attribute)
-               for loss, p in zip(losses, train_probes, strict=True))
+    by_attribute = dict.fromkeys(_attributes(train_probes), 0.0)  # where the bits are
+    for loss, probe in zip(losses, train_probes, strict=True):
+        by_attribute[probe.attribute] += stored_bits(loss, probe.attribute)
+    bits = sum(by_attribute.values())
     recall = sum(recalled) / len(recalled)
     params = accounting["params"]
-    out = {"stored_bits": bits, "stored_facts": len(train_probes),
+    out = {"stored_bits": bits, "stored_bits_by_attribute": by_attribute,
+           "stored_facts": len(train_probes),
            "stored_bits_max": sum(attribute_bits(p.attribute) for p in train_probes),
            "stored_bits_per_core_param": bits / params["core"],
            "stored_bits_per_param": bits / params["total"],
