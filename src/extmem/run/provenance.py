@@ -134,7 +134,7 @@ def record_session(directory: Path, kind: str, **details: Any) -> dict[str, Any]
     """Append this session to DIRECTORY/provenance.json (written atomically); returns it."""
     entry = session_entry(kind, **details)
     path = directory / PROVENANCE_FILE
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # workers of one sweep: no clash
     payload = {"sessions": [*read_provenance(directory), entry]}
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
