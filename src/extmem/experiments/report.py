@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from rich.table import Table
@@ -187,7 +188,7 @@ def write_report(results: dict, out: Path, command: str) -> None:
     if has_usage_chart(results):
         plot_usage(results, out / "usage.png")
     write_json(out / "results.json", results)
-    tmp = out / "results.md.tmp"
+    tmp = out / f"results.md.{os.getpid()}.tmp"  # sweep workers may report at once
     tmp.write_text(markdown(results, command), encoding="utf-8")
     tmp.replace(out / "results.md")
 

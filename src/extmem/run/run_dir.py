@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    """Atomically (a per-process temporary file, renamed: concurrent writers never mix)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
