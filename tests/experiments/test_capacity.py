@@ -57,6 +57,8 @@ def test_grouped_sweep_reports_capacity(tiny_config, tmp_path, capsys):
     assert run["recall_heldout_phrasing"] == run["facts_recalled"]
     assert run["training_flops"] == run["flops_per_token"]["total"] * run["tokens"]
     assert run["stored_bits_per_flop"] == pytest.approx(run["stored_bits"] / run["training_flops"])
+    assert run["stored_bits_per_core_flop"] == pytest.approx(
+        run["stored_bits"] / (run["flops_per_token"]["core"] * run["tokens"]))
     assert small12["stored_bits"]["mean"] == pytest.approx(run["stored_bits"])
     assert small12["stored_bits_by_attribute"] == pytest.approx(run["stored_bits_by_attribute"])
     assert sum(run["stored_bits_by_attribute"].values()) == pytest.approx(run["stored_bits"])

@@ -82,7 +82,8 @@ def answers(lm, probes) -> list[tuple[tuple[int, ...], list[int]]]:
     return out
 
 
-ACCOUNTING = {"params": {"core": 1000, "total": 4000}, "flops_per_token": {"total": 50}}
+ACCOUNTING = {"params": {"core": 1000, "total": 4000},
+              "flops_per_token": {"core": 40, "total": 50}}
 
 
 def measure(lm, probes, model, tokens=0):
@@ -107,6 +108,7 @@ def test_full_bits_when_the_values_get_probability_one(facts):
     assert out["stored_bits_per_param"] == pytest.approx(full / 4000)
     assert out["training_flops"] == 50 * 200
     assert out["stored_bits_per_flop"] == pytest.approx(full / 10_000)
+    assert out["stored_bits_per_core_flop"] == pytest.approx(full / 8_000)
     assert out["known_bits_train_phrasing"] == pytest.approx(full)  # every fact recalled
 
 

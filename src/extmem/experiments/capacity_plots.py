@@ -5,8 +5,8 @@ bits stored against facts offered, and bits per parameter at saturation).
 capacity.png: per model family, against the facts in the corpus, facts recalled, knowledge
 bits (chance-corrected recall) and, with the storage meter (extmem.run.storage), bits stored
 beside the bits offered. capacity_bars.png: each family at its largest corpus (where it is
-closest to saturation), bits stored per core parameter, per parameter in all and per
-training FLOP, mean and std over seeds.
+closest to saturation), bits stored per core parameter, per parameter in all, per training
+FLOP of the core and per training FLOP in all, mean and std over seeds.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from matplotlib.figure import Figure
 # (results key, axis label) of capacity_bars.png's panels
 BAR_METRICS = (("stored_bits_per_core_param", "bits stored per core parameter"),
                ("stored_bits_per_param", "bits stored per parameter (all)"),
-               ("stored_bits_per_flop", "bits stored per training FLOP"))
+               ("stored_bits_per_core_flop", "bits stored per training FLOP of the core"),
+               ("stored_bits_per_flop", "bits stored per training FLOP (all)"))
 
 
 def has_capacity_chart(results: dict) -> bool:

@@ -85,8 +85,9 @@ def _storage_table(rows: list[dict]) -> list[str]:
              "extmem.run.storage; recall on training phrasings = storage, on held-out "
              "phrasings = extraction):", "",
              "| variant | facts | exposures | bits offered | stored bits | stored / core param | "
-             "stored / param (total) | stored / training FLOP | recall (training phrasing) | "
-             "recall (held-out phrasing) | chance-corrected bits (training / held-out) |",
+             "stored / param (total) | stored / training FLOP (core / total) | "
+             "recall (training phrasing) | recall (held-out phrasing) | "
+             "chance-corrected bits (training / held-out) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "stored_bits" not in row:
@@ -97,6 +98,7 @@ def _storage_table(rows: list[dict]) -> list[str]:
                      f"{row['stored_bits_max']['mean']:,.0f} | {_pm(row['stored_bits'], 0)} | "
                      f"{_g(row.get('stored_bits_per_core_param'))} | "
                      f"{_g(row.get('stored_bits_per_param'))} | "
+                     f"{_g(row.get('stored_bits_per_core_flop'))} / "
                      f"{_g(row.get('stored_bits_per_flop'))} | "
                      f"{_pm(row.get('recall_train_phrasing'), 3)} | "
                      f"{_pm(row.get('recall_heldout_phrasing'), 3)} | "

@@ -117,6 +117,10 @@ def measure_storage(model: nn.Module, data: LMData, train_probes: Sequence[FactP
         flops = accounting["flops_per_token"]["total"] * tokens_trained
         out["training_flops"] = flops
         out["stored_bits_per_flop"] = bits / flops
+        # per FLOP of the core alone (layers without memories, embeddings, head): the
+        # compute that memory is meant to save
+        out["stored_bits_per_core_flop"] = bits / (accounting["flops_per_token"]["core"]
+                                                   * tokens_trained)
     return out
 
 
