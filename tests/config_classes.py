@@ -48,6 +48,7 @@ CONFIG_SETUP: dict[type, tuple[str, dict[str, Any]]] = {
     DownstreamConfig: ("finetune", {"tasks": ["facts-attribute"]}),
     SweepConfig: ("sweep", {"name": "s", "base": "base.toml",
                             "variants": [VariantConfig("v")]}),
+    VariantConfig: ("variants", {"name": "v"}),
     PkmBenchConfig: ("bench.pkm", {}),
     CapacityBenchConfig: ("bench.capacity", {}),
     ModelBenchConfig: ("bench.model", {}),

@@ -19,7 +19,7 @@ from tests.cli_helpers import error_line
 from tests.config_classes import declares, discover, missing_setup, setups
 
 EXPECTED = {"ProductKeyConfig", "RouterLookupConfig", "MemoryConfig", "AltUpConfig", "ModelConfig",
-            "DataConfig", "ParamGroupConfig", "TrainConfig", "FinetuneConfig", "SweepConfig",
+            "DataConfig", "ParamGroupConfig", "TrainConfig", "FinetuneConfig", "SweepConfig", "VariantConfig",
             "EngramPrefetchBenchConfig"}
 
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,9 +72,7 @@ class VariantConfig:
     x: float | None = None              # its place on the sweep's axis (x_label): axis.png
 
     def __post_init__(self) -> None:
-        require_valid_fields(self, "variants")
-        require(self.x is None or math.isfinite(self.x),
-                f"variants.x: {self.x} must be a finite number")
+        require_valid_fields(self, "variants")  # x, when given, finite
         require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
                 f"variants.name: {self.name!r} must be a non-empty name without '/'")
         require(self.steps >= 0, f"variants.steps: {self.steps} must be >= 0")
