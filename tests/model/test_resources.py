@@ -72,7 +72,10 @@ MODELS = {
                  mem("engram", readout="engram", engram=EngramConfig(rows_per_head=11),
                      share_table=True, layers=[0, 2]),
                  mem(readout="engram", value_dim=8, share_table=True, layers=[0, 1],
-                     engram=EngramConfig(gate=False, conv=False, combine="mean"))],
+                     engram=EngramConfig(gate=False, conv=False, combine="mean")),
+                 # unshared: each layer's tables take the next primes, a few rows more
+                 mem("engram", readout="engram", engram=EngramConfig(rows_per_head=11),
+                     layers=[0, 1, 2])],
     "query_norms": [mem(product_keys=dataclasses.replace(PK, query_norm=norm), layers=[i])
                     for i, norm in enumerate(["none", "batchnorm", "layernorm_per_head"])],
 }
@@ -101,7 +104,7 @@ def test_rows_width_and_bytes_equal_the_built_model(name):
     model = Transformer(cfg)
     tables = unique_tables(model)
     assert sum(n.table_bytes for n in needs) == sum(t.numel() * t.element_size() for t in tables)
-    assert sum(n.tables * n.rows * n.width for n in needs) == parameter_counts(model)["memory_tables"]
+    assert sum(n.total_rows * n.width for n in needs) == parameter_counts(model)["memory_tables"]
     counters = [b for _, m in model.memory_modules() for b in m.usage.buffers() if b.dim() == 1]
     assert sum(n.counter_bytes for n in needs) == sum(b.numel() * b.element_size() for b in counters)
     params = dict(model.named_parameters())
@@ -112,7 +115,10 @@ def test_rows_width_and_bytes_equal_the_built_model(name):
         built = [model.blocks[layer].memories[[j for j, _ in cfg.memories_at(layer)].index(i)]
                  for layer in layers]
         assert all(m.table.weight is table or not cfg.memories[i].share_table for m in built)
-        assert all(m.num_slots == need.rows and m.value_dim == need.width for m in built)
+        assert built[0].num_slots == need.rows
+        own_tables = {id(m.table.weight): m.table.weight for m in built}
+        assert need.total_rows == sum(t.shape[0] for t in own_tables.values())
+        assert all(m.value_dim == need.width for m in built)
         # the lookups' and readouts' parameters at all its layers (a shared table shares
         # nothing else)
         dense = [p for m in built for p in [*m.lookup.parameters(), *m.readout.parameters()]]

@@ -334,3 +334,14 @@ class MemoryConfig:
         if self.lookup == "engram":
             return self.engram.num_slots(vocab_size)
         return getattr(self, self.lookup).num_slots
+
+    def table_rows(self, vocab_size: int = 0) -> list[int]:
+        """Rows of each of this memory's tables: one table per layer (or one, shared). All
+        are `num_slots` rows, except an unshared engram memory's, whose later layers take the
+        next primes (EngramConfig.table_sizes) and so a few rows more."""
+        if self.share_table:
+            return [self.num_slots(vocab_size)]
+        if self.lookup == "engram":
+            return [sum(self.engram.table_sizes(vocab_size, rank))
+                    for rank in range(len(self.layers))]
+        return [self.num_slots(vocab_size)] * len(self.layers)

@@ -143,7 +143,8 @@ class TableNeed:
 
     name: str               # where it is configured, e.g. "model.memories[0]"
     tables: int             # separate tables: one per layer, or 1 with share_table
-    rows: int               # per table
+    rows: int               # per table (the first: an unshared engram memory's later tables
+                            # take larger primes, a few rows more; total_rows counts them)
     width: int
     dtype: torch.dtype
     storage: str            # table_storage: "device" | "host" | "mmap"
@@ -154,6 +155,11 @@ class TableNeed:
     counter_bytes: int
     dense_bytes: int = 0           # the lookups' and readouts' parameters, every layer
     dense_training_bytes: int = 0  # their gradient and optimizer moments (trained only)
+    total_rows: int = 0            # the rows of all its tables (0: tables x rows)
+
+    def __post_init__(self) -> None:
+        if not self.total_rows:
+            object.__setattr__(self, "total_rows", self.tables * self.rows)
 
     @property
     def file_bytes(self) -> int:
@@ -194,18 +200,22 @@ def memory_need(cfg: MemoryConfig, d_model: int, vocab_size: int, name: str,
                 optimizer: str | None = None) -> TableNeed:
     """What memory `cfg` (at each of cfg.layers) needs in a d_model-wide model; `optimizer`
     (None: not trained) is its table's."""
-    rows, width, dtype = cfg.num_slots(vocab_size), row_width(cfg, d_model), table_dtype(cfg)
+    table_rows = cfg.table_rows(vocab_size)  # per table: one per layer, or one shared
+    width, dtype = row_width(cfg, d_model), table_dtype(cfg)
     dense = len(cfg.layers) * dense_parameters(cfg, d_model) * DENSE_ELEMENT_BYTES
     # a frozen table is not trained; the lookups and readouts still are
     dense_training = DENSE_TRAINING_COPIES * dense if optimizer else 0
     optimizer = None if cfg.freeze_table else optimizer
-    tables = 1 if cfg.share_table else len(cfg.layers)
-    table = tables * rows * width * dtype.itemsize
-    state = tables * _STATE_BYTES[optimizer](rows, width, dtype.itemsize) if optimizer else 0
+    table = sum(table_rows) * width * dtype.itemsize
+    state = (sum(_STATE_BYTES[optimizer](rows, width, dtype.itemsize) for rows in table_rows)
+             if optimizer else 0)
     gradient = table if optimizer and not cfg.sparse_updates else 0
-    counters = len(cfg.layers) * rows * counter_bytes_per_slot()
-    return TableNeed(name, tables, rows, width, dtype, cfg.table_storage, optimizer, table,
-                     state, gradient, counters, dense, dense_training)
+    # every layer counts reads of the rows it indexes (all of a shared table's)
+    layer_rows = table_rows * len(cfg.layers) if cfg.share_table else table_rows
+    counters = sum(layer_rows) * counter_bytes_per_slot()
+    return TableNeed(name, len(table_rows), table_rows[0], width, dtype, cfg.table_storage,
+                     optimizer, table, state, gradient, counters, dense, dense_training,
+                     total_rows=sum(table_rows))
 
 
 def per_rank(need: TableNeed, world: int) -> TableNeed:
