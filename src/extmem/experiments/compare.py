@@ -182,8 +182,8 @@ def _usage(results: dict) -> dict[str, float]:
     if not layers:
         return {}
     return {key: sum(layer[key] for layer in layers) / len(layers)
-            for key in ("usage", "train_windowed_usage", "entropy", "train_never_read",
-                        "train_staleness_mean")
+            for key in ("usage", "train_windowed_usage", "entropy", "gini", "load_cv",
+                        "train_never_read", "train_staleness_mean")
             if all(key in la for la in layers)}
 
 

@@ -38,7 +38,7 @@ def _delta(row: dict, metric: str, baseline: str) -> str:
 
 
 COLUMNS = ("variant", "params core / tables", "core FLOPs/tok", "total FLOPs/tok", "tokens/s",
-           "val loss", "ppl", "bits/byte", "facts recalled", "usage / windowed (entropy)",
+           "val loss", "ppl", "bits/byte", "facts recalled", "usage / windowed (entropy, Gini)",
            "Δ loss vs baseline", "Δ facts vs baseline")
 
 
@@ -50,7 +50,8 @@ def _cells(row: dict, baseline: str) -> list[str]:
             _pm(row.get("val_loss")), _pm(row.get("val_ppl"), 3), _pm(row.get("val_bpb")),
             _pm(row.get("facts_recalled"), 3),
             f"{usage['usage']:.3f} / {usage.get('train_windowed_usage', float('nan')):.3f} "
-            f"(H={usage.get('entropy', float('nan')):.2f})" if usage else "-",
+            f"(H={usage.get('entropy', float('nan')):.2f}, "
+            f"G={usage.get('gini', float('nan')):.2f})" if usage else "-",
             _delta(row, "val_loss", baseline), _delta(row, "facts_recalled", baseline)]
 
 
