@@ -242,6 +242,37 @@ def test_a_second_worker_skips_the_run_another_process_holds(sweep_file, tmp_pat
     assert (held / "results.json").is_file()
 
 
+def test_a_run_another_worker_finishes_meanwhile_is_reported_not_pending(
+        sweep_file, tmp_path, capsys, monkeypatch):
+    """The run another process held when this worker reached it, finished by the time this
+    worker reports: in the report, not pending, and no 'still training' line."""
+    import shutil
+
+    from extmem.experiments import compare as compare_module
+    common = ["--steps", "1", "--set", "train.eval_every=0"]
+    elsewhere = tmp_path / "elsewhere"  # what the other worker will have written
+    assert main(["compare", str(sweep_file), "--out", str(elsewhere), *common]) == 0
+    out = tmp_path / "out"
+    held = out / "pkm" / "seed-0"
+    lock = RunLock(held, command="another worker").acquire()
+    real_train = compare_module.train
+
+    def train_while_the_other_worker_finishes(cfg, run_dir, options):
+        real_train(cfg, run_dir, options)
+        if run_dir == out / "dense" / "seed-1":  # after pkm seed 0 was skipped
+            shutil.copytree(elsewhere / "pkm" / "seed-0", held, dirs_exist_ok=True)
+            lock.release()
+
+    monkeypatch.setattr(compare_module, "train", train_while_the_other_worker_finishes)
+    capsys.readouterr()
+    assert main(["compare", str(sweep_file), "--out", str(out), *common, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "pkm seed 0: being trained by process" in captured.err
+    assert "still training in other processes" not in captured.err
+    results = json.loads(captured.out)
+    assert results["pending"] == {} and [r["seeds"] for r in results["variants"]] == [[0, 1]] * 2
+
+
 def test_holder_of_a_free_or_missing_run_is_none_and_creates_nothing(tmp_path):
     missing = tmp_path / "missing"
     assert holder_of(missing) is None and not missing.exists()

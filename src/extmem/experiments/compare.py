@@ -148,6 +148,10 @@ def run_sweep(sweep: Sweep, out: Path, quiet: bool = False,
     if sweep.cfg.finetune is not None:
         run_downstream(sweep.cfg.finetune, [(v, s, run_dir_for(out, v, s)) for v, s in order
                                             if (v, s) not in elsewhere], console, quiet)
+    # the other processes may have finished theirs while this one trained
+    elsewhere = [(variant, seed) for variant, seed in elsewhere
+                 if not _finished(run_dir_for(out, variant, seed),
+                                  sweep.runs[variant][seed].train.steps)]
     if elsewhere:
         console.print(f"{len(elsewhere)} run(s) still training in other processes: reporting "
                       "the finished runs, the rest as pending")
