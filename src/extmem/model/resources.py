@@ -144,7 +144,8 @@ class TableNeed:
     name: str               # where it is configured, e.g. "model.memories[0]"
     tables: int             # separate tables: one per layer, or 1 with share_table
     rows: int               # per table (the first: an unshared engram memory's later tables
-                            # take larger primes, a few rows more; total_rows counts them)
+                            # take larger primes, a few rows more)
+    total_rows: int         # the rows of all its tables
     width: int
     dtype: torch.dtype
     storage: str            # table_storage: "device" | "host" | "mmap"
@@ -155,11 +156,6 @@ class TableNeed:
     counter_bytes: int
     dense_bytes: int = 0           # the lookups' and readouts' parameters, every layer
     dense_training_bytes: int = 0  # their gradient and optimizer moments (trained only)
-    total_rows: int = 0            # the rows of all its tables (0: tables x rows)
-
-    def __post_init__(self) -> None:
-        if not self.total_rows:
-            object.__setattr__(self, "total_rows", self.tables * self.rows)
 
     @property
     def file_bytes(self) -> int:
@@ -213,9 +209,9 @@ def memory_need(cfg: MemoryConfig, d_model: int, vocab_size: int, name: str,
     # every layer counts reads of the rows it indexes (all of a shared table's)
     layer_rows = table_rows * len(cfg.layers) if cfg.share_table else table_rows
     counters = sum(layer_rows) * counter_bytes_per_slot()
-    return TableNeed(name, len(table_rows), table_rows[0], width, dtype, cfg.table_storage,
-                     optimizer, table, state, gradient, counters, dense, dense_training,
-                     total_rows=sum(table_rows))
+    return TableNeed(name, len(table_rows), table_rows[0], sum(table_rows), width, dtype,
+                     cfg.table_storage, optimizer, table, state, gradient, counters, dense,
+                     dense_training)
 
 
 def per_rank(need: TableNeed, world: int) -> TableNeed:
