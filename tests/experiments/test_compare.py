@@ -168,6 +168,25 @@ def test_init_from_must_name_an_earlier_variant(tiny_config, capsys):
     assert "init_from" in line and "'nope'" in line
 
 
+def test_sweep_level_set_applies_to_every_variant_before_its_own(sweep_file):
+    from extmem.experiments import load_sweep
+
+    text = sweep_file.read_text()
+    sweep_file.write_text(text.replace('steps = 3\n', 'steps = 3\nset = ["train.lr=5e-4", '
+                                       '"train.weight_decay=0.02"]\n', 1))
+    sweep = load_sweep(sweep_file)
+    assert {run.train.weight_decay for seeds in sweep.runs.values()
+            for run in seeds.values()} == {0.02}
+    assert {run.train.lr for run in sweep.runs["dense"].values()} == {5e-4}
+    # a variant's own set wins over the sweep's
+    sweep_file.write_text(text.replace('steps = 3\n', 'steps = 3\nset = ["model.memories=[]", '
+                                       '"train.lr=5e-4"]\n', 1).replace(
+        'set = ["model.memories=[]"]', 'set = ["train.lr=1e-3"]'))
+    sweep = load_sweep(sweep_file)
+    assert {run.train.lr for run in sweep.runs["dense"].values()} == {1e-3}
+    assert all(not run.model.memories for seeds in sweep.runs.values() for run in seeds.values())
+
+
 def test_budget_from_the_command_line_and_overwritten_sets_refused(sweep_file, tmp_path, capsys):
     from extmem.experiments import load_sweep
 

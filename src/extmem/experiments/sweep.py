@@ -10,6 +10,7 @@ steps = 300                    # budget: train.steps for every run (or `tokens =
                                # `exposures = E`: every training token seen E times,
                                # steps = ceil(E * training tokens / tokens per step))
 core_flops_tolerance = 0.05    # warn when a variant's core FLOPs/token differ more than this
+set = ["train.compile=true"]   # optional: overrides for every variant (before each one's own)
 x_label = "value LR"           # optional: an axis the variants lie on (their `x`); axis.png
 x_scale = "log"                # draws the final loss against it ("linear" or "log")
 
@@ -98,6 +99,8 @@ class SweepConfig:
     exposures: int = 0                  # alternative budget: E exposures (extmem.run.budget)
     core_flops_tolerance: float = 0.05
     description: str = ""
+    # --set style overrides for every variant, applied before each variant's own `set`
+    set: list[str] = field(default_factory=list)
     # [finetune]: finetune every run downstream after training (extmem.experiments.downstream)
     finetune: DownstreamConfig | None = None
     # the axis the variants' `x` lie on (a table fraction, a learning rate): axis.png draws
@@ -230,7 +233,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None,
         base = read_toml(base_path)
         require_sections(base, str(base_path))
         raw = _deep_merge(base, variant.patch)
-        raw = apply_overrides(raw, [*variant.set, *(overrides or [])])
+        raw = apply_overrides(raw, [*cfg.set, *variant.set, *(overrides or [])])
         runs[variant.name] = {}
         for seed in [s for s in cfg.seeds if not variant.seeds or s in variant.seeds]:
             seeded = apply_overrides(copy.deepcopy(raw), [f"train.seed={seed}"])
