@@ -112,3 +112,27 @@ def test_batch_must_split_evenly(config, tmp_path):
     assert done.returncode != 0
     assert "error: train.batch_size: 4 must be divisible by the number of processes (3)" \
         in done.stderr
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_a_run_augmented_from_hugging_face_trains_on_two_ranks_as_on_one(tmp_path, capsys,
+                                                                          family):
+    """`extmem augment HF_DIR` then `torchrun ... train --resume`: the pretrained weights load
+    on every rank (the memory's table sharded) and the losses are those of one process."""
+    pytest.importorskip("transformers")
+    from tests.pretrained.hf_dirs import write_bert, write_gpt2
+    source = (write_bert if family == "bert" else write_gpt2)(tmp_path / family)
+    assert main(["augment", str(source), "--layers", "1", "--out", str(tmp_path / "run"),
+                 "--set", "train.eval_every=0", "--set", "train.eval_tokens=2048",
+                 "--set", "train.batch_size=4"]) == 0
+    capsys.readouterr()
+    shutil.copytree(tmp_path / "run", tmp_path / "two")
+    sets = ["--set", "train.steps=4", "--set", "train.log_every=1"]
+    one = run_json(capsys, "train", "--resume", "--out", str(tmp_path / "run"), "--quiet", *sets)
+    two = torchrun("train", "--resume", "--out", str(tmp_path / "two"), *sets)
+    assert two["world_size"] == 2 and two["replica_max_abs_diff"] == 0.0
+    train_1, _ = losses(tmp_path / "run")
+    train_2, _ = losses(tmp_path / "two")
+    assert len(train_2) == len(train_1) == 4
+    assert train_2 == pytest.approx(train_1, rel=1e-5)
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)

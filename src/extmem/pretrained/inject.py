@@ -47,6 +47,7 @@ from extmem.config import from_dict, require, to_dict
 from extmem.errors import ConfigError
 from extmem.memory.config import PLACEMENTS, MemoryConfig
 from extmem.memory.module import Memory
+from extmem.memory.table_init import tables_deferred
 from extmem.model.resources import check_table_memory, memory_need
 from extmem.pretrained.names import AUGMENTED_TYPE, BASE_TYPE_KEY, LOAD_KEY, VERSION_KEY
 
@@ -279,7 +280,9 @@ def add_memory(model: nn.Module, memory_config: MemoryConfig,
         memory = Memory(cfg, hf_config.hidden_size, hf_config.vocab_size, layer, table=shared)
         if shared is not None:  # save_pretrained writes the shared table once
             memory._tied_weights_keys = {"table.weight": "table.weight"}
-        memory.to(device).train(blocks[layer].training)
+        if not tables_deferred():  # a deferred (meta) table is drawn per rank by the sharding
+            memory.to(device)      # step, and the built model is moved after (run/session.py)
+        memory.train(blocks[layer].training)
         _slot(blocks[layer], cfg.placement, context).memories.append(memory)
         added.append(memory)
     recorded = getattr(hf_config, CONFIG_KEY, None) or []

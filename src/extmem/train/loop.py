@@ -48,7 +48,7 @@ from extmem.train.optim import lr_factor, set_lr
 from extmem.train.setup import set_up
 from extmem.train.sparse_optim import clip_grad_norm
 from extmem.train.stop import StopRequest
-from extmem.train.trainer import StepResult, Trainer, TrainingInterrupted, TrainOptions, Window
+from extmem.train.trainer import StepBatches, StepResult, Trainer, TrainingInterrupted, TrainOptions, Window
 
 
 def _flat(prefix: str, value: object, out: dict) -> dict:
@@ -60,36 +60,37 @@ def _flat(prefix: str, value: object, out: dict) -> dict:
     return out
 
 
-def _micro_batches(t: Trainer, data_step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's (model inputs, labels) micro-batches of the step, each (B/W, T): the
-    global batch of batch_size * grad_accum_steps rows is drawn (and, for a masked LM, masked)
-    in one piece, so every grad_accum_steps sees the same rows and masks."""
+def _micro_batches(t: Trainer, data_step: int) -> StepBatches:
+    """This rank's micro-batches of the step: the global batch of batch_size *
+    grad_accum_steps rows is drawn (and, for a masked LM, masked) in one piece, then this
+    rank's rows taken, so every grad_accum_steps and world size sees the same rows and masks."""
     tc = t.cfg.train
-    inputs, targets = t.data.lm.train_batch(data_step, tc.rows_per_step, tc.seed)
-    inputs, targets = inputs[t.rows].to(t.device), targets[t.rows].to(t.device)  # (A*B/W, T)
+    inputs, targets = t.data.lm.train_batch(data_step, tc.rows_per_step, tc.seed)  # (A*B, T)
     inputs, labels = prepare_batch(is_causal(t.forward_model), inputs, targets, t.data.lm,
                                    tc.seed, data_step, tc.mask_prob)
+    predicted = label_count(labels)
+    inputs, labels = inputs[t.rows].to(t.device), labels[t.rows].to(t.device)  # (A*B/W, T)
     size = inputs.shape[0] // tc.grad_accum_steps
-    return list(zip(inputs.split(size), labels.split(size), strict=True))
+    return StepBatches(list(zip(inputs.split(size), labels.split(size), strict=True)), predicted)
 
 
-def _step_batches(t: Trainer, data_step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _step_batches(t: Trainer, data_step: int) -> StepBatches:
     """The step's micro-batches. With a memory that warms a mapped table (memory.prefetch),
     the next step's are drawn now too (they depend on (seed, step) only) and their rows'
     pages requested while this step computes (`MemoryHost.warm_tables`); kept for that step."""
     ahead = t.batches_ahead
-    micro = ahead[1] if ahead is not None and ahead[0] == data_step else None
+    batches = ahead[1] if ahead is not None and ahead[0] == data_step else None
     t.batches_ahead = None
-    if micro is None:
-        micro = _micro_batches(t, data_step)
+    if batches is None:
+        batches = _micro_batches(t, data_step)
     if t.warm_ahead is None:  # asked once per session: the memories do not change
         t.warm_ahead = t.model.warms_tables()
     if t.warm_ahead:
         upcoming = _micro_batches(t, data_step + 1)
-        for inputs, _ in upcoming:
+        for inputs, _ in upcoming.micro:
             t.model.warm_tables(inputs)
         t.batches_ahead = (data_step + 1, upcoming)
-    return micro
+    return batches
 
 
 def _sync_unless(t: Trainer, last: bool) -> AbstractContextManager:
@@ -101,8 +102,10 @@ def _sync_unless(t: Trainer, last: bool) -> AbstractContextManager:
 def train_step(t: Trainer, step: int) -> StepResult:
     """One optimizer step at `step` (learning rate, micro-batches' forward and backward,
     clip, update). Each micro-batch's mean loss is weighted by its share of the step's
-    predicted tokens, so the gradient is that of the whole batch's mean token loss; auxiliary
-    losses are averaged over the micro-batches.
+    predicted tokens over every rank (times the world size, as DDP averages the ranks'
+    gradients), so the gradient is that of the whole global batch's mean token loss, also for
+    a masked LM whose ranks predict different numbers of tokens; auxiliary losses are
+    averaged over the micro-batches.
 
     A non-finite loss or gradient norm skips the update (the gradients are dropped)."""
     tc = t.cfg.train
@@ -110,8 +113,8 @@ def train_step(t: Trainer, step: int) -> StepResult:
     set_lr(t.optimizer, lr_factor(step, tc))
     t.model.set_memory_step(step)
     data_step = step + tc.data_offset  # augmented runs continue their source's data
-    micro = _step_batches(t, data_step)
-    total = max(sum(label_count(labels) for _, labels in micro), 1)
+    batches = _step_batches(t, data_step)
+    micro, world = batches.micro, t.ctx.world_size
     loss_sum: torch.Tensor | float = 0.0
     aux_sum: torch.Tensor | None = None
     for i, (inputs, labels) in enumerate(micro):
@@ -119,8 +122,8 @@ def train_step(t: Trainer, step: int) -> StepResult:
             with t.autocast:
                 loss, count = token_loss(t.forward_model, inputs, labels)
                 aux = t.model.aux_loss()  # router balance / z-loss, already weighted
-            if len(micro) > 1:
-                loss = loss * (count / total)
+            if len(micro) > 1 or world > 1:
+                loss = loss * (count * world / max(batches.predicted, 1))
                 aux = None if aux is None else aux / len(micro)
             (loss if aux is None else loss + aux).backward()
         loss_sum = loss_sum + loss.detach()

@@ -56,6 +56,15 @@ class TrainOptions:
     force: bool = False
 
 
+@dataclass(frozen=True)
+class StepBatches:
+    """This rank's micro-batches of one step, each (model inputs (B/W, T), labels (B/W, T)),
+    and how many tokens the whole step predicts over every rank and micro-batch."""
+
+    micro: list[tuple[torch.Tensor, torch.Tensor]]
+    predicted: int
+
+
 @dataclass
 class Trainer:
     """Everything one training session holds between its steps."""
@@ -84,7 +93,7 @@ class Trainer:
     in_step: bool = False                   # between the forward and the optimizer update
     skipped: int = 0                        # non-finite steps skipped this session
     # (data step, its micro-batches) drawn a step early to warm mapped tables (loop.py)
-    batches_ahead: tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+    batches_ahead: tuple[int, StepBatches] | None = None
     warm_ahead: bool | None = None          # any memory warms a mapped table (None: not asked yet)
 
     @property
