@@ -172,7 +172,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from extmem.experiments.report import rich_table, write_report
 
     sweep = load_sweep(args.sweep, args.set, steps=args.steps, tokens=args.tokens,
-                       exposures=args.exposures)
+                       exposures=args.exposures, baseline=args.baseline)
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.cfg.name
     if args.report_only:  # summarise what has finished; train nothing
         from extmem.experiments.compare import summarize
@@ -188,9 +188,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             else:
                 print(f"trained; no report yet: {reason}")
             return 0
-    budget = [f"--{name} {value}" for name in ("steps", "tokens", "exposures")
-              if (value := getattr(args, name))]
-    command = " ".join(["extmem compare", args.sweep, *budget, *(f"--set {s}" for s in args.set)])
+    command = " ".join(["extmem compare", args.sweep, *_compare_flags(args)])
     write_report(results, out, command)
     if args.json:
         _print_json(results)
@@ -198,8 +196,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print_table(Console(), rich_table(results))
         for warning in results["warnings"]:
             print(f"warning: {warning}")
-        print(f"report: {out / 'results.md'} (plots: curves.png, quality.png)")
+        plots = sorted(p.name for p in out.glob("*.png"))
+        print(f"report: {out / 'results.md'} (plots: {', '.join(plots) or 'none'})")
     return 0
+
+
+def _compare_flags(args: argparse.Namespace) -> list[str]:
+    """The flags of an `extmem compare` command that shape its report (for the report's
+    command line): budget, baseline, the pieces trained, reused directories, overrides."""
+    flags = [f"--{name} {value}" for name in ("steps", "tokens", "exposures", "baseline", "out")
+             if (value := getattr(args, name))]
+    flags += [f"--only '{pattern}'" for pattern in args.only or []]
+    flags += [f"--reuse {directory}" for directory in args.reuse or []]
+    return flags + [f"--set {s}" for s in args.set]
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
@@ -404,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="PATTERN",
                    help="train only the variants whose names match (fnmatch, e.g. 'dense-*'; "
                         "repeatable) and report every finished run, the rest as pending")
+    p.add_argument("--baseline", metavar="VARIANT",
+                   help="compare the variants with this one instead of the sweep's baseline "
+                        "(for a piece run with --only that leaves the sweep's baseline out)")
     p.add_argument("--reuse", action="append", metavar="DIR",
                    help="copy in the finished runs of sweep directory DIR whose config is the "
                         "same as a run of this sweep instead of training it (repeatable)")

@@ -6,7 +6,7 @@ import math
 import os
 
 import pytest
-from tests.cli_helpers import error_line, run_sweep
+from tests.cli_helpers import error_line, run_json, run_sweep
 
 from extmem.cli import main
 from extmem.data.batches import LMData
@@ -318,6 +318,23 @@ def test_only_trains_a_piece_and_reports_once_the_baseline_has_finished(sweep_fi
     assert [len(r["seeds"]) for r in results["variants"]] == [2, 2] and results["pending"] == {}
     assert "matches no variant of tiny; its variants: dense, pkm" in error_line(
         capsys, *args, "--only", "peer*")
+
+
+def test_a_piece_compares_against_the_baseline_it_names(sweep_file, tmp_path, capsys):
+    """--only with --baseline: a piece that leaves the sweep's baseline out (e.g. a larger
+    budget for the small cells) reports against a variant it trained; the report's command
+    line says how it was made."""
+    out = tmp_path / "piece"
+    args = ["compare", str(sweep_file), "--out", str(out), "--quiet", "--steps", "2",
+            "--set", "train.eval_every=0"]
+    results = run_json(capsys, *args, "--only", "pk*", "--baseline", "pkm")
+    assert results["baseline"] == "pkm" and results["pending"] == {"dense": [0, 1]}
+    assert [row["variant"] for row in results["variants"]] == ["pkm"]
+    report = (out / "results.md").read_text()
+    assert (f"Command: `extmem compare {sweep_file} --steps 2 --baseline pkm --out {out} "
+            "--only 'pk*' --set train.eval_every=0`") in report
+    assert error_line(capsys, *args, "--baseline", "peer") == (
+        "error: --baseline 'peer': not a variant of tiny; its variants: dense, pkm")
 
 
 def test_reuse_copies_finished_runs_with_the_same_config(sweep_file, tmp_path, capsys):

@@ -214,15 +214,22 @@ def _set_budget(run: RunConfig, variant: VariantConfig, cfg: SweepConfig,
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None,
                steps: int | None = None, tokens: int | None = None,
-               exposures: int | None = None) -> Sweep:
+               exposures: int | None = None, baseline: str | None = None) -> Sweep:
     """Read a sweep file and resolve + validate every (variant, seed) config.
 
     `path`: a sweep file, or a built-in sweep's name (`quickstart`: `sweeps/quickstart`; see
     extmem.builtin_configs). `overrides` (`--set`) apply to every variant; `steps` / `tokens`
     / `exposures` replace the sweep's budget and the variants' own exposures (a dense-init
-    variant's own `steps`, its continuation length, is kept)."""
+    variant's own `steps`, its continuation length, is kept). `baseline` replaces the
+    variant the others are compared with (`--baseline`: a piece of a sweep, run with
+    `--only`, that leaves out the sweep's own baseline)."""
     path = path if isinstance(path, Path) else resolve(path, "sweep")
     cfg = from_dict(SweepConfig, read_toml(path), "sweep")
+    if baseline is not None:
+        names = [v.name for v in cfg.variants]
+        require(baseline in names, f"--baseline {baseline!r}: not a variant of {cfg.name}; "
+                                   f"its variants: {', '.join(names)}")
+        cfg.baseline = baseline
     _command_line_budget(cfg, steps, tokens, exposures)
     _refuse_overwritten(cfg, overrides or [])
     runs: dict[str, dict[int, RunConfig]] = {}
