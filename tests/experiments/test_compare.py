@@ -53,8 +53,8 @@ def test_tiny_sweep_results_plots_and_skip(sweep_file, tmp_path, capsys):
     pkm = results["variants"][1]
     assert pkm["params"]["memory_tables"] > 0 and "memory_usage" in pkm
     # expert / slot balance: the mean over seeds of each run's Gini (one memory layer here)
-    ginis = [list(json.loads((out / "pkm" / f"seed-{s}" / "results.json").read_text())
-                  ["memory_usage"].values())[0]["gini"] for s in (0, 1)]
+    ginis = [next(iter(json.loads((out / "pkm" / f"seed-{s}" / "results.json").read_text())
+                  ["memory_usage"].values()))["gini"] for s in (0, 1)]
     assert pkm["memory_usage"]["gini"] == pytest.approx(sum(ginis) / 2)
     assert 0 <= pkm["memory_usage"]["gini"] <= 1 and pkm["memory_usage"]["load_cv"] >= 0
     assert pkm["vs_baseline"]["val_loss"]["diff"] == pytest.approx(
