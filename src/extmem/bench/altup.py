@@ -26,6 +26,8 @@ from extmem.altup import AltUpConfig
 from extmem.bench.markdown import command_lines
 from extmem.bench.timing import (
     environment,
+    finish_environment,
+    load_text,
     log_progress,
     peak_rss_mb,
     summarize,
@@ -165,7 +167,7 @@ def _run(cfg: AltUpBenchConfig, progress: bool) -> dict:
     for s, row in zip(subjects, rows, strict=True):
         row["ratio_to_dense_d"] = _ratios(s.step_ms, base)
     env["torch_threads"] = torch.get_num_threads()
-    env["load_average_end"] = environment()["load_average"]
+    finish_environment(env)
     return {
         "benchmark": "altup",
         "config": asdict(cfg),
@@ -214,8 +216,7 @@ def render_markdown(result: dict, command: str) -> str:
         "Config: " + ", ".join(f"`{k}={v}`" for k, v in cfg.items()),
         "",
         f"Environment: torch {env['torch']}, Python {env['python']}, {env['platform']}, "
-        f"{env['cpu_count']} CPUs, {env['torch_threads']} torch threads, load average "
-        f"(1/5/15 min) {env['load_average']} at start, {env['load_average_end']} at end, "
+        f"{env['cpu_count']} CPUs, {env['torch_threads']} torch threads, {load_text(env)}, "
         f"{env['date_utc']}; process peak RSS {result['peak_rss_mb']:.0f} MiB; run took "
         f"{result['wall_s']:.2f} s. On a shared machine, absolute times move with other work; "
         "the ratios, taken from interleaved repetitions, are the steadier figure.",

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from extmem.allocator import release_free_memory
 from extmem.bench.markdown import command_lines, environment_line, update_section
-from extmem.bench.timing import environment, log_progress, summarize, time_ms
+from extmem.bench.timing import environment, finish_environment, log_progress, summarize, time_ms
 from extmem.config import require_valid_fields
 from extmem.errors import ConfigError
 from extmem.memory import (
@@ -152,7 +152,7 @@ def run_capacity_bench(cfg: CapacityBenchConfig, progress: bool = True) -> dict:
         if len(series) >= 2:
             growth[name] = {"from_rows": series[0][0], "to_rows": series[-1][0],
                             "ratio": round(series[-1][1] / series[0][1], 3)}
-    env["load_average_end"] = environment()["load_average"]
+    finish_environment(env)
     result = {"benchmark": "capacity", "config": asdict(cfg), "environment": env,
               "sizes": rows_out, "skipped": skipped, "growth": growth,
               "latency_growth": growth.get("product_keys", {}).get("ratio"),

@@ -55,6 +55,7 @@ from extmem.bench.host_table import drop_from_page_cache
 from extmem.bench.markdown import command_lines, environment_line
 from extmem.bench.timing import (
     environment,
+    finish_environment,
     log_progress,
     proc_status_bytes,
     summarize,
@@ -345,7 +346,7 @@ def run_engram_prefetch_bench(cfg: EngramPrefetchBenchConfig, progress: bool = T
     t = {name: statistics.median(values) for name, values in samples.items()}
     overhead = t["mmap"] - t["memory"]
     hidden = (t["mmap"] - t["mmap_prefetch"]) / overhead if overhead > 0 else None
-    env["load_average_end"] = environment()["load_average"]
+    finish_environment(env)
     return {
         "benchmark": "engram-prefetch", "config": asdict(cfg), "environment": env,
         "file_bytes": file_bytes, "memory_table_bytes": memory.table_bytes,

@@ -28,7 +28,14 @@ from pathlib import Path
 import torch
 
 from extmem.bench.markdown import command_lines, environment_line
-from extmem.bench.timing import environment, log_progress, proc_status_bytes, summarize, time_ms
+from extmem.bench.timing import (
+    environment,
+    finish_environment,
+    log_progress,
+    proc_status_bytes,
+    summarize,
+    time_ms,
+)
 from extmem.config import require, require_valid_fields
 from extmem.errors import ConfigError
 from extmem.memory.host_table import HostValueTable
@@ -121,7 +128,7 @@ def run_host_table_bench(cfg: HostTableBenchConfig, progress: bool = True) -> di
         path.unlink(missing_ok=True)
         if not cfg.dir:
             directory.rmdir()
-    env["load_average_end"] = environment()["load_average"]
+    finish_environment(env)
     return {
         "benchmark": "host-table", "config": asdict(cfg), "environment": env,
         "file_bytes": file_bytes, "page_bytes": page, "build_s": round(build_ms / 1000, 2),

@@ -32,7 +32,7 @@ from typing import Literal, get_args
 import torch
 
 from extmem.bench.markdown import command_lines, environment_line
-from extmem.bench.timing import Ops, environment, log_progress, timed_rounds, warm_up
+from extmem.bench.timing import Ops, environment, finish_environment, log_progress, timed_rounds, warm_up
 from extmem.config import require, require_valid_fields
 from extmem.memory import kernels
 from extmem.memory import topk as topk_module
@@ -200,7 +200,7 @@ def run_kernels_bench(cfg: KernelsBenchConfig, progress: bool = True) -> dict:
             entry["fused_ms"] = timings["fused"][name]
             entry["speedup"] = round(portable["median"] / entry["fused_ms"]["median"], 3)
         results[name] = entry
-    env["load_average_end"] = environment()["load_average"]
+    finish_environment(env)
     return {"benchmark": "kernels", "config": asdict(cfg), "environment": env,
             "numba": fused, "kernels": results,
             "wall_s": round(time.perf_counter() - started, 2)}

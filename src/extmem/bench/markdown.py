@@ -12,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from extmem.bench.timing import load_text
+
 FILE_HEADER = (
     "# Benchmarks\n\n"
     "Measured results of `extmem bench`. Each section holds the exact command, the config, the "
@@ -29,9 +31,7 @@ def environment_line(result: dict) -> str:
     `wall_s`: torch, CPUs, torch threads, load average at start and end, date, run time."""
     env = result["environment"]
     return (f"Environment: torch {env['torch']}, {env['cpu_count']} CPUs, {env['torch_threads']} "
-            f"torch threads, load average {env['load_average']} at start, "
-            f"{env.get('load_average_end')} at end, {env['date_utc']}; run took "
-            f"{result['wall_s']} s.")
+            f"torch threads, {load_text(env)}, {env['date_utc']}; run took {result['wall_s']} s.")
 
 
 def _heading_lines(lines: list[str]) -> list[int]:

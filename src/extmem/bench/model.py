@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from extmem.bench.markdown import command_lines, environment_line, update_section
-from extmem.bench.timing import environment, log_progress, timed_rounds, warm_up
+from extmem.bench.timing import environment, finish_environment, log_progress, timed_rounds, warm_up
 from extmem.config import require_valid_fields
 from extmem.errors import ConfigError
 from extmem.memory import MemoryConfig, ProductKeyConfig
@@ -129,7 +129,7 @@ def run_model_bench(cfg: ModelBenchConfig, progress: bool = True) -> dict:
         base = models["dense"]["tokens_per_s"]
         ratios = {f"{name}_vs_dense": round(m["tokens_per_s"] / base, 3)
                   for name, m in models.items() if name != "dense"}
-    env["load_average_end"] = environment()["load_average"]
+    finish_environment(env)
     return {"benchmark": "model", "config": asdict(cfg), "environment": env,
             "tokens_per_step": tokens, "models": models, "throughput_vs_dense": ratios,
             "wall_s": round(time.perf_counter() - started, 2)}

@@ -39,6 +39,8 @@ from extmem.bench.markdown import command_lines, update_section
 from extmem.bench.timing import (
     Ops,
     environment,
+    finish_environment,
+    load_text,
     log_progress,
     peak_rss_mb,
     proc_status_bytes,
@@ -239,7 +241,7 @@ def _run(cfg: PkmBenchConfig, progress: bool) -> dict:
     headline = next((r for r in sizes if r["n_keys"] == TARGET_SIZE and "error" not in r),
                     sizes[-1])
     env["torch_threads"] = torch.get_num_threads()
-    env["load_average_end"] = environment()["load_average"]
+    finish_environment(env)
     env["product_key_memory"] = _peer_version()
     return {
         "benchmark": "pkm",
@@ -349,8 +351,7 @@ def render_markdown(result: dict, command: str) -> str:
         "Environment: " + ", ".join([
             f"torch {env['torch']}", f"Python {env['python']}", str(env["platform"]),
             f"{env['cpu_count']} CPUs", f"{env['torch_threads']} torch threads",
-            f"load average (1/5/15 min) {env['load_average']} at start, "
-            f"{env.get('load_average_end')} at end", str(env["date_utc"])]) +
+            load_text(env), str(env["date_utc"])]) +
         f"; run took {result['wall_s']} s. No GPU on this machine: no GPU timings.", "",
         "| slots | ours infer | peer infer | gather floor | ours train | peer train | "
         "infer speedup | train speedup | infer / floor | peak RSS ours / peer MiB |",

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from extmem.bench.markdown import command_lines
-from extmem.bench.timing import environment, log_progress
+from extmem.bench.timing import environment, finish_environment, load_text, log_progress
 from extmem.config import (
     apply_overrides,
     from_dict,
@@ -144,7 +144,7 @@ def run_scaling_bench(cfg: ScalingBenchConfig, progress: bool = True) -> dict:
         r["speedup"] = round(r["tokens_per_s"] / base_speed, 3)
         r["max_loss_diff_vs_first"] = max(abs(a - b) for a, b in
                                           zip(r.pop("losses"), base_losses, strict=True))
-    env["load_average_end"] = environment()["load_average"]
+    finish_environment(env)
     return {"benchmark": "scaling", "config": asdict(cfg), "environment": env,
             "run_config": raw, "results": results,
             "wall_s": round(time.perf_counter() - started, 2)}
@@ -166,8 +166,7 @@ def render_markdown(result: dict, command: str) -> str:
         f"first ({cfg['log_every']} steps each), and the largest train-loss difference to the "
         "first run (the same global batch: float noise).", "",
         *command_lines(command),
-        f"Environment: torch {env['torch']}, {env['cpu_count']} CPUs, load average "
-        f"{env['load_average']} at start, {env.get('load_average_end')} at end, "
+        f"Environment: torch {env['torch']}, {env['cpu_count']} CPUs, {load_text(env)}, "
         f"{env['date_utc']}; run took {result['wall_s']} s.", "",
         "| processes | threads each | tokens/s | vs first | max loss difference |",
         "|---|---|---|---|---|",

@@ -97,12 +97,31 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # macOS: bytes
 
 
-def environment() -> dict[str, object]:
-    """Versions and machine facts that a timing depends on (JSON-serialisable)."""
+def cpu_seconds() -> list[float] | None:
+    """[CPU seconds the whole machine has been busy, CPU seconds of this process and its
+    waited-for children, a monotonic wall clock]; None without Linux's /proc/stat."""
     try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # not available on every platform
-        load = None
+        with open("/proc/stat", encoding="ascii") as stat:
+            ticks = [int(x) for x in stat.readline().split()[1:9]]  # user .. steal
+    except (OSError, ValueError):
+        return None
+    busy = sum(ticks) - ticks[3] - ticks[4]  # less idle and iowait
+    own = os.times()
+    return [busy / os.sysconf("SC_CLK_TCK"),
+            own.user + own.system + own.children_user + own.children_system, time.monotonic()]
+
+
+def load_average() -> list[float] | None:
+    """The 1 / 5 / 15 minute load average; None where the platform has none."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def environment() -> dict[str, object]:
+    """Versions and machine facts that a timing depends on (JSON-serialisable); a run ends
+    it with `finish_environment`."""
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -110,9 +129,31 @@ def environment() -> dict[str, object]:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "load_average": load,  # 1/5/15 min load when the run started: other work on the machine
+        "load_average": load_average(),  # 1/5/15 min load at the start: other work on the machine
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu_seconds_start": cpu_seconds(),
     }
+
+
+def finish_environment(env: dict) -> None:
+    """At the end of a run: the load average then, and `other_cpus_busy`, the CPUs that other
+    processes kept busy on average while it ran (their CPU seconds over the wall seconds:
+    ~0 on a quiet machine, unlike the load average, which trails by minutes)."""
+    env["load_average_end"] = load_average()
+    start, end = env.pop("cpu_seconds_start", None), cpu_seconds()
+    if start is not None and end is not None and end[2] > start[2]:
+        other = (end[0] - start[0]) - (end[1] - start[1])
+        env["other_cpus_busy"] = round(max(other, 0.0) / (end[2] - start[2]), 2)
+
+
+def load_text(env: dict) -> str:
+    """How busy the machine was, for a report's Environment line."""
+    text = (f"load average (1/5/15 min) {env['load_average']} at start, "
+            f"{env.get('load_average_end')} at end")
+    if env.get("other_cpus_busy") is not None:
+        text += (f", other processes kept {env['other_cpus_busy']} of {env['cpu_count']} CPUs "
+                 "busy during the run")
+    return text
 
 
 @contextlib.contextmanager
