@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # may import units of a lower layer only; units in one layer do not import each other.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"config", "builtin_configs", "layers", "allocator", "decode_cache", "console"},
+    {"config", "builtin_configs", "layers", "allocator", "decode_cache", "console", "cpu_load"},
     {"memory", "data"},
     {"altup"},
     {"model"},

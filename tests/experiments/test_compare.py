@@ -368,3 +368,31 @@ def test_reuse_copies_finished_runs_with_the_same_config(sweep_file, tmp_path, c
     assert "reused" not in capsys.readouterr().err
     assert "--reuse" in error_line(capsys, "compare", str(other), "--out", str(second),
                                    "--reuse", str(tmp_path / "missing"))
+
+
+def test_tokens_per_s_taken_on_a_shared_cpu_are_flagged(sweep_file, tmp_path, capsys):
+    """Training logs how many CPUs other processes kept busy beside each tokens/s
+    (extmem.cpu_load); the report marks a variant's tokens/s taken on a shared CPU."""
+    out = tmp_path / "out"
+    args = ["compare", str(sweep_file), "--out", str(out), "--quiet", "--steps", "2",
+            "--set", "train.eval_every=0", "--set", "train.log_every=1"]
+    assert main(args) == 0
+    capsys.readouterr()
+    rows = [json.loads(line) for line in
+            (out / "pkm" / "seed-0" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    if "other_cpus_busy" not in train_rows[0]:
+        pytest.skip("no /proc/stat here")
+    assert len(train_rows) == 2 and all(r["other_cpus_busy"] >= 0 for r in train_rows)
+    for seed in (0, 1):  # as if another job had kept one CPU busy all along
+        metrics = out / "pkm" / f"seed-{seed}" / "metrics.jsonl"
+        lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+        for r in lines:
+            if r["split"] == "train":
+                r["other_cpus_busy"] = 1.0
+            metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    results = run_json(capsys, *args, "--report-only")
+    pkm = next(r for r in results["variants"] if r["variant"] == "pkm")
+    assert pkm["other_cpus_busy"] == pytest.approx(1.0)
+    assert any("pkm (1.00)" in w and "not timings" in w for w in results["warnings"])
+    assert " (shared CPU) |" in (out / "results.md").read_text()

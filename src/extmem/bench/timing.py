@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 
 import torch
 
+from extmem.cpu_load import cpu_seconds, other_cpus_busy
+
 
 def time_ms(fn: Callable[[], object]) -> float:
     """Run `fn` once and return its wall-clock duration in milliseconds."""
@@ -97,20 +99,6 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # macOS: bytes
 
 
-def cpu_seconds() -> list[float] | None:
-    """[CPU seconds the whole machine has been busy, CPU seconds of this process and its
-    waited-for children, a monotonic wall clock]; None without Linux's /proc/stat."""
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            ticks = [int(x) for x in stat.readline().split()[1:9]]  # user .. steal
-    except (OSError, ValueError):
-        return None
-    busy = sum(ticks) - ticks[3] - ticks[4]  # less idle and iowait
-    own = os.times()
-    return [busy / os.sysconf("SC_CLK_TCK"),
-            own.user + own.system + own.children_user + own.children_system, time.monotonic()]
-
-
 def load_average() -> list[float] | None:
     """The 1 / 5 / 15 minute load average; None where the platform has none."""
     try:
@@ -140,10 +128,9 @@ def finish_environment(env: dict) -> None:
     processes kept busy on average while it ran (their CPU seconds over the wall seconds:
     ~0 on a quiet machine, unlike the load average, which trails by minutes)."""
     env["load_average_end"] = load_average()
-    start, end = env.pop("cpu_seconds_start", None), cpu_seconds()
-    if start is not None and end is not None and end[2] > start[2]:
-        other = (end[0] - start[0]) - (end[1] - start[1])
-        env["other_cpus_busy"] = round(max(other, 0.0) / (end[2] - start[2]), 2)
+    others = other_cpus_busy(env.pop("cpu_seconds_start", None), cpu_seconds())
+    if others is not None:
+        env["other_cpus_busy"] = others
 
 
 def load_text(env: dict) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from extmem.cpu_load import SHARED_CPU_THRESHOLD
 from extmem.errors import ConfigError
 from extmem.experiments.capacity import capacity_figures
 from extmem.experiments.downstream import compare_downstream, run_downstream, summarize_downstream
@@ -175,10 +176,10 @@ def _curve(run_dir: Path) -> dict[int, float]:
             if r.get("split") == "val" and r.get("val_loss") is not None}
 
 
-def _tokens_per_s(run_dir: Path) -> float:
-    rates = [r["tokens_per_s"] for r in read_metrics(run_dir)
-             if r.get("split") == "train" and "tokens_per_s" in r]
-    return sum(rates) / len(rates) if rates else math.nan
+def _train_mean(run_dir: Path, key: str) -> float:
+    """The mean of `key` over a run's train log lines (nan if none has it)."""
+    values = [r[key] for r in read_metrics(run_dir) if r.get("split") == "train" and key in r]
+    return sum(values) / len(values) if values else math.nan
 
 
 def _usage(results: dict) -> dict[str, float]:
@@ -233,8 +234,12 @@ def summarize_variant(sweep: Sweep, out: Path, variant: str,
         row["group"] = group
     if sweep.variant(variant).x is not None:
         row["x"] = sweep.variant(variant).x
-    speed = [_tokens_per_s(run_dir_for(out, variant, s)) for s in seeds]
+    speed = [_train_mean(run_dir_for(out, variant, s), "tokens_per_s") for s in seeds]
     row["tokens_per_s"] = dict(zip(("mean", "std"), mean_std(speed), strict=True))
+    others = [x for s in seeds
+              if not math.isnan(x := _train_mean(run_dir_for(out, variant, s), "other_cpus_busy"))]
+    if others:  # extmem.cpu_load: how much other processes shared the CPU meanwhile
+        row["other_cpus_busy"] = sum(others) / len(others)
     usages = [_usage(r) for r in results]
     if usages and usages[0]:
         row["memory_usage"] = {k: mean_std([u[k] for u in usages])[0] for k in usages[0]}
@@ -289,6 +294,12 @@ def summarize(sweep: Sweep, out: Path, partial: bool = False) -> dict:
             warnings.append(f"{row['variant']}: core FLOPs/token {core:,} differ from the "
                             f"baseline's {base_core:,} by {gap:.1%} (tolerance "
                             f"{sweep.cfg.core_flops_tolerance:.0%})")
+    shared = [f"{row['variant']} ({row['other_cpus_busy']:.2f})" for row in rows
+              if row.get("other_cpus_busy", 0.0) >= SHARED_CPU_THRESHOLD]
+    if shared:
+        warnings.append("tokens/s are not timings for the runs that shared the CPU with other "
+                        "processes (CPUs those kept busy on average while they trained): "
+                        + ", ".join(shared))
     budget = {name: value for name in ("steps", "tokens", "exposures")
               if (value := getattr(sweep.cfg, name))}
     return {"sweep": sweep.cfg.name, "sweep_file": str(sweep.path), "out": str(out),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from extmem.cpu_load import SHARED_CPU_THRESHOLD
 from extmem.experiments.axis_plot import has_axis_chart, plot_axis
 from extmem.experiments.capacity_plots import (
     has_capacity_bars,
@@ -37,6 +38,12 @@ def _delta(row: dict, metric: str, baseline: str) -> str:
     return f"{comparison['diff']:+.4f}{interval} ({comparison['note']})"
 
 
+def _speed(row: dict) -> str:
+    """tokens/s, marked "(shared CPU)" when other processes kept the CPU busy meanwhile."""
+    shared = row.get("other_cpus_busy", 0.0) >= SHARED_CPU_THRESHOLD
+    return f"{row['tokens_per_s']['mean']:,.0f}{' (shared CPU)' if shared else ''}"
+
+
 COLUMNS = ("variant", "params core / tables", "core FLOPs/tok", "total FLOPs/tok", "tokens/s",
            "val loss", "ppl", "bits/byte", "facts recalled", "usage / windowed (entropy, Gini)",
            "Δ loss vs baseline", "Δ facts vs baseline")
@@ -46,7 +53,7 @@ def _cells(row: dict, baseline: str) -> list[str]:
     params, flops = row["params"], row["flops_per_token"]
     usage = row.get("memory_usage")
     return [row["variant"], f"{params['core']:,} / {params['memory_tables']:,}",
-            f"{flops['core']:,}", f"{flops['total']:,}", f"{row['tokens_per_s']['mean']:,.0f}",
+            f"{flops['core']:,}", f"{flops['total']:,}", _speed(row),
             _pm(row.get("val_loss")), _pm(row.get("val_ppl"), 3), _pm(row.get("val_bpb")),
             _pm(row.get("facts_recalled"), 3),
             f"{usage['usage']:.3f} / {usage.get('train_windowed_usage', float('nan')):.3f} "

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from extmem.cpu_load import cpu_seconds, other_cpus_busy
 from extmem.distributed.parallel import replica_divergence
 from extmem.errors import TrainingError
 from extmem.run.checkpoint import (
@@ -151,6 +152,9 @@ def log_window(t: Trainer, window: Window, step: int, last: StepResult) -> dict:
               "lr": tc.lr * lr_factor(step - 1, tc),
               "tokens_per_s": window.steps * t.tokens_per_step / max(elapsed, 1e-9),
               "tokens": step * t.tokens_per_step}
+    others = other_cpus_busy(window.cpu_start, cpu_seconds())
+    if others is not None:  # the tokens/s are no timing when other processes shared the CPU
+        record["other_cpus_busy"] = others
     if last.grad_norm is not None:
         record["grad_norm"] = last.grad_norm
     if window.aux:

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from rich.console import Console
 
+from extmem.cpu_load import cpu_seconds
 from extmem.distributed.context import DistContext
 from extmem.distributed.parallel import NullWriter
 from extmem.distributed.tables import ShardedValueTable
@@ -120,6 +121,7 @@ class Window:
     aux: float = 0.0
     steps: int = 0
     started: float = field(default_factory=time.perf_counter)
+    cpu_start: list[float] | None = field(default_factory=cpu_seconds)  # extmem.cpu_load
 
     def add(self, result: StepResult) -> None:
         if not result.finite:  # a skipped step: no update, nothing to average
