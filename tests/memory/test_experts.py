@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from extmem.memory import ExpertsConfig, ValueTable
 from extmem.memory import experts as experts_module
 from extmem.memory.experts import ExpertsReadout, init_expert_table
+from extmem.train.sparse_optim import coalesced
 
 
 def reference(readout: ExpertsReadout, h, table, indices, weights):
@@ -47,3 +48,36 @@ def test_both_paths_agree(monkeypatch):
     grouped = readout(h, table, indices, weights)
     monkeypatch.setattr(experts_module, "GROUPED_MAX_EXPERTS", 0)
     torch.testing.assert_close(readout(h, table, indices, weights), grouped)
+
+
+@pytest.mark.parametrize("num_experts", [5, 300])  # grouped path, gathered (PEER) path
+def test_sparse_updates_give_the_dense_gradient_on_the_experts_used_only(num_experts):
+    """With sparse_updates the expert table's gradient is a coalesced row-sparse tensor that
+    holds exactly the experts read (the others get no row), equal to the dense gradient; the
+    output and the gradients of h and of the read weights do not change."""
+    torch.manual_seed(2)
+    d, hidden = 6, 3
+    readout = ExpertsReadout(d, ExpertsConfig(hidden=hidden), value_dropout=0.0)
+    dense, sparse = ValueTable(num_experts, 2 * d * hidden), \
+        ValueTable(num_experts, 2 * d * hidden, sparse=True)
+    init_expert_table(dense, d, hidden, zero_output=False)
+    sparse.load_state_dict(dense.state_dict())
+    indices = torch.randint(0, num_experts, (2, 4, 2, 3))
+    indices[0, 0, 0, :2] = indices[1, 3, 1, 2]  # the same expert read several times
+    outs, grads = [], []
+    for table in (dense, sparse):
+        h = torch.randn(2, 4, d, generator=torch.Generator().manual_seed(3), requires_grad=True)
+        weights = torch.rand(2, 4, 2, 3, generator=torch.Generator().manual_seed(4),
+                             requires_grad=True)
+        out = readout(h, table, indices, weights)
+        out.pow(2).sum().backward()
+        outs.append(out.detach())
+        grads.append((table.weight.grad, h.grad, weights.grad))
+    torch.testing.assert_close(outs[1], outs[0])
+    dense_grad, sparse_grad = grads[0][0], grads[1][0]
+    # one row per expert read, sorted (autograd drops the coalesced flag: sparse_optim.coalesced)
+    assert sparse_grad.is_sparse and coalesced(sparse_grad).is_coalesced()
+    assert sparse_grad.indices()[0].tolist() == sorted(set(indices.reshape(-1).tolist()))
+    torch.testing.assert_close(sparse_grad.to_dense(), dense_grad)
+    for dense_part, sparse_part in zip(grads[0][1:], grads[1][1:], strict=True):
+        torch.testing.assert_close(sparse_part, dense_part)

@@ -318,9 +318,6 @@ class MemoryConfig:
                 f"memory.prefetch: needs a lookup whose rows depend on the token ids only "
                 f"({', '.join(repr(n) for n in TOKEN_ID_LOOKUPS)}); this memory's is "
                 f"{self.lookup!r}")
-        require(not (self.sparse_updates and self.readout == "experts"),
-                "memory.sparse_updates: not supported with readout = 'experts' (expert rows "
-                "are gathered as weights, which gives a dense gradient)")
         require(self.concat_into == "projection" or self.readout == "concat",
                 f"memory.concat_into: {self.concat_into!r} needs readout = 'concat' "
                 f"(this memory's readout is {self.readout!r})")

@@ -8,7 +8,10 @@ over up to a million rows).
 
 Computed batched, never per token: with few experts, tokens are grouped by expert and each
 expert runs once on its tokens (a loop over experts); with many experts (PEER), the chosen
-experts' weights are gathered per token and applied with one einsum.
+experts' weights are gathered per token and applied with one einsum. With `sparse_updates`
+the table's gradient holds only the experts used in the step (`extmem.memory.sparse`), for
+the lazy optimizers, instead of a table-sized dense gradient and an AdamW pass over every
+expert.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from extmem.memory.config import ExpertsConfig
+from extmem.memory.sparse import sparse_gather
 from extmem.memory.table import ValueTable
 
 GROUPED_MAX_EXPERTS = 256  # above this, gather weights per token (PEER-style)
@@ -38,6 +42,14 @@ def init_expert_table(table: ValueTable, d_model: int, hidden: int, zero_output:
             w_out.zero_()
         else:
             w_out.normal_(0.0, hidden ** -0.5)
+
+
+def _rows(table: ValueTable, idx: torch.Tensor) -> torch.Tensor:
+    """The expert rows `idx` (...) -> (..., D); with `sparse_updates` their gradient is
+    row-sparse (only the experts used this step), as a value table's bag is."""
+    if table.sparse and table.weight.requires_grad and torch.is_grad_enabled():
+        return sparse_gather(table.weight, idx)
+    return table.weight[idx]
 
 
 class ExpertsReadout(nn.Module):
@@ -67,7 +79,7 @@ class ExpertsReadout(nn.Module):
 
     def _gathered(self, h: torch.Tensor, table: ValueTable, idx: torch.Tensor,
                   w: torch.Tensor) -> torch.Tensor:
-        w_in, w_out = self.split(table.weight[idx].to(h.dtype))  # (n, R, hid, d), (n, R, d, hid)
+        w_in, w_out = self.split(_rows(table, idx).to(h.dtype))  # (n, R, hid, d), (n, R, d, hid)
         hidden = self.act(torch.einsum("nrkd,nd->nrk", w_in, h))  # (n, R, hid)
         return torch.einsum("nrdk,nrk,nr->nd", w_out, hidden, w)  # (n, d)
 
@@ -79,11 +91,12 @@ class ExpertsReadout(nn.Module):
         order = flat_expert.argsort()
         flat_expert, flat_token, flat_w = flat_expert[order], flat_token[order], flat_w[order]
         experts, counts = torch.unique_consecutive(flat_expert, return_counts=True)
+        expert_rows = _rows(table, experts).to(h.dtype)  # (U, 2 * d * hid): the experts used
         start = 0
-        for expert, count in zip(experts.tolist(), counts.tolist(), strict=True):
+        for i, count in enumerate(counts.tolist()):
             rows = slice(start, start + count)
             start += count
-            w_in, w_out = self.split(table.weight[expert].to(h.dtype))  # (hid, d), (d, hid)
+            w_in, w_out = self.split(expert_rows[i])  # (hid, d), (d, hid)
             x = h[flat_token[rows]]  # (c, d)
             y = self.act(x @ w_in.T) @ w_out.T  # (c, d)
             out.index_add_(0, flat_token[rows], y * flat_w[rows, None])

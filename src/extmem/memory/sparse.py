@@ -76,3 +76,29 @@ def dense_rows_grad(grad_out: torch.Tensor, bags: torch.Tensor, weights: torch.T
 def sparse_bag(weight: torch.Tensor, bags: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted bag of rows, weight (N, d), bags and weights (n, r) -> (n, d), row-sparse grad."""
     return _RowSparseBag.apply(weight, bags, weights)
+
+
+class _RowSparseGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # weight (N, D); idx (...) int64 -> rows (..., D)
+        ctx.save_for_backward(idx)
+        ctx.num_rows = weight.shape[0]
+        return weight[idx]
+
+    @staticmethod
+    def backward(ctx, grad_rows: torch.Tensor):  # type: ignore[override]
+        (idx,) = ctx.saved_tensors
+        flat_grad = grad_rows.reshape(-1, grad_rows.shape[-1]).contiguous()  # (R, D)
+        reads = idx.reshape(-1, 1)  # (R, 1): each read its own bag of one row
+        ones = flat_grad.new_ones(reads.shape)
+        if torch.compiler.is_compiling():  # static shapes: no sort / unique of the rows
+            return dense_rows_grad(flat_grad, reads, ones, ctx.num_rows), None
+        return row_sparse_grad(flat_grad, reads, ones, ctx.num_rows), None
+
+
+def sparse_gather(weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """`weight[idx]`, (N, D) and (...) -> (..., D), with a coalesced row-sparse gradient (one
+    row per distinct row read, the reads of a row summed): expert rows gathered as weights
+    (PEER, `extmem.memory.experts`) train with the lazy optimizers like any value table."""
+    return _RowSparseGather.apply(weight, idx)
