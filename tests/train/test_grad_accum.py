@@ -20,6 +20,9 @@ from extmem.train import loop
 STEPS = ["--set", "train.steps=3", "--set", "train.eval_every=0", "--set",
          "train.checkpoint_every=0"]
 SPARSE = ["--set", "model.memories.0.sparse_updates=true"]
+# PEER: 400 single-neuron experts read by product keys (the gathered path of memory/experts.py)
+PEER = ["--set", 'model.memories.0.readout="experts"', "--set", "model.memories.0.experts.hidden=1",
+        "--set", "model.memories.0.product_keys.n_keys=20"]
 
 
 def with_table_optimizer(config: Path, optimizer: str) -> Path:
@@ -58,6 +61,7 @@ def weights(run: Path, step: int = 3) -> dict:
     (SPARSE, "lazy_adam", "torch"),
     (SPARSE, "lazy_adam", "numba"),  # the fused lazy-Adam row kernel (train/fused_rows.py)
     (SPARSE, "rowwise_adagrad", "torch"),
+    ([*SPARSE, *PEER], "lazy_adam", "torch"),  # expert rows with a row-sparse gradient
 ])
 def test_accumulated_equals_large_batch(tiny_config: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch, extra: list[str],
