@@ -176,10 +176,15 @@ def _curve(run_dir: Path) -> dict[int, float]:
             if r.get("split") == "val" and r.get("val_loss") is not None}
 
 
-def _train_mean(run_dir: Path, key: str) -> float:
-    """The mean of `key` over a run's train log lines (nan if none has it)."""
-    values = [r[key] for r in read_metrics(run_dir) if r.get("split") == "train" and key in r]
-    return sum(values) / len(values) if values else math.nan
+def _train_means(run_dir: Path, keys: tuple[str, ...]) -> dict[str, float]:
+    """The mean of each of `keys` over a run's train log lines (nan where none has it),
+    from one read of its metrics."""
+    rows = [r for r in read_metrics(run_dir) if r.get("split") == "train"]
+    means = {}
+    for key in keys:
+        values = [r[key] for r in rows if key in r]
+        means[key] = sum(values) / len(values) if values else math.nan
+    return means
 
 
 def _usage(results: dict) -> dict[str, float]:
@@ -234,10 +239,11 @@ def summarize_variant(sweep: Sweep, out: Path, variant: str,
         row["group"] = group
     if sweep.variant(variant).x is not None:
         row["x"] = sweep.variant(variant).x
-    speed = [_train_mean(run_dir_for(out, variant, s), "tokens_per_s") for s in seeds]
+    logged = [_train_means(run_dir_for(out, variant, s), ("tokens_per_s", "other_cpus_busy"))
+              for s in seeds]
+    speed = [m["tokens_per_s"] for m in logged]
     row["tokens_per_s"] = dict(zip(("mean", "std"), mean_std(speed), strict=True))
-    others = [x for s in seeds
-              if not math.isnan(x := _train_mean(run_dir_for(out, variant, s), "other_cpus_busy"))]
+    others = [m["other_cpus_busy"] for m in logged if not math.isnan(m["other_cpus_busy"])]
     if others:  # extmem.cpu_load: how much other processes shared the CPU meanwhile
         row["other_cpus_busy"] = sum(others) / len(others)
     usages = [_usage(r) for r in results]
