@@ -6,7 +6,7 @@ import math
 import pytest
 from tests.cli_helpers import run_sweep
 
-from extmem.experiments.capacity import knowledge_bits
+from extmem.experiments.capacity import STORAGE_COMPARED, knowledge_bits
 from extmem.experiments.capacity_plots import BAR_METRICS, capacity_bars_figure, capacity_figure
 
 
@@ -67,6 +67,16 @@ def test_grouped_sweep_reports_capacity(tiny_config, tmp_path, capsys):
     assert "bits_train_phrasing" in small12["capacity"]
     report = (out / "results.md").read_text()
     assert "storage meter" in report and "recall (training phrasing)" in report
+    # the storage metrics beside the baseline (the first variant): differences of the means
+    assert results["baseline"] == "small-e6"
+    for metric in STORAGE_COMPARED:
+        versus = small12["vs_baseline"][metric]
+        assert versus["diff"] == pytest.approx(small12[metric]["mean"] - small6[metric]["mean"])
+    assert "Stored bits vs `small-e6`" in report
+    stored_row = next(line for line in report.splitlines()
+                      if line.startswith("| small-e12 | ") and line.count("|") == 5)
+    diff = small12["vs_baseline"]["stored_bits"]["diff"]
+    assert stored_row.split(" | ")[1].startswith(f"{diff:+.3g}")
     fig = capacity_figure(results)
     assert len(fig.axes) == 3 and "bits stored" in fig.axes[2].get_ylabel()
     labels = [line.get_label() for line in fig.axes[2].get_lines()]

@@ -23,7 +23,11 @@ from extmem.experiments.stats import mean_std
 from extmem.run.config import RunConfig
 from extmem.run.storage import attribute_bits, knowledge_bits
 
-__all__ = ["capacity_figures", "knowledge_bits"]
+__all__ = ["STORAGE_COMPARED", "capacity_figures", "knowledge_bits"]
+
+# the storage metrics `extmem compare` sets beside the baseline (Welch): the capacity verdict
+# (docs/results.md) asks which model stores more bits, per core FLOP and per parameter in all
+STORAGE_COMPARED = ("stored_bits", "stored_bits_per_core_flop", "stored_bits_per_param")
 
 
 def capacity_figures(cfg: RunConfig, recalled: list[float], params: dict,

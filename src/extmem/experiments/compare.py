@@ -25,7 +25,7 @@ from rich.console import Console
 
 from extmem.cpu_load import SHARED_CPU_THRESHOLD
 from extmem.errors import ConfigError
-from extmem.experiments.capacity import capacity_figures
+from extmem.experiments.capacity import STORAGE_COMPARED, capacity_figures
 from extmem.experiments.downstream import compare_downstream, run_downstream, summarize_downstream
 from extmem.experiments.reuse import reusable_for, reusable_runs, reuse_run
 from extmem.experiments.stats import mean_std, significance_note, welch_interval, welch_t_test
@@ -289,7 +289,7 @@ def summarize(sweep: Sweep, out: Path, partial: bool = False) -> dict:
     base_core = base["flops_per_token"]["core"]
     for row in rows:
         row["vs_baseline"] = {m: c for m in ("val_loss", "facts_recalled", "val_bpb",
-                                             "stored_bits")
+                                             *STORAGE_COMPARED)
                               if (c := _compare(row, base, m)) is not None}
         if "downstream" in row:
             row["downstream_vs_baseline"] = compare_downstream(row, base)

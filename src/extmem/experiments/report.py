@@ -10,6 +10,7 @@ from rich.table import Table
 
 from extmem.cpu_load import SHARED_CPU_THRESHOLD
 from extmem.experiments.axis_plot import has_axis_chart, plot_axis
+from extmem.experiments.capacity import STORAGE_COMPARED
 from extmem.experiments.capacity_plots import (
     has_capacity_bars,
     has_capacity_chart,
@@ -83,7 +84,22 @@ def _g(stat: dict | None) -> str:
     return f"{stat['mean']:.3g} ± {stat['std']:.2g}" if stat else "-"
 
 
-def _storage_table(rows: list[dict]) -> list[str]:
+def _storage_delta(row: dict, metric: str, baseline: str) -> str:
+    """Δ of a storage metric vs the baseline with its 95% interval and the ratio of the means,
+    3 significant digits (per-FLOP figures are ~1e-12)."""
+    if row["variant"] == baseline:
+        return "baseline"
+    comparison = row["vs_baseline"].get(metric)
+    if comparison is None:
+        return "-"
+    low, high = comparison["interval95"]
+    interval = "" if math.isnan(low) else f" [{low:+.3g}, {high:+.3g}]"
+    base_mean = row[metric]["mean"] - comparison["diff"]
+    ratio = f", x{row[metric]['mean'] / base_mean:.2f}" if base_mean > 0 else ""
+    return f"{comparison['diff']:+.3g}{interval}{ratio}"
+
+
+def _storage_table(rows: list[dict], baseline: str) -> list[str]:
     """The storage meter (extmem.run.storage) beside the capacity table: stored bits from the
     loss on the values of training phrasings, recall on training vs held-out phrasings."""
     if not any("stored_bits" in row for row in rows):
@@ -97,6 +113,10 @@ def _storage_table(rows: list[dict]) -> list[str]:
              "recall (training phrasing) | recall (held-out phrasing) | "
              "chance-corrected bits (training / held-out) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    deltas = ["", f"Stored bits vs `{baseline}` (Δ = variant − baseline, Welch's 95% interval "
+              "over seeds, and the ratio of the means):", "",
+              "| variant | Δ stored bits | Δ stored / training FLOP of the core | "
+              "Δ stored / param (total) |", "|---|---|---|---|"]
     for row in rows:
         if "stored_bits" not in row:
             continue
@@ -111,7 +131,9 @@ def _storage_table(rows: list[dict]) -> list[str]:
                      f"{_pm(row.get('recall_train_phrasing'), 3)} | "
                      f"{_pm(row.get('recall_heldout_phrasing'), 3)} | "
                      f"{_pm(cap.get('bits_train_phrasing'), 0)} / {_pm(cap.get('bits'), 0)} |")
-    return lines
+        deltas.append(f"| {row['variant']} | " + " | ".join(
+            _storage_delta(row, metric, baseline) for metric in STORAGE_COMPARED) + " |")
+    return lines + deltas
 
 
 def _downstream_table(rows: list[dict], baseline: str) -> list[str]:
@@ -169,7 +191,7 @@ def markdown(results: dict, command: str) -> str:
                              f"{_pm(row.get('facts_recalled'), 3)} | {_pm(cap['bits'], 0)} | "
                              f"{_pm(cap['bits_per_core_param'], 5)} | "
                              f"{_pm(cap['bits_per_param'], 5)} |")
-    lines += _storage_table(results["variants"])
+    lines += _storage_table(results["variants"], results["baseline"])
     lines += _downstream_table(results["variants"], results["baseline"])
     if results["warnings"]:
         lines += ["", "Warnings:", ""] + [f"- {w}" for w in results["warnings"]]
