@@ -328,9 +328,13 @@ def test_a_piece_compares_against_the_baseline_it_names(sweep_file, tmp_path, ca
     args = ["compare", str(sweep_file), "--out", str(out), "--quiet", "--steps", "2",
             "--set", "train.eval_every=0"]
     results = run_json(capsys, *args, "--only", "pk*", "--baseline", "pkm")
-    assert results["baseline"] == "pkm" and results["pending"] == {"dense": [0, 1]}
+    # dense never runs in the piece's directory: not pending there, listed as not started
+    assert results["baseline"] == "pkm" and results["pending"] == {}
+    assert results["not_started"] == ["dense"]
     assert [row["variant"] for row in results["variants"]] == ["pkm"]
     report = (out / "results.md").read_text()
+    assert "Not started in this directory (1 of the sweep's variants): dense." in report
+    assert "Partial report" not in report
     assert (f"Command: `extmem compare {sweep_file} --steps 2 --baseline pkm --out {out} "
             "--only 'pk*' --set train.eval_every=0`") in report
     assert error_line(capsys, *args, "--baseline", "peer") == (

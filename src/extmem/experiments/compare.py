@@ -312,6 +312,15 @@ def summarize(sweep: Sweep, out: Path, partial: bool = False) -> dict:
             "baseline": sweep.cfg.baseline, "seeds": sweep.cfg.seeds, "budget": budget,
             **({"x_label": sweep.cfg.x_label, "x_scale": sweep.cfg.x_scale}
                if sweep.cfg.x_label else {}),
-            "variants": rows, "warnings": warnings,
-            "pending": {v: [x for x in sweep.runs[v] if x not in seeds]
-                        for v, seeds in done.items() if len(seeds) < len(sweep.runs[v])}}
+            "variants": rows, "warnings": warnings, **_unfinished(sweep, out, done)}
+
+
+def _unfinished(sweep: Sweep, out: Path, done: dict[str, list[int]]) -> dict:
+    """`pending`: variant -> its unfinished seeds, for the variants begun in `out` (a run
+    directory of any seed there); `not_started`: the variants with none, which a piece of the
+    sweep in its own directory (--only ... --out DIR) never trains there."""
+    begun = {v for v in sweep.runs if any(run_dir_for(out, v, s).exists() for s in sweep.runs[v])}
+    return {"pending": {v: [x for x in sweep.runs[v] if x not in seeds]
+                        for v, seeds in done.items()
+                        if len(seeds) < len(sweep.runs[v]) and v in begun},
+            "not_started": [v for v in sweep.runs if v not in begun]}

@@ -172,6 +172,9 @@ def markdown(results: dict, command: str) -> str:
         lines += [f"**Partial report** (the sweep has not finished): still to run: {waiting}. "
                   "Rows use the finished seeds only; a variant with none is not in the table.",
                   ""]
+    if results.get("not_started"):
+        lines += [f"Not started in this directory ({len(results['not_started'])} of the "
+                  f"sweep's variants): {', '.join(results['not_started'])}.", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cells(row, results["baseline"])) + " |"
               for row in results["variants"]]
