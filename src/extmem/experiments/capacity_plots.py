@@ -24,7 +24,10 @@ BAR_METRICS = (("stored_bits_per_core_param", "bits stored per core parameter"),
 
 
 def has_capacity_chart(results: dict) -> bool:
-    return any("group" in row and "capacity" in row for row in results["variants"])
+    """Grouped variants on `facts`, unless the groups are a tuning grid's families
+    (experiments/tuning.py: one corpus, many settings; results.md tabulates those)."""
+    return "tuning" not in results and any("group" in row and "capacity" in row
+                                           for row in results["variants"])
 
 
 def _offered(ax: Axes, groups: dict[str, list[dict]]) -> None:
@@ -90,7 +93,7 @@ def saturation_rows(results: dict) -> dict[str, dict]:
 
 
 def has_capacity_bars(results: dict) -> bool:
-    return bool(saturation_rows(results))
+    return "tuning" not in results and bool(saturation_rows(results))
 
 
 def capacity_bars_figure(results: dict) -> Figure:

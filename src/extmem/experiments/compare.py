@@ -30,6 +30,7 @@ from extmem.experiments.downstream import compare_downstream, run_downstream, su
 from extmem.experiments.reuse import reusable_for, reusable_runs, reuse_run
 from extmem.experiments.stats import mean_std, significance_note, welch_interval, welch_t_test
 from extmem.experiments.sweep import Sweep, added_memories
+from extmem.experiments.tuning import tuning_summary
 from extmem.experiments.usage_curves import usage_curve
 from extmem.run.lock import RunInUseError, holder_of
 from extmem.run.provenance import record_session
@@ -312,7 +313,9 @@ def summarize(sweep: Sweep, out: Path, partial: bool = False) -> dict:
             "baseline": sweep.cfg.baseline, "seeds": sweep.cfg.seeds, "budget": budget,
             **({"x_label": sweep.cfg.x_label, "x_scale": sweep.cfg.x_scale}
                if sweep.cfg.x_label else {}),
-            "variants": rows, "warnings": warnings, **_unfinished(sweep, out, done)}
+            "variants": rows, "warnings": warnings, **_unfinished(sweep, out, done),
+            **({"tuning": tuning_summary(rows, {v.name: v.group for v in sweep.cfg.variants},
+                                         sweep.cfg.tune_by)} if sweep.cfg.tune_by else {})}
 
 
 def _unfinished(sweep: Sweep, out: Path, done: dict[str, list[int]]) -> dict:

@@ -18,6 +18,7 @@ from extmem.experiments.capacity_plots import (
     plot_capacity_bars,
 )
 from extmem.experiments.plots import plot_curves, plot_quality, seeds_label
+from extmem.experiments.tuning import tuning_tables
 from extmem.experiments.usage_curves import has_usage_chart, plot_usage
 from extmem.run.run_dir import write_json
 
@@ -195,6 +196,7 @@ def markdown(results: dict, command: str) -> str:
                              f"{_pm(cap['bits_per_core_param'], 5)} | "
                              f"{_pm(cap['bits_per_param'], 5)} |")
     lines += _storage_table(results["variants"], results["baseline"])
+    lines += tuning_tables(results)
     lines += _downstream_table(results["variants"], results["baseline"])
     if results["warnings"]:
         lines += ["", "Warnings:", ""] + [f"- {w}" for w in results["warnings"]]

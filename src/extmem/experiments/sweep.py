@@ -13,6 +13,8 @@ core_flops_tolerance = 0.05    # warn when a variant's core FLOPs/token differ m
 set = ["train.compile=true"]   # optional: overrides for every variant (before each one's own)
 x_label = "value LR"           # optional: an axis the variants lie on (their `x`); axis.png
 x_scale = "log"                # draws the final loss against it ("linear" or "log")
+tune_by = "stored_bits"        # optional: a tuning grid; per `group`, the best cell by this
+                               # metric wins (experiments/tuning.py); every variant needs a group
 
 [[variants]]
 name = "dense"
@@ -54,6 +56,7 @@ from extmem.builtin_configs import resolve
 from extmem.config import apply_overrides, from_dict, read_toml, require, require_valid_fields
 from extmem.errors import ConfigError
 from extmem.experiments.downstream import DownstreamConfig
+from extmem.experiments.tuning import TUNE_METRICS
 from extmem.run.budget import steps_for_exposures
 from extmem.run.config import RunConfig, require_sections
 
@@ -67,8 +70,9 @@ class VariantConfig:
     steps: int = 0                      # 0 = the sweep's budget
     exposures: int = 0                  # 0 = the sweep's budget; else E exposures (run/budget.py)
     init_from: str = ""                 # "" = from scratch; else a variant to augment (Kim & Jung 2020)
-    group: str = ""                     # model family for the capacity chart (same model,
-                                        # different data: e.g. facts n_entities)
+    group: str = ""                     # model family: a line of the capacity chart (same
+                                        # model, different data: e.g. facts n_entities), or
+                                        # the cells a tuning grid picks from (tune_by)
     seeds: list[int] = field(default_factory=list)  # [] = the sweep's seeds; else a subset
     x: float | None = None              # its place on the sweep's axis (x_label): axis.png
 
@@ -107,6 +111,9 @@ class SweepConfig:
     # the final loss against it
     x_label: str = ""
     x_scale: str = "linear"             # "linear" | "log"
+    # a tuning grid: per group, the variant with the best mean of this metric wins
+    # (experiments/tuning.py); "" = not a grid
+    tune_by: str = ""
 
     def __post_init__(self) -> None:
         require_valid_fields(self, "sweep")
@@ -139,6 +146,13 @@ class SweepConfig:
                 f"sweep.x_scale: {self.x_scale!r} is not allowed; allowed: linear, log")
         require(self.x_scale == "linear" or all(v.x > 0 for v in self.variants if v.x is not None),
                 "sweep.x_scale: 'log' needs every variant's x > 0")
+        require(not self.tune_by or self.tune_by in TUNE_METRICS,
+                f"sweep.tune_by: {self.tune_by!r} is not allowed; allowed: "
+                f"{', '.join(TUNE_METRICS)}")
+        ungrouped = [v.name for v in self.variants if not v.group]
+        require(not self.tune_by or not ungrouped,
+                f"sweep.tune_by: variants {ungrouped} have no group; a tuning grid picks the "
+                "best cell per group, so give every variant one (group = \"...\")")
         require(self.core_flops_tolerance >= 0,
                 f"sweep.core_flops_tolerance: {self.core_flops_tolerance} must be >= 0")
 
