@@ -436,14 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="performance benchmarks (docs/benchmarks.md)")
     p.add_argument("name", choices=["pkm", "capacity", "model", "altup", "kernels", "host-table",
-                                    "engram-prefetch", "scaling"],
+                                    "engram-prefetch", "scaling", "optimizer"],
                    help="pkm: our PKM vs product-key-memory, gather floor and dense FFN; "
                         "capacity: latency vs table rows per lookup; model: training tokens/s "
                         "dense vs memory models; altup: AltUp vs dense-d / dense-2d step; "
                         "kernels: each numba kernel vs its portable path; host-table: resident "
                         "memory of an mmap host table; engram-prefetch: Engram step time with "
                         "an mmap table, prefetched or not, vs in memory; scaling: tokens/s on "
-                        "1, 2, 4 torchrun processes")
+                        "1, 2, 4 torchrun processes; optimizer: AdamW for-loop vs fused on "
+                        "memory models")
     p.add_argument("--out", metavar="DIR",
                    help="where results.md, results.json and plots go (default: a fresh "
                         "runs/bench/NAME, then NAME-2, NAME-3, ...)")

@@ -1,4 +1,4 @@
-"""`extmem bench kernels | host-table | engram-prefetch | scaling` at tiny sizes, and where
+"""`extmem bench kernels | host-table | engram-prefetch | scaling | optimizer` at tiny sizes, and where
 every bench writes: results.md / results.json / plots under --out (default a fresh
 runs/bench/NAME), a Markdown doc only with --doc. No assertion depends on speed."""
 
@@ -47,6 +47,9 @@ def sets(settings: list[str]) -> list[str]:
     ("scaling", "overrides=[\"train.steps\"]", "error: bench.scaling.overrides[0]: "
                                                "'train.steps' is not 'section.key=value'"),
     ("scaling", "steps=0", "error: bench.scaling.steps: 0 must be an integer >= 1"),
+    ("optimizer", "models=[]", "error: bench.optimizer.models: empty"),
+    ("optimizer", "models=[\"moe\"]", "error: bench.optimizer.models[0]: 'moe' is not allowed"),
+    ("optimizer", "threads=-1", "error: bench.optimizer.threads: -1 must be >= 0"),
 ])
 def test_a_bad_setting_is_one_error_line(name, setting, message, capsys, tmp_path,
                                          monkeypatch) -> None:
@@ -133,6 +136,24 @@ def test_scaling_trains_once_on_one_process(capsys, tmp_path) -> None:
     assert row["speedup"] == 1.0 and row["max_loss_diff_vs_first"] == 0
     assert result["run_config"]["train"]["steps"] == 2
     assert "## scaling" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_optimizer_times_for_loop_and_fused_adamw_per_model(capsys, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = run_json(capsys, "bench", "optimizer", "--out", str(out), *sets([
+        "d_model=8", "n_heads=2", "n_layers=2", "vocab_size=64", "batch_size=2", "seq_len=8",
+        "models=[\"dense\", \"pkm16\"]", "repeats=2", "warmup=1"]))
+    assert list(result["models"]) == ["dense", "pkm16"]
+    pkm = result["models"]["pkm16"]
+    assert pkm["params"] > 65536 * 8 > result["models"]["dense"]["params"]  # 2^16 rows of 8
+    for impl in ("for-loop", "fused"):
+        assert len(pkm[impl]["step_ms"]["samples"]) == len(pkm[impl]["optimizer_ms"]["samples"]) == 2
+    assert pkm["optimizer_speedup"] == pytest.approx(
+        pkm["for-loop"]["optimizer_ms"]["median"] / pkm["fused"]["optimizer_ms"]["median"],
+        rel=1e-2)
+    assert pkm["step_speedup"] == pytest.approx(
+        pkm["fused"]["tokens_per_s"] / pkm["for-loop"]["tokens_per_s"], rel=1e-2)
+    assert "## optimizer" in (out / "results.md").read_text()
 
 
 def test_default_out_is_a_fresh_run_dir_and_docs_are_untouched(capsys, tmp_path,

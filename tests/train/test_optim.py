@@ -66,3 +66,31 @@ def test_a_constant_group_skips_the_schedule():
         assert by_name["default"] == pytest.approx(1e-3 * factor)
     with pytest.raises(ConfigError, match=r"train.param_groups\[v\].schedule: 'cosine'"):
         ParamGroupConfig("v", ["x"], schedule="cosine")
+
+
+def test_adamw_runs_fused_and_matches_the_for_loop_update():
+    """On CPU (torch >= 2.4) AdamW takes torch's fused kernel: the same update as the for-loop
+    implementation, to float32 rounding, over steps with per-group lr and weight decay."""
+    import torch
+
+    from extmem.train.optim import adamw
+
+    def trained(fused: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(64, 8)), torch.nn.Parameter(torch.randn(8))]
+        groups = [{"params": params[:1], "lr": 1e-2, "weight_decay": 0.0},
+                  {"params": params[1:], "lr": 3e-3, "weight_decay": 0.1}]
+        optimizer = (adamw(groups, (0.9, 0.95)) if fused
+                     else torch.optim.AdamW(groups, betas=(0.9, 0.95)))
+        assert all(bool(g["fused"]) is fused for g in optimizer.param_groups)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(50):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            optimizer.step()
+        return [p.detach() for p in params]
+
+    for fast, reference in zip(trained(True), trained(False), strict=True):
+        torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
+    optimizer, _ = build_optimizer(model(), TrainConfig())
+    assert all(g["fused"] for g in optimizer.param_groups)

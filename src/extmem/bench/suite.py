@@ -32,6 +32,7 @@ BENCHES: dict[str, tuple[str, str, str]] = {
     "engram-prefetch": ("engram_prefetch", "EngramPrefetchBenchConfig",
                         "run_engram_prefetch_bench"),
     "scaling": ("scaling", "ScalingBenchConfig", "run_scaling_bench"),
+    "optimizer": ("optimizer", "OptimizerBenchConfig", "run_optimizer_bench"),
 }
 RESULTS_MD, RESULTS_JSON = "results.md", "results.json"
 DEFAULT_ROOT = Path("runs") / "bench"

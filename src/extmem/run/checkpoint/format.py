@@ -100,10 +100,14 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
                 f"optimizer state {key} has shape {tuple(value.shape)} but the parameter "
                 f"{name} needs {' or '.join(str(s) for s in allowed)}; the checkpoint does not "
                 "match the config")
+    # a fused or capturable optimizer keeps its step counters on the parameter's device
+    on_device = {id(p) for group in optimizer.param_groups
+                 if group.get("fused") or group.get("capturable") for p in group["params"]}
     for key, value in tensors.items():
         name, _, field = key.partition("::")
         param = by_name[name]
-        optimizer.state[param][field] = value.to(param.device) if field != "step" else value
+        moved = field != "step" or id(param) in on_device
+        optimizer.state[param][field] = value.to(param.device) if moved else value
 
 
 def optimizer_kinds(optimizer: torch.optim.Optimizer) -> dict[str, str]:
