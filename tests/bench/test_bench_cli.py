@@ -143,7 +143,7 @@ def test_optimizer_times_for_loop_and_fused_adamw_per_model(capsys, tmp_path) ->
     result = run_json(capsys, "bench", "optimizer", "--out", str(out), *sets([
         "d_model=8", "n_heads=2", "n_layers=2", "vocab_size=64", "batch_size=2", "seq_len=8",
         "models=[\"dense\", \"pkm16\"]", "repeats=2", "warmup=1"]))
-    assert list(result["models"]) == ["dense", "pkm16"]
+    assert list(result["models"]) == ["dense", "pkm16"] and result["kernels"] in ("numba", "torch")
     pkm = result["models"]["pkm16"]
     assert pkm["params"] > 65536 * 8 > result["models"]["dense"]["params"]  # 2^16 rows of 8
     for impl in ("for-loop", "fused"):

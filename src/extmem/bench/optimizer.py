@@ -41,6 +41,7 @@ from extmem.bench.timing import (
 from extmem.config import require_valid_fields
 from extmem.errors import ConfigError
 from extmem.memory import ExpertsConfig, MemoryConfig, NgramLookupConfig, ProductKeyConfig
+from extmem.memory.kernels.backend import active_backend
 from extmem.model.config import ModelConfig
 from extmem.model.transformer import Transformer
 from extmem.run.config import TrainConfig
@@ -137,6 +138,9 @@ def run_optimizer_bench(cfg: OptimizerBenchConfig, progress: bool = True) -> dic
     env = environment()
     with torch_threads(cfg.threads):
         env["torch_threads"] = torch.get_num_threads()
+        # the numba kernels run only where torch owns every numba thread (kernels/backend.py):
+        # with threads = 1, start it as the sweeps' workers are, NUMBA_NUM_THREADS=1
+        kernels = active_backend(torch.zeros(1))
         subjects = {f"{name}/{impl}": _Subject(name, impl, cfg)
                     for name in cfg.models for impl in IMPLEMENTATIONS}
         log_progress(progress, f"bench optimizer: {len(subjects)} subjects, {cfg.warmup} warmup "
@@ -159,7 +163,7 @@ def run_optimizer_bench(cfg: OptimizerBenchConfig, progress: bool = True) -> dic
                                            / entry["fused"]["optimizer_ms"]["median"], 3)
         models[name] = entry
     finish_environment(env)
-    return {"benchmark": "optimizer", "config": asdict(cfg), "environment": env,
+    return {"benchmark": "optimizer", "config": asdict(cfg), "environment": env, "kernels": kernels,
             "tokens_per_step": tokens, "models": models,
             "wall_s": round(time.perf_counter() - started, 2)}
 
@@ -172,8 +176,9 @@ def render_markdown(result: dict, command: str) -> str:
         "extmem.train.optim.adamw), on the capacity experiment's models (d = "
         f"{cfg['d_model']}, {cfg['n_layers']} layers, vocabulary {cfg['vocab_size']}, batch "
         f"{cfg['batch_size']} x {cfg['seq_len']} tokens, {cfg['threads'] or 'default'} torch "
-        f"thread(s), eager), median over {cfg['repeats']} interleaved rounds after "
-        f"{cfg['warmup']} warmup. Optimizer step alone and the whole training step.", "",
+        f"thread(s), eager, kernel back-end {result['kernels']}), median over "
+        f"{cfg['repeats']} interleaved rounds after {cfg['warmup']} warmup. Optimizer step "
+        "alone and the whole training step.", "",
         *command_lines(command),
         environment_line(result),
         "", "| model | params | optimizer ms for-loop / fused | speedup | step ms for-loop / "
