@@ -6,6 +6,7 @@ import math
 import pytest
 from tests.cli_helpers import run_sweep
 
+from extmem.data.facts_vocab import VALUES
 from extmem.experiments.capacity import STORAGE_COMPARED, knowledge_bits
 from extmem.experiments.capacity_plots import BAR_METRICS, capacity_bars_figure, capacity_figure
 
@@ -73,6 +74,12 @@ def test_grouped_sweep_reports_capacity(tiny_config, tmp_path, capsys):
         versus = small12["vs_baseline"][metric]
         assert versus["diff"] == pytest.approx(small12[metric]["mean"] - small6[metric]["mean"])
     assert "Stored bits vs `small-e6`" in report
+    # where the bits are: per attribute, the bits stored and their share of those offered
+    city = small12["stored_bits_by_attribute"]["city"]
+    share = city / (12 * math.log2(len(VALUES["city"])))
+    attribute_row = next(line for line in report.splitlines()
+                         if line.startswith("| small-e12 | ") and "%)" in line)
+    assert f"{city:,.0f} ({share:.0%})" in attribute_row
     stored_row = next(line for line in report.splitlines()
                       if line.startswith("| small-e12 | ") and line.count("|") == 5)
     diff = small12["vs_baseline"]["stored_bits"]["diff"]

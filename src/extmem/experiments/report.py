@@ -21,6 +21,7 @@ from extmem.experiments.plots import plot_curves, plot_quality, seeds_label
 from extmem.experiments.tuning import tuning_tables
 from extmem.experiments.usage_curves import has_usage_chart, plot_usage
 from extmem.run.run_dir import write_json
+from extmem.run.storage import attribute_bits
 
 
 def _pm(stat: dict | None, digits: int = 4) -> str:
@@ -137,6 +138,26 @@ def _storage_table(rows: list[dict], baseline: str) -> list[str]:
     return lines + deltas
 
 
+def _attribute_table(rows: list[dict]) -> list[str]:
+    """Where the stored bits are: per variant and attribute, bits stored (mean over seeds)
+    and the share of that attribute's bits offered (entities x log2 |V_a|)."""
+    kept = [row for row in rows if row.get("stored_bits_by_attribute") and row.get("capacity")]
+    if not kept:
+        return []
+    attributes = list(kept[0]["stored_bits_by_attribute"])
+    lines = ["", "Stored bits by attribute (mean over seeds; in brackets the share of the "
+             "attribute's bits offered, entities x log2 |V_a|):", "",
+             "| variant | " + " | ".join(f"{a} ({attribute_bits(a):.1f} bits/fact)"
+                                       for a in attributes) + " |",
+             "|---|" + "---|" * len(attributes)]
+    for row in kept:
+        by_attribute, entities = row["stored_bits_by_attribute"], row["capacity"]["entities"]
+        lines.append(f"| {row['variant']} | " + " | ".join(
+            f"{by_attribute[a]:,.0f} ({by_attribute[a] / (entities * attribute_bits(a)):.0%})"
+            if a in by_attribute else "-" for a in attributes) + " |")
+    return lines
+
+
 def _downstream_table(rows: list[dict], baseline: str) -> list[str]:
     """Finetuning results (extmem.experiments.downstream): one row per (variant, task)."""
     if not any("downstream" in row for row in rows):
@@ -196,6 +217,7 @@ def markdown(results: dict, command: str) -> str:
                              f"{_pm(cap['bits_per_core_param'], 5)} | "
                              f"{_pm(cap['bits_per_param'], 5)} |")
     lines += _storage_table(results["variants"], results["baseline"])
+    lines += _attribute_table(results["variants"])
     lines += tuning_tables(results)
     lines += _downstream_table(results["variants"], results["baseline"])
     if results["warnings"]:
