@@ -26,6 +26,7 @@ from rich.console import Console
 from extmem.cpu_load import SHARED_CPU_THRESHOLD
 from extmem.errors import ConfigError
 from extmem.experiments.capacity import STORAGE_COMPARED, capacity_figures
+from extmem.experiments.curve_deltas import curve_deltas
 from extmem.experiments.downstream import compare_downstream, run_downstream, summarize_downstream
 from extmem.experiments.reuse import reusable_for, reusable_runs, reuse_run
 from extmem.experiments.stats import mean_std, significance_note, welch_interval, welch_t_test
@@ -294,6 +295,9 @@ def summarize(sweep: Sweep, out: Path, partial: bool = False) -> dict:
                               if (c := _compare(row, base, m)) is not None}
         if "downstream" in row:
             row["downstream_vs_baseline"] = compare_downstream(row, base)
+        along = curve_deltas(row, base) if row is not base else None
+        if along is not None:
+            row["curve_vs_baseline"] = along
         core = row["flops_per_token"]["core"]
         gap = abs(core - base_core) / base_core
         row["core_flops_ratio"] = core / base_core

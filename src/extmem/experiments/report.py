@@ -17,6 +17,7 @@ from extmem.experiments.capacity_plots import (
     plot_capacity,
     plot_capacity_bars,
 )
+from extmem.experiments.curve_deltas import curve_delta_table
 from extmem.experiments.plots import plot_curves, plot_quality, seeds_label
 from extmem.experiments.tuning import tuning_tables
 from extmem.experiments.usage_curves import has_usage_chart, plot_usage
@@ -204,6 +205,7 @@ def markdown(results: dict, command: str) -> str:
     for row in results["variants"]:
         values = ", ".join(f"{v:.4f}" for v in row.get("val_loss", {}).get("values", []))
         lines.append(f"- {row['variant']}: {values}")
+    lines += curve_delta_table(results)
     if any("capacity" in row for row in results["variants"]):
         lines += ["", "Knowledge stored (capacity meter; chance-corrected bits of facts "
                   "recalled, see extmem.experiments.capacity):", "",
