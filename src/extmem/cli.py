@@ -170,6 +170,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from extmem.console import print_table
     from extmem.experiments import load_sweep, run_sweep
     from extmem.experiments.report import rich_table, write_report
+    from extmem.experiments.tuning import tuning_lines
 
     sweep = load_sweep(args.sweep, args.set, steps=args.steps, tokens=args.tokens,
                        exposures=args.exposures, baseline=args.baseline)
@@ -196,6 +197,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print_table(Console(), rich_table(results))
         for warning in results["warnings"]:
             print(f"warning: {warning}")
+        for line in tuning_lines(results):
+            print(line)
         plots = sorted(p.name for p in out.glob("*.png"))
         print(f"report: {out / 'results.md'} (plots: {', '.join(plots) or 'none'})")
     return 0

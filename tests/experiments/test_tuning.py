@@ -3,6 +3,7 @@
 import pytest
 from tests.cli_helpers import error_line, run_sweep
 
+from extmem.cli import main
 from extmem.experiments.tuning import tuning_summary
 
 
@@ -58,6 +59,11 @@ def test_a_grid_sweep_reports_the_winner_per_group(tiny_config, tmp_path, capsys
     out = tmp_path / "out"
     results = run_sweep(capsys, tiny_config.parent / "grid.toml", SWEEP, out,
                         "train.eval_every=0")
+    # the terminal says each group's winner (a rerun trains nothing: every run has finished)
+    assert main(["compare", str(tiny_config.parent / "grid.toml"), "--out", str(out),
+                 "--quiet", "--set", "train.eval_every=0"]) == 0
+    printed = capsys.readouterr().out
+    assert "tuning pkm: best stored_bits pkm " in printed and "(the default)" in printed
     bits = {row["variant"]: row["stored_bits"]["mean"] for row in results["variants"]}
     dense = results["tuning"]["dense"]
     assert dense["default"] == "dense" and dense["metric"] == "stored_bits"

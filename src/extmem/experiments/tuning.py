@@ -70,3 +70,17 @@ def tuning_tables(results: dict) -> list[str]:
                          f"{value['std']:.2g} | {delta} | "
                          f"{'-' if loss is None else format(loss['mean'], '.4f')} |")
     return lines
+
+
+def tuning_lines(results: dict) -> list[str]:
+    """For the terminal: one line per group of a tuning grid, its winner and its default."""
+    by_name = {row["variant"]: row for row in results["variants"]}
+    lines = []
+    for group, entry in results.get("tuning", {}).items():
+        metric, winner, default = entry["metric"], entry["winner"], entry["default"]
+        versus = (f" vs the default {default}'s {_mean(by_name[default], metric):.6g}"
+                  if default in by_name and default != winner else
+                  " (the default)" if default == winner else f" (default {default} not finished)")
+        lines.append(f"tuning {group}: best {metric} {winner} "
+                     f"{_mean(by_name[winner], metric):.6g}{versus}")
+    return lines
