@@ -17,6 +17,7 @@ from extmem.bench.capacity import CapacityBenchConfig
 from extmem.bench.engram_prefetch import EngramPrefetchBenchConfig
 from extmem.bench.kernels import KernelsBenchConfig
 from extmem.bench.model import ModelBenchConfig
+from extmem.bench.optimizer import OptimizerBenchConfig
 from extmem.bench.pkm import PkmBenchConfig
 from extmem.data.config import DataConfig
 from extmem.experiments.downstream import DownstreamConfig
@@ -52,6 +53,7 @@ CONFIG_SETUP: dict[type, tuple[str, dict[str, Any]]] = {
     PkmBenchConfig: ("bench.pkm", {}),
     CapacityBenchConfig: ("bench.capacity", {}),
     ModelBenchConfig: ("bench.model", {}),
+    OptimizerBenchConfig: ("bench.optimizer", {}),
     KernelsBenchConfig: ("bench.kernels", {}),
     EngramPrefetchBenchConfig: ("bench.engram-prefetch", {}),
 }

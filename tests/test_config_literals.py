@@ -39,7 +39,7 @@ from tests.config_classes import declares, discover, missing_setup, setups
 
 EXPECTED = {"ProductKeyConfig", "ExpertsConfig", "EngramConfig", "MemoryConfig", "AltUpConfig", "ModelConfig",
             "DataConfig", "ParamGroupConfig", "TrainConfig", "FinetuneConfig", "PkmBenchConfig",
-            "CapacityBenchConfig", "ModelBenchConfig", "KernelsBenchConfig"}
+            "CapacityBenchConfig", "ModelBenchConfig", "KernelsBenchConfig", "OptimizerBenchConfig"}
 
 
 def has_literal_fields(cls: type) -> bool:
