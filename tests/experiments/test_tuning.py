@@ -72,6 +72,11 @@ def test_a_grid_sweep_reports_the_winner_per_group(tiny_config, tmp_path, capsys
     report = (out / "results.md").read_text()
     assert "Tuning grid: per group, the cell with the largest mean `stored_bits` wins" in report
     assert f"**dense**: winner `{dense['winner']}` (default `dense`)" in report
+    # the winner's own settings, to carry into the experiment
+    expected = {"dense": ["model.memories=[]"],
+                "dense-lr1e-2": ["model.memories=[]", "train.lr=1e-2"]}[dense["winner"]]
+    assert dense["winner_set"] == expected and results["tuning"]["pkm"]["winner_set"] == []
+    assert "; its own settings: none (the sweep's)" in report
     # one corpus, many settings: no capacity lines or bars for a grid's families
     assert not (out / "capacity.png").exists() and not (out / "capacity_bars.png").exists()
 

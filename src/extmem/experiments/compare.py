@@ -319,7 +319,9 @@ def summarize(sweep: Sweep, out: Path, partial: bool = False) -> dict:
                if sweep.cfg.x_label else {}),
             "variants": rows, "warnings": warnings, **_unfinished(sweep, out, done),
             **({"tuning": tuning_summary(rows, {v.name: v.group for v in sweep.cfg.variants},
-                                         sweep.cfg.tune_by)} if sweep.cfg.tune_by else {})}
+                                         sweep.cfg.tune_by,
+                                         {v.name: v.set for v in sweep.cfg.variants})}
+               if sweep.cfg.tune_by else {})}
 
 
 def _unfinished(sweep: Sweep, out: Path, done: dict[str, list[int]]) -> dict:

@@ -23,10 +23,13 @@ def _mean(row: dict, metric: str) -> float:
     return stat["mean"] if stat else math.nan
 
 
-def tuning_summary(rows: list[dict], group_of: dict[str, str], metric: str) -> dict:
-    """group -> {metric, default, winner, cells (best first)} over the variants with a row
-    (at least one finished seed). `group_of`: every variant of the sweep -> its group, in
-    sweep order (a group's first variant is its default). Cells without `metric` sort last."""
+def tuning_summary(rows: list[dict], group_of: dict[str, str], metric: str,
+                   overrides: dict[str, list[str]] | None = None) -> dict:
+    """group -> {metric, default, winner, cells (best first), winner_set} over the variants
+    with a row (at least one finished seed). `group_of`: every variant of the sweep -> its
+    group, in sweep order (a group's first variant is its default). Cells without `metric`
+    are not ranked. `overrides`: each variant's own `set`; the winner's goes into
+    `winner_set`, the settings to carry into the experiment (beside the sweep-level `set`)."""
     larger_is_better = TUNE_METRICS[metric]
     by_name = {row["variant"]: row for row in rows}
     out: dict = {}
@@ -39,6 +42,8 @@ def tuning_summary(rows: list[dict], group_of: dict[str, str], metric: str) -> d
                    else _mean(by_name[v], metric))
         out[group] = {"metric": metric, "default": members[0], "winner": cells[0],
                       "cells": cells}
+        if overrides is not None:
+            out[group]["winner_set"] = list(overrides.get(cells[0], []))
     return out
 
 
@@ -56,8 +61,12 @@ def tuning_tables(results: dict) -> list[str]:
              "(Δ vs the group's default cell, its first variant):"]
     for group, entry in tuning.items():
         default = by_name.get(entry["default"])
+        settings = entry.get("winner_set")
+        carried = ("" if settings is None else
+                   f"; its own settings: `{'`, `'.join(settings)}`" if settings else
+                   "; its own settings: none (the sweep's)")
         lines += ["", f"**{group}**: winner `{entry['winner']}` (default `{entry['default']}`"
-                  f"{'' if default else ', not finished yet'})", "",
+                  f"{'' if default else ', not finished yet'}){carried}", "",
                   f"| cell | seeds | {metric} | Δ vs default | val loss |", "|---|---|---|---|---|"]
         for name in entry["cells"]:
             row = by_name[name]
