@@ -88,23 +88,31 @@ def model_config(name: str, cfg: ModelBenchConfig) -> tuple[ModelConfig, TrainCo
     return model, dataclasses.replace(train, param_groups=groups)
 
 
-class _Subject:
-    def __init__(self, name: str, cfg: ModelBenchConfig) -> None:
-        model_cfg, train_cfg = model_config(name, cfg)
-        torch.manual_seed(cfg.seed)
-        self.name, self.model = name, Transformer(model_cfg)
+class TrainStep:
+    """One model's training step on a fixed random token batch, as the model benchmarks time
+    it (here and bench/optimizer.py): forward, next-token cross-entropy, backward, clipping
+    (train.grad_clip), optimizer step (build_optimizer), zero_grad."""
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, batch_size: int,
+                 seq_len: int, seed: int) -> None:
+        torch.manual_seed(seed)
+        self.model = Transformer(model_cfg)
         self.optimizer, _ = build_optimizer(self.model, train_cfg)
         self.clip = train_cfg.grad_clip
-        g = torch.Generator().manual_seed(cfg.seed)
-        self.ids = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.seq_len + 1), generator=g)
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, model_cfg.vocab_size, (batch_size, seq_len + 1), generator=g)
         self.params = sum(p.numel() for p in self.model.parameters())
 
-    def step(self) -> None:
+    def backward(self) -> None:
+        """Forward, loss and backward, gradients clipped: what the optimizer step consumes."""
         self.model.train()
         logits = self.model(self.ids[:, :-1])  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), self.ids[:, 1:].flatten())
         loss.backward()
         clip_grad_norm(self.model.parameters(), self.clip)
+
+    def step(self) -> None:
+        self.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -112,17 +120,18 @@ class _Subject:
 def run_model_bench(cfg: ModelBenchConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
     env = environment()
-    subjects = [_Subject(name, cfg) for name in cfg.models]
+    subjects = {name: TrainStep(*model_config(name, cfg), cfg.batch_size, cfg.seq_len, cfg.seed)
+                for name in cfg.models}
     log_progress(progress, f"bench model: {len(subjects)} models, {cfg.warmup} warmup + {cfg.repeats} "
                    "interleaved rounds")
-    ops = {s.name: {"step_ms": s.step} for s in subjects}
+    ops = {name: {"step_ms": s.step} for name, s in subjects.items()}
     warm_up(ops, cfg.warmup)
     timings = timed_rounds(ops, cfg.repeats)
     tokens = cfg.batch_size * cfg.seq_len
     models = {}
-    for s in subjects:
-        summary = timings[s.name]["step_ms"]
-        models[s.name] = {"params": s.params, "step_ms": summary,
+    for name, s in subjects.items():
+        summary = timings[name]["step_ms"]
+        models[name] = {"params": s.params, "step_ms": summary,
                           "tokens_per_s": round(tokens / (summary["median"] / 1000), 1)}
     ratios = {}
     if "dense" in models:

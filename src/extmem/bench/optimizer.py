@@ -23,13 +23,14 @@ here is a lower bound).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F
 
 from extmem.bench.markdown import command_lines, environment_line
+from extmem.bench.model import TrainStep
 from extmem.bench.timing import (
     environment,
     finish_environment,
@@ -43,10 +44,7 @@ from extmem.errors import ConfigError
 from extmem.memory import ExpertsConfig, MemoryConfig, NgramLookupConfig, ProductKeyConfig
 from extmem.memory.kernels.backend import active_backend
 from extmem.model.config import ModelConfig
-from extmem.model.transformer import Transformer
 from extmem.run.config import TrainConfig
-from extmem.train.optim import build_optimizer
-from extmem.train.sparse_optim import clip_grad_norm
 
 BenchModel = Literal["dense", "pkm16", "pkm18", "peer16", "ngram"]
 MODELS: tuple[str, ...] = get_args(BenchModel)
@@ -95,42 +93,25 @@ def _memories(name: str, cfg: OptimizerBenchConfig) -> list[MemoryConfig]:
                          **({"experts": ExpertsConfig(hidden=1)} if experts else {}))]
 
 
-class _Subject:
-    """One model with one AdamW implementation; the same initial weights for both."""
+def _train_step(name: str, implementation: str, cfg: OptimizerBenchConfig) -> TrainStep:
+    """Model `name` with one AdamW implementation; both get the same initial weights."""
+    model_cfg = ModelConfig(vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers,
+                            n_heads=cfg.n_heads, ffn="swiglu", max_seq_len=max(128, cfg.seq_len),
+                            memories=_memories(name, cfg))
+    subject = TrainStep(model_cfg, TrainConfig(), cfg.batch_size, cfg.seq_len, cfg.seed)
+    if implementation == "for-loop":  # before the first step: state is made per group
+        for group in subject.optimizer.param_groups:
+            group["fused"] = None
+    return subject
 
-    def __init__(self, name: str, implementation: str, cfg: OptimizerBenchConfig) -> None:
-        model_cfg = ModelConfig(vocab_size=cfg.vocab_size, d_model=cfg.d_model,
-                                n_layers=cfg.n_layers, n_heads=cfg.n_heads, ffn="swiglu",
-                                max_seq_len=max(128, cfg.seq_len), memories=_memories(name, cfg))
-        torch.manual_seed(cfg.seed)
-        self.model = Transformer(model_cfg)
-        train = TrainConfig()
-        self.optimizer, _ = build_optimizer(self.model, train)
-        if implementation == "for-loop":  # before the first step: state is made per group
-            for group in self.optimizer.param_groups:
-                group["fused"] = None
-        self.clip = train.grad_clip
-        generator = torch.Generator().manual_seed(cfg.seed)
-        self.ids = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.seq_len + 1),
-                                 generator=generator)
-        self.params = sum(p.numel() for p in self.model.parameters())
 
-    def _backward(self) -> None:
-        logits = self.model(self.ids[:, :-1])  # (B, T, V)
-        F.cross_entropy(logits.flatten(0, 1).float(), self.ids[:, 1:].flatten()).backward()
-        clip_grad_norm(self.model.parameters(), self.clip)
-
-    def step(self) -> None:
-        self.model.train()
-        self._backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def optimizer_step(self) -> None:
-        """The optimizer step alone, on the gradients of one backward pass (made once)."""
-        if next(self.model.parameters()).grad is None:
-            self._backward()
-        self.optimizer.step()
+def _optimizer_step(subject: TrainStep) -> Callable[[], None]:
+    """The optimizer step alone, on the gradients of one backward pass (made at first call)."""
+    def step() -> None:
+        if next(subject.model.parameters()).grad is None:
+            subject.backward()
+        subject.optimizer.step()
+    return step
 
 
 def run_optimizer_bench(cfg: OptimizerBenchConfig, progress: bool = True) -> dict:
@@ -141,11 +122,11 @@ def run_optimizer_bench(cfg: OptimizerBenchConfig, progress: bool = True) -> dic
         # the numba kernels run only where torch owns every numba thread (kernels/backend.py):
         # with threads = 1, start it as the sweeps' workers are, NUMBA_NUM_THREADS=1
         kernels = active_backend(torch.zeros(1))
-        subjects = {f"{name}/{impl}": _Subject(name, impl, cfg)
+        subjects = {f"{name}/{impl}": _train_step(name, impl, cfg)
                     for name in cfg.models for impl in IMPLEMENTATIONS}
         log_progress(progress, f"bench optimizer: {len(subjects)} subjects, {cfg.warmup} warmup "
                                f"+ {cfg.repeats} interleaved rounds")
-        ops = {key: {"step_ms": s.step, "optimizer_ms": s.optimizer_step}
+        ops = {key: {"step_ms": s.step, "optimizer_ms": _optimizer_step(s)}
                for key, s in subjects.items()}
         warm_up(ops, cfg.warmup)
         timings = timed_rounds(ops, cfg.repeats)

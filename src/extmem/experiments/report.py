@@ -31,15 +31,23 @@ def _pm(stat: dict | None, digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
-def _delta(row: dict, metric: str, baseline: str) -> str:
+def _delta(row: dict, metric: str, baseline: str, digits: str = ".4f",
+           ratio: bool = False) -> str:
+    """Δ of `metric` vs the baseline with its Welch 95% interval, then its significance note,
+    or (`ratio`) the ratio of the means; `digits`: the format of the numbers (".3g" for
+    per-FLOP figures of ~1e-12)."""
     if row["variant"] == baseline:
         return "baseline"
     comparison = row["vs_baseline"].get(metric)
     if comparison is None:
         return "-"
     low, high = comparison.get("interval95", (math.nan, math.nan))
-    interval = "" if math.isnan(low) else f" [{low:+.4f}, {high:+.4f}]"
-    return f"{comparison['diff']:+.4f}{interval} ({comparison['note']})"
+    interval = "" if math.isnan(low) else f" [{low:+{digits}}, {high:+{digits}}]"
+    if not ratio:
+        return f"{comparison['diff']:+{digits}}{interval} ({comparison['note']})"
+    base_mean = row[metric]["mean"] - comparison["diff"]
+    means = f", x{row[metric]['mean'] / base_mean:.2f}" if base_mean > 0 else ""
+    return f"{comparison['diff']:+{digits}}{interval}{means}"
 
 
 def _speed(row: dict) -> str:
@@ -87,21 +95,6 @@ def _g(stat: dict | None) -> str:
     return f"{stat['mean']:.3g} ± {stat['std']:.2g}" if stat else "-"
 
 
-def _storage_delta(row: dict, metric: str, baseline: str) -> str:
-    """Δ of a storage metric vs the baseline with its 95% interval and the ratio of the means,
-    3 significant digits (per-FLOP figures are ~1e-12)."""
-    if row["variant"] == baseline:
-        return "baseline"
-    comparison = row["vs_baseline"].get(metric)
-    if comparison is None:
-        return "-"
-    low, high = comparison["interval95"]
-    interval = "" if math.isnan(low) else f" [{low:+.3g}, {high:+.3g}]"
-    base_mean = row[metric]["mean"] - comparison["diff"]
-    ratio = f", x{row[metric]['mean'] / base_mean:.2f}" if base_mean > 0 else ""
-    return f"{comparison['diff']:+.3g}{interval}{ratio}"
-
-
 def _storage_table(rows: list[dict], baseline: str) -> list[str]:
     """The storage meter (extmem.run.storage) beside the capacity table: stored bits from the
     loss on the values of training phrasings, recall on training vs held-out phrasings."""
@@ -135,7 +128,7 @@ def _storage_table(rows: list[dict], baseline: str) -> list[str]:
                      f"{_pm(row.get('recall_heldout_phrasing'), 3)} | "
                      f"{_pm(cap.get('bits_train_phrasing'), 0)} / {_pm(cap.get('bits'), 0)} |")
         deltas.append(f"| {row['variant']} | " + " | ".join(
-            _storage_delta(row, metric, baseline) for metric in STORAGE_COMPARED) + " |")
+            _delta(row, metric, baseline, ".3g", ratio=True) for metric in STORAGE_COMPARED) + " |")
     return lines + deltas
 
 

@@ -11,6 +11,7 @@ kind share one optimizer and all are driven as one `OptimizerSet`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -89,10 +90,8 @@ def adamw(groups: list[dict], betas: tuple[float, float]) -> torch.optim.AdamW:
     A 2.1M-row value table's step takes ~4x less time (docs/performance.md). Elsewhere
     (FSDP2's DTensors, an older torch) the default implementation."""
     if not any(isinstance(p, DTensor) for group in groups for p in group["params"]):
-        try:
+        with contextlib.suppress(RuntimeError):  # no fused kernel here: the default below
             return torch.optim.AdamW(groups, betas=betas, fused=True)
-        except RuntimeError:  # no fused kernel for these devices in this torch
-            pass
     return torch.optim.AdamW(groups, betas=betas)
 
 
