@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from extmem.memory import ExpertsConfig, ValueTable
 from extmem.memory import experts as experts_module
 from extmem.memory.experts import ExpertsReadout, init_expert_table
+from extmem.memory.sparse import dense_gather
 from extmem.train.sparse_optim import coalesced
 
 
@@ -81,3 +82,20 @@ def test_sparse_updates_give_the_dense_gradient_on_the_experts_used_only(num_exp
     torch.testing.assert_close(sparse_grad.to_dense(), dense_grad)
     for dense_part, sparse_part in zip(grads[0][1:], grads[1][1:], strict=True):
         torch.testing.assert_close(sparse_part, dense_part)
+
+
+def test_dense_gather_gives_autograds_gradient_with_repeated_rows():
+    """The expert rows' dense gradient, summed by index_add_, equals autograd's `weight[idx]`
+    (index_put with accumulate), repeated reads of a row included; the forward is the same
+    gather."""
+    torch.manual_seed(5)
+    weight = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    idx = torch.tensor([[0, 3, 3], [6, 0, 3]])  # row 3 three times, row 0 twice
+    upstream = torch.randn(2, 3, 4, dtype=torch.float64)
+    (reference_grad,) = torch.autograd.grad((weight[idx] * upstream).sum(), weight)
+    rows = dense_gather(weight, idx)  # (2, 3, 4)
+    (grad,) = torch.autograd.grad((rows * upstream).sum(), weight)
+    torch.testing.assert_close(rows, weight[idx])
+    torch.testing.assert_close(grad, reference_grad)
+    assert grad[3].allclose(upstream[0, 1] + upstream[0, 2] + upstream[1, 2])
+    assert grad[[1, 2, 4, 5]].eq(0).all()  # rows never read get no gradient

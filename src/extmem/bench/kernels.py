@@ -15,6 +15,10 @@ setting: `tokens` = 4,096, `heads` = 4, `topk` = 32, key width `key_dim` = 256, 
                     index_select + add + torch.topk
 - usage_record:     usage counters of tokens x heads x topk reads vs index_add_ x 2 + index_fill_
 - lazy_adam:        `adam_rows` touched rows of the table vs the unfused torch update
+- expert_gather_grad: the dense gradient of `tokens` x heads * topk rows gathered from the
+                    table (PEER's experts, `extmem.memory.experts`): `dense_gather`'s
+                    `index_add_` vs autograd's `index_put_(accumulate=True)` (torch both
+                    ways, timed with or without numba)
 
 Fused calls run under `use_kernels("numba")`, portable ones under `use_kernels("torch")`
 (`extmem.memory.kernels`); the rounds alternate them (`extmem.bench.timing.timed_rounds`).
@@ -38,13 +42,14 @@ from extmem.memory import kernels
 from extmem.memory import topk as topk_module
 from extmem.memory.pair_topk import best_pairs
 from extmem.memory.read_weight_grad import read_weight_grad
-from extmem.memory.sparse import row_sparse_grad
+from extmem.memory.sparse import dense_gather, row_sparse_grad
 from extmem.memory.stats import UsageCounters
 from extmem.train.sparse_optim import LazyAdam
 
 Kernel = Literal["topk", "topk_model", "read_weight_grad", "subkey_grad", "best_pairs",
-                 "usage_record", "lazy_adam"]
+                 "usage_record", "lazy_adam", "expert_gather_grad"]
 KERNELS: tuple[str, ...] = get_args(Kernel)
+WITHOUT_NUMBA = {"expert_gather_grad"}  # both sides are torch: timed whether numba is installed
 MODEL_TOPK = 8  # top-k of the memory in `extmem bench model` (configs/quickstart.toml)
 INSTALL_HINT = 'pip install "extmem[fast]"'
 
@@ -150,6 +155,15 @@ def _lazy_adam(cfg: KernelsBenchConfig, g: torch.Generator, table: torch.Tensor)
             "portable": _using("torch", step(LazyAdam([param])))}
 
 
+def _expert_gather_grad(cfg: KernelsBenchConfig, g: torch.Generator,
+                        table: torch.Tensor) -> dict:
+    weight = table.clone().requires_grad_()  # (N, d)
+    reads = torch.randint(0, table.shape[0], (cfg.tokens, cfg.heads * cfg.topk), generator=g)
+    upstream = torch.randn(*reads.shape, cfg.dim, generator=g)  # (T, H*k, d)
+    return {"fused": lambda: torch.autograd.grad(dense_gather(weight, reads), weight, upstream),
+            "portable": lambda: torch.autograd.grad(weight[reads], weight, upstream)}
+
+
 def subjects(cfg: KernelsBenchConfig) -> dict[str, dict[str, Callable[[], object]]]:
     """kernel name -> {"fused": one call, "portable": one call}, for the kernels of `cfg`."""
     g = torch.Generator().manual_seed(cfg.seed)
@@ -169,6 +183,8 @@ def subjects(cfg: KernelsBenchConfig) -> dict[str, dict[str, Callable[[], object
             out[name] = _subkey_grad(cfg, g)
         elif name == "best_pairs":
             out[name] = _best_pairs(cfg, g)
+        elif name == "expert_gather_grad":
+            out[name] = _expert_gather_grad(cfg, g, table)
         elif name == "usage_record":
             idx = torch.randint(0, slots, (1, cfg.tokens, cfg.heads, cfg.topk), generator=g)
             w = torch.rand(1, cfg.tokens, cfg.heads, cfg.topk, generator=g)  # (B, T, H, k)
@@ -188,15 +204,15 @@ def run_kernels_bench(cfg: KernelsBenchConfig, progress: bool = True) -> dict:
                  + ("" if fused else f" (portable only: numba is not installed; {INSTALL_HINT})"))
     pairs = subjects(cfg)
     timed: dict[str, Ops] = {"portable": {name: ops["portable"] for name, ops in pairs.items()}}
-    if fused:
-        timed["fused"] = {name: ops["fused"] for name, ops in pairs.items()}
+    timed["fused"] = {name: ops["fused"] for name, ops in pairs.items()
+                      if fused or name in WITHOUT_NUMBA}
     warm_up(timed, cfg.warmup)
     timings = timed_rounds(timed, cfg.repeats)
     results = {}
     for name in cfg.kernels:
         portable = timings["portable"][name]
         entry: dict = {"portable_ms": portable, "fused_ms": None, "speedup": None}
-        if fused:
+        if name in timed["fused"]:
             entry["fused_ms"] = timings["fused"][name]
             entry["speedup"] = round(portable["median"] / entry["fused_ms"]["median"], 3)
         results[name] = entry
@@ -224,6 +240,10 @@ _WHAT = {
                               f"of {c['n_keys'] ** 2:,} slots (vs index ops)",
     "lazy_adam": lambda c: f"lazy Adam, {c['adam_rows']:,} touched rows of "
                            f"{c['n_keys'] ** 2:,} x {c['dim']} (vs unfused torch)",
+    "expert_gather_grad": lambda c: f"dense gradient of {c['tokens']:,} x "
+                                    f"{c['heads'] * c['topk']} rows gathered from "
+                                    f"{c['n_keys'] ** 2:,} x {c['dim']}: index_add_ (vs "
+                                    "autograd's index_put_)",
 }
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from extmem.memory.config import ExpertsConfig
-from extmem.memory.sparse import sparse_gather
+from extmem.memory.sparse import dense_gather, sparse_gather
 from extmem.memory.table import ValueTable
 
 GROUPED_MAX_EXPERTS = 256  # above this, gather weights per token (PEER-style)
@@ -46,10 +46,11 @@ def init_expert_table(table: ValueTable, d_model: int, hidden: int, zero_output:
 
 def _rows(table: ValueTable, idx: torch.Tensor) -> torch.Tensor:
     """The expert rows `idx` (...) -> (..., D); with `sparse_updates` their gradient is
-    row-sparse (only the experts used this step), as a value table's bag is."""
-    if table.sparse and table.weight.requires_grad and torch.is_grad_enabled():
-        return sparse_gather(table.weight, idx)
-    return table.weight[idx]
+    row-sparse (only the experts used this step), as a value table's bag is; else dense,
+    summed by `index_add_` (`dense_gather`)."""
+    if not (table.weight.requires_grad and torch.is_grad_enabled()):
+        return table.weight[idx]
+    return (sparse_gather if table.sparse else dense_gather)(table.weight, idx)
 
 
 class ExpertsReadout(nn.Module):

@@ -97,6 +97,30 @@ class _RowSparseGather(torch.autograd.Function):
         return row_sparse_grad(flat_grad, reads, ones, ctx.num_rows), None
 
 
+class _DenseGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # weight (N, D); idx (...) int64 -> rows (..., D)
+        ctx.save_for_backward(idx)
+        ctx.num_rows = weight.shape[0]
+        return weight[idx]
+
+    @staticmethod
+    def backward(ctx, grad_rows: torch.Tensor):  # type: ignore[override]
+        (idx,) = ctx.saved_tensors
+        flat_grad = grad_rows.reshape(-1, grad_rows.shape[-1])  # (R, D)
+        grad = flat_grad.new_zeros(ctx.num_rows, flat_grad.shape[1])  # (N, D)
+        return grad.index_add_(0, idx.reshape(-1), flat_grad), None
+
+
+def dense_gather(weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """`weight[idx]`, (N, D) and (...) -> (..., D), with the same dense gradient as autograd's,
+    summed by one `index_add_` instead of `index_put_(accumulate=True)`: on one CPU thread
+    2.4x faster for PEER's reads (2,048 x 32 rows of 64 into 65,536; docs/performance.md).
+    Equal up to float summation order."""
+    return _DenseGather.apply(weight, idx)
+
+
 def sparse_gather(weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """`weight[idx]`, (N, D) and (...) -> (..., D), with a coalesced row-sparse gradient (one
     row per distinct row read, the reads of a row summed): expert rows gathered as weights
