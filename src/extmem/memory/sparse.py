@@ -78,7 +78,9 @@ def sparse_bag(weight: torch.Tensor, bags: torch.Tensor, weights: torch.Tensor) 
     return _RowSparseBag.apply(weight, bags, weights)
 
 
-class _RowSparseGather(torch.autograd.Function):
+class _Gather(torch.autograd.Function):
+    """`weight[idx]`; subclasses say how the (N, D) table gradient is formed."""
+
     @staticmethod
     def forward(ctx, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         # weight (N, D); idx (...) int64 -> rows (..., D)
@@ -86,6 +88,8 @@ class _RowSparseGather(torch.autograd.Function):
         ctx.num_rows = weight.shape[0]
         return weight[idx]
 
+
+class _RowSparseGather(_Gather):
     @staticmethod
     def backward(ctx, grad_rows: torch.Tensor):  # type: ignore[override]
         (idx,) = ctx.saved_tensors
@@ -97,14 +101,7 @@ class _RowSparseGather(torch.autograd.Function):
         return row_sparse_grad(flat_grad, reads, ones, ctx.num_rows), None
 
 
-class _DenseGather(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        # weight (N, D); idx (...) int64 -> rows (..., D)
-        ctx.save_for_backward(idx)
-        ctx.num_rows = weight.shape[0]
-        return weight[idx]
-
+class _DenseGather(_Gather):
     @staticmethod
     def backward(ctx, grad_rows: torch.Tensor):  # type: ignore[override]
         (idx,) = ctx.saved_tensors
@@ -115,9 +112,10 @@ class _DenseGather(torch.autograd.Function):
 
 def dense_gather(weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """`weight[idx]`, (N, D) and (...) -> (..., D), with the same dense gradient as autograd's,
-    summed by one `index_add_` instead of `index_put_(accumulate=True)`: on one CPU thread
-    2.4x faster for PEER's reads (2,048 x 32 rows of 64 into 65,536; docs/performance.md).
-    Equal up to float summation order."""
+    summed by one `index_add_` instead of `index_put_(accumulate=True)`: gather and backward
+    1.50x faster on one CPU thread for PEER's reads (2,048 x 32 rows of 64 from 65,536; `extmem
+    bench kernels`, `expert_gather_grad`; docs/performance.md). Equal up to float summation
+    order."""
     return _DenseGather.apply(weight, idx)
 
 
