@@ -175,6 +175,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep, args.set, steps=args.steps, tokens=args.tokens,
                        exposures=args.exposures, baseline=args.baseline)
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.cfg.name
+    if args.status:  # where each run stands and the time left; train nothing
+        return _print_sweep_status(sweep, out, args)
     if args.report_only:  # summarise what has finished; train nothing
         from extmem.experiments.compare import summarize
         results = summarize(sweep, out, partial=True)
@@ -201,6 +203,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(line)
         plots = sorted(p.name for p in out.glob("*.png"))
         print(f"report: {out / 'results.md'} (plots: {', '.join(plots) or 'none'})")
+    return 0
+
+
+def _print_sweep_status(sweep, out: Path, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from extmem.console import print_table
+    from extmem.experiments.sweep_status import (
+        status_lines,
+        status_summary,
+        status_table,
+        sweep_status,
+    )
+
+    rows = sweep_status(sweep, out, only=args.only)
+    summary = status_summary(rows)
+    if args.json:
+        _print_json({"sweep": sweep.cfg.name, "out": str(out), **summary})
+        return 0
+    print_table(Console(), status_table(rows, f"{sweep.cfg.name} in {out}"))
+    for line in status_lines(summary):
+        print(line)
     return 0
 
 
@@ -407,9 +431,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="budget: train every run for N steps (replaces "
                                              "the sweep's steps / tokens)")
     p.add_argument("--tokens", type=int, help="budget: train every run on N tokens")
-    p.add_argument("--report-only", action="store_true",
-                   help="train nothing: report the runs that have finished (a sweep running "
-                        "elsewhere, or stopped part-way), the rest listed as pending")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--report-only", action="store_true",
+                       help="train nothing: report the runs that have finished (a sweep "
+                            "running elsewhere, or stopped part-way), the rest listed as "
+                            "pending")
+    shown.add_argument("--status", action="store_true",
+                       help="train nothing: list every run as finished, training (by which "
+                            "process), stopped at a checkpoint or not started, its steps done "
+                            "and the training time it still needs (with --only: those runs)")
     p.add_argument("--exposures", type=int, metavar="E",
                    help="budget: train every run until each training token was seen E times "
                         "(steps = ceil(E x training tokens / tokens per step))")

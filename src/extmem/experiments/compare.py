@@ -52,7 +52,8 @@ def run_dir_for(out: Path, variant: str, seed: int) -> Path:
     return out / variant / f"seed-{seed}"
 
 
-def _finished(run_dir: Path, steps: int) -> bool:
+def run_finished(run_dir: Path, steps: int) -> bool:
+    """A run whose results.json says it trained `steps` steps."""
     path = run_dir / RESULTS_FILE
     if not path.is_file():
         return False
@@ -71,7 +72,7 @@ def _train_one(sweep: Sweep, out: Path, variant: str, seed: int, label: str,
     here), else True."""
     cfg = sweep.runs[variant][seed]
     run_dir = run_dir_for(out, variant, seed)
-    if _finished(run_dir, cfg.train.steps):
+    if run_finished(run_dir, cfg.train.steps):
         console.print(f"{label} {variant} seed {seed}: finished, skipped")
         return True
     holder = holder_of(run_dir)
@@ -79,7 +80,7 @@ def _train_one(sweep: Sweep, out: Path, variant: str, seed: int, label: str,
     if (holder is None and source is not None and not sweep.variant(variant).init_from
             and not (run_dir / CONFIG_FILE).exists()):
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        if reuse_run(source, run_dir) or _finished(run_dir, cfg.train.steps):
+        if reuse_run(source, run_dir) or run_finished(run_dir, cfg.train.steps):
             console.print(f"{label} {variant} seed {seed}: the same config finished in "
                           f"{source}, reused")
             return True
@@ -153,7 +154,7 @@ def run_sweep(sweep: Sweep, out: Path, quiet: bool = False,
                                             if (v, s) not in elsewhere], console, quiet)
     # the other processes may have finished theirs while this one trained
     elsewhere = [(variant, seed) for variant, seed in elsewhere
-                 if not _finished(run_dir_for(out, variant, seed),
+                 if not run_finished(run_dir_for(out, variant, seed),
                                   sweep.runs[variant][seed].train.steps)]
     if elsewhere:
         console.print(f"{len(elsewhere)} run(s) still training in other processes: reporting "
@@ -202,7 +203,7 @@ def _usage(results: dict) -> dict[str, float]:
 def finished_seeds(sweep: Sweep, out: Path, variant: str) -> list[int]:
     """The seeds of `variant` whose run has finished its budget."""
     return [seed for seed, cfg in sweep.runs[variant].items()
-            if _finished(run_dir_for(out, variant, seed), cfg.train.steps)]
+            if run_finished(run_dir_for(out, variant, seed), cfg.train.steps)]
 
 
 def summarize_variant(sweep: Sweep, out: Path, variant: str,

@@ -1,0 +1,139 @@
+"""Where a sweep stands (`extmem compare SWEEP --status`): for every (variant, seed), finished,
+training now (and by which process), stopped part-way (the checkpoint it resumes from) or not
+started; the steps done of its budget; and the time its training steps still need.
+
+A sweep of many hours runs in pieces, across processes and working sessions (experiments/
+compare.py); this is the view that says what is left before starting the next piece. The
+time left is the steps left times the run's own seconds per step (the median of its last
+logged training rates), or, for a run with none yet, the median of the runs of its `group`
+(the same model at another corpus size or setting). Evaluations and compilation come on top.
+Nothing is trained, written or locked: the lock probe (run/lock.py) frees what it takes.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+from extmem.experiments.compare import run_dir_for, run_finished, selected_variants
+from extmem.experiments.sweep import Sweep
+from extmem.run.checkpoint.format import list_checkpoints
+from extmem.run.lock import holder_of
+from extmem.run.run_dir import read_metrics
+
+FINISHED, TRAINING, STOPPED, NOT_STARTED = "finished", "training", "stopped", "not started"
+RATE_RECORDS = 5  # the last logged training rates a run's seconds per step is the median of
+
+
+@dataclass
+class RunStatus:
+    variant: str
+    seed: int
+    state: str                      # FINISHED | TRAINING | STOPPED | NOT_STARTED
+    step: int                       # steps done (a stopped run: its newest checkpoint's step)
+    steps: int                      # the run's budget
+    holder: str | None              # the process training it (TRAINING only)
+    seconds_per_step: float | None  # measured on this run, else its group's median, else None
+    seconds_left: float | None      # (steps - step) x seconds_per_step; 0 when finished
+
+
+def _seconds_per_step(run_dir: Path) -> float | None:
+    """The median over the run's last RATE_RECORDS training log lines of tokens per step /
+    tokens per second; None when it has logged none."""
+    rates = [r["tokens"] / r["step"] / r["tokens_per_s"] for r in read_metrics(run_dir)
+             if r.get("split") == "train" and r.get("step") and r.get("tokens")
+             and r.get("tokens_per_s")]
+    return statistics.median(rates[-RATE_RECORDS:]) if rates else None
+
+
+def _last_step(run_dir: Path) -> int:
+    steps = [r["step"] for r in read_metrics(run_dir) if r.get("split") == "train"]
+    return max(steps, default=0)
+
+
+def _checkpoint_step(run_dir: Path) -> int:
+    checkpoints = list_checkpoints(run_dir)
+    return int(checkpoints[-1].name.split("-")[-1]) if checkpoints else 0
+
+
+def _one(sweep: Sweep, out: Path, variant: str, seed: int) -> RunStatus:
+    run_dir = run_dir_for(out, variant, seed)
+    steps = sweep.runs[variant][seed].train.steps
+    rate = _seconds_per_step(run_dir) if run_dir.is_dir() else None
+    if run_finished(run_dir, steps):
+        return RunStatus(variant, seed, FINISHED, steps, steps, None, rate, 0.0)
+    holder = holder_of(run_dir)
+    if holder is not None:
+        state, step = TRAINING, _last_step(run_dir)
+    elif run_dir.is_dir() and (step := _checkpoint_step(run_dir)) > 0:
+        state = STOPPED
+    else:
+        state, step = NOT_STARTED, 0
+    return RunStatus(variant, seed, state, step, steps, holder, rate, None)
+
+
+def sweep_status(sweep: Sweep, out: Path, only: list[str] | None = None) -> list[RunStatus]:
+    """Every (variant, seed) of the sweep (those matching `only`), seed-major as compare
+    trains them, with the time left filled in from the run's own rate or its group's."""
+    chosen = selected_variants(sweep, only)
+    rows = [_one(sweep, out, variant, seed) for seed in sweep.cfg.seeds for variant in chosen
+            if seed in sweep.runs[variant]]
+    groups = {v.name: v.group or v.name for v in sweep.cfg.variants}
+    measured: dict[str, list[float]] = {}
+    for row in rows:
+        if row.seconds_per_step is not None:
+            measured.setdefault(groups[row.variant], []).append(row.seconds_per_step)
+    for row in rows:
+        if row.state == FINISHED:
+            continue
+        if row.seconds_per_step is None and groups[row.variant] in measured:
+            row.seconds_per_step = statistics.median(measured[groups[row.variant]])
+        if row.seconds_per_step is not None:
+            row.seconds_left = (row.steps - row.step) * row.seconds_per_step
+    return rows
+
+
+def status_summary(rows: list[RunStatus]) -> dict:
+    """Counts per state and the training time left in all (runs without an estimate
+    counted apart), as `--status --json` prints beside the runs."""
+    left = [r for r in rows if r.state != FINISHED]
+    return {"runs": [asdict(r) for r in rows],
+            "counts": {state: sum(r.state == state for r in rows)
+                       for state in (FINISHED, TRAINING, STOPPED, NOT_STARTED)},
+            "seconds_left": sum(r.seconds_left for r in left if r.seconds_left is not None),
+            "runs_without_estimate": sum(r.seconds_left is None for r in left)}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def status_table(rows: list[RunStatus], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("variant", "seed", "state", "steps done", "s / step", "time left"):
+        table.add_column(column, justify="left" if column in ("variant", "state") else "right")
+    for row in rows:
+        state = row.state if row.holder is None else f"{row.state} ({row.holder})"
+        rate = "-" if row.seconds_per_step is None else f"{row.seconds_per_step:.3f}"
+        table.add_row(row.variant, str(row.seed), state, f"{row.step:,} / {row.steps:,}", rate,
+                      "" if row.state == FINISHED else _duration(row.seconds_left))
+    return table
+
+
+def status_lines(summary: dict) -> list[str]:
+    """The totals under the table."""
+    counts = summary["counts"]
+    line = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+    lines = [f"runs: {line}"]
+    if counts[FINISHED] < sum(counts.values()):
+        unknown = summary["runs_without_estimate"]
+        lines.append(f"training time left: {_duration(summary['seconds_left'])} of one process"
+                     + (f", and {unknown} run(s) with no rate to estimate from" if unknown else "")
+                     + " (evaluations and compilation extra; divide by the workers)")
+    return lines
