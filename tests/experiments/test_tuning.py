@@ -5,6 +5,7 @@ from tests.cli_helpers import error_line, run_sweep
 
 from extmem.cli import main
 from extmem.experiments.tuning import tuning_summary
+from extmem.experiments.tuning_plots import tuning_figure
 
 
 def _row(name: str, **metrics: float) -> dict:
@@ -79,6 +80,8 @@ def test_a_grid_sweep_reports_the_winner_per_group(tiny_config, tmp_path, capsys
     assert "; its own settings: none (the sweep's)" in report
     # one corpus, many settings: no capacity lines or bars for a grid's families
     assert not (out / "capacity.png").exists() and not (out / "capacity_bars.png").exists()
+    # but a bar chart of the grid, one panel per group
+    assert (out / "tuning.png").stat().st_size > 0 and "![tuning grid](tuning.png)" in report
 
 
 def test_a_grid_needs_a_known_metric_and_a_group_for_every_variant(tiny_config, tmp_path,
@@ -98,3 +101,24 @@ def test_a_grid_needs_a_known_metric_and_a_group_for_every_variant(tiny_config, 
 def test_a_cell_without_the_metric_is_not_ranked(metric):
     rows = [_row("a", stored_bits=1.0), _row("b", **{metric: 0.5})]
     assert tuning_summary(rows, {"a": "g", "b": "g"}, metric)["g"]["cells"] == ["b"]
+
+
+def test_the_tuning_chart_draws_each_group_best_on_top_against_the_tuned_baseline():
+    rows = [_row("dense", stored_bits=5.0), _row("dense-lr", stored_bits=7.0),
+            _row("pkm", stored_bits=10.0), _row("pkm-top32", stored_bits=30.0),
+            _row("pkm-lr", stored_bits=20.0)]
+    groups = {"dense": "dense", "dense-lr": "dense", "pkm": "pkm", "pkm-top32": "pkm",
+              "pkm-lr": "pkm"}
+    results = {"sweep": "grid", "baseline": "dense", "variants": rows,
+               "tuning": tuning_summary(rows, groups, "stored_bits")}
+    dense_ax, pkm_ax = tuning_figure(results).axes
+    # barh draws bottom-up: the best cell is the last bar, on top
+    assert [t.get_text() for t in pkm_ax.get_yticklabels()] == ["pkm", "pkm-lr", "pkm-top32"]
+    assert [bar.get_width() for bar in pkm_ax.patches] == [10.0, 20.0, 30.0]
+    hatched = [bar.get_hatch() for bar in pkm_ax.patches]
+    assert hatched[0] == "//" and not any(hatched[1:])             # the default cell
+    colors = [bar.get_facecolor() for bar in pkm_ax.patches]
+    assert colors[2] != colors[0] and colors[0] == colors[1]         # the winner stands out
+    # the dashed reference in every panel: the baseline group's winner, dense-lr's 7.0
+    for ax in (dense_ax, pkm_ax):
+        assert [line.get_xdata()[0] for line in ax.get_lines()] == [7.0]

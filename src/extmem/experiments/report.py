@@ -20,6 +20,7 @@ from extmem.experiments.capacity_plots import (
 from extmem.experiments.curve_deltas import curve_delta_table
 from extmem.experiments.plots import plot_curves, plot_quality, seeds_label
 from extmem.experiments.tuning import tuning_tables
+from extmem.experiments.tuning_plots import has_tuning_chart, plot_tuning
 from extmem.experiments.usage_curves import has_usage_chart, plot_usage
 from extmem.run.run_dir import write_json
 from extmem.run.storage import attribute_bits
@@ -214,6 +215,8 @@ def markdown(results: dict, command: str) -> str:
     lines += _storage_table(results["variants"], results["baseline"])
     lines += _attribute_table(results["variants"])
     lines += tuning_tables(results)
+    if has_tuning_chart(results):
+        lines += ["", "![tuning grid](tuning.png)"]
     lines += _downstream_table(results["variants"], results["baseline"])
     if results["warnings"]:
         lines += ["", "Warnings:", ""] + [f"- {w}" for w in results["warnings"]]
@@ -241,6 +244,8 @@ def write_report(results: dict, out: Path, command: str) -> None:
         plot_capacity_bars(results, out / "capacity_bars.png")
     if has_usage_chart(results):
         plot_usage(results, out / "usage.png")
+    if has_tuning_chart(results):
+        plot_tuning(results, out / "tuning.png")
     write_json(out / "results.json", results)
     tmp = out / f"results.md.{os.getpid()}.tmp"  # sweep workers may report at once
     tmp.write_text(markdown(results, command), encoding="utf-8")
