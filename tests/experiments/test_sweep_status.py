@@ -111,6 +111,9 @@ def test_status_cli_prints_the_runs_and_the_time_left_and_trains_nothing(
     text = capsys.readouterr().out
     assert "dense-lr" in text and "pkm" not in text
     assert "runs: 1 finished, 1 not started" in text and "training time left:" in text
+    assert main(["compare", str(sweep_file), "--out", str(out), "--status",
+                 "--only", "pkm"]) == 0
+    assert "training time left: no estimate yet" in capsys.readouterr().out
     assert not (out / "dense-lr").exists()
 
 

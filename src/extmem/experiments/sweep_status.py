@@ -131,8 +131,12 @@ def status_lines(summary: dict) -> list[str]:
     counts = summary["counts"]
     line = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
     lines = [f"runs: {line}"]
-    if counts[FINISHED] < sum(counts.values()):
-        unknown = summary["runs_without_estimate"]
+    unfinished = sum(counts.values()) - counts[FINISHED]
+    unknown = summary["runs_without_estimate"]
+    if unfinished and unknown == unfinished:
+        lines.append("training time left: no estimate yet (no run of these groups has logged "
+                     "a training step)")
+    elif unfinished:
         lines.append(f"training time left: {_duration(summary['seconds_left'])} of one process"
                      + (f", and {unknown} run(s) with no rate to estimate from" if unknown else "")
                      + " (evaluations and compilation extra; divide by the workers)")
