@@ -20,7 +20,7 @@ from rich.table import Table
 
 from extmem.experiments.compare import run_dir_for, run_finished, selected_variants
 from extmem.experiments.sweep import Sweep
-from extmem.run.checkpoint.format import list_checkpoints
+from extmem.run.checkpoint.format import checkpoint_step, latest_checkpoint
 from extmem.run.lock import holder_of
 from extmem.run.run_dir import read_metrics
 
@@ -40,36 +40,27 @@ class RunStatus:
     seconds_left: float | None      # (steps - step) x seconds_per_step; 0 when finished
 
 
-def _seconds_per_step(run_dir: Path) -> float | None:
-    """The median over the run's last RATE_RECORDS training log lines of tokens per step /
-    tokens per second; None when it has logged none."""
-    rates = [r["tokens"] / r["step"] / r["tokens_per_s"] for r in read_metrics(run_dir)
-             if r.get("split") == "train" and r.get("step") and r.get("tokens")
-             and r.get("tokens_per_s")]
+def _seconds_per_step(train_records: list[dict]) -> float | None:
+    """The median over the last RATE_RECORDS training log lines of tokens per step / tokens
+    per second; None when there are none."""
+    rates = [r["tokens"] / r["step"] / r["tokens_per_s"] for r in train_records
+             if r.get("step") and r.get("tokens") and r.get("tokens_per_s")]
     return statistics.median(rates[-RATE_RECORDS:]) if rates else None
-
-
-def _last_step(run_dir: Path) -> int:
-    steps = [r["step"] for r in read_metrics(run_dir) if r.get("split") == "train"]
-    return max(steps, default=0)
-
-
-def _checkpoint_step(run_dir: Path) -> int:
-    checkpoints = list_checkpoints(run_dir)
-    return int(checkpoints[-1].name.split("-")[-1]) if checkpoints else 0
 
 
 def _one(sweep: Sweep, out: Path, variant: str, seed: int) -> RunStatus:
     run_dir = run_dir_for(out, variant, seed)
     steps = sweep.runs[variant][seed].train.steps
-    rate = _seconds_per_step(run_dir) if run_dir.is_dir() else None
+    train_records = [r for r in read_metrics(run_dir) if r.get("split") == "train"]
+    rate = _seconds_per_step(train_records)
     if run_finished(run_dir, steps):
         return RunStatus(variant, seed, FINISHED, steps, steps, None, rate, 0.0)
     holder = holder_of(run_dir)
+    newest = latest_checkpoint(run_dir)
     if holder is not None:
-        state, step = TRAINING, _last_step(run_dir)
-    elif run_dir.is_dir() and (step := _checkpoint_step(run_dir)) > 0:
-        state = STOPPED
+        state, step = TRAINING, max((r["step"] for r in train_records), default=0)
+    elif newest is not None:
+        state, step = STOPPED, checkpoint_step(newest)
     else:
         state, step = NOT_STARTED, 0
     return RunStatus(variant, seed, state, step, steps, holder, rate, None)

@@ -293,3 +293,11 @@ def is_distributed_checkpoint(path: Path) -> bool:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of checkpoint directory `step-N` (N), as its name gives it."""
+    match = _STEP_DIR.match(path.name)
+    if match is None:
+        raise ValueError(f"{path}: not a checkpoint directory (step-N)")
+    return int(match.group(1))
