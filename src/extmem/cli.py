@@ -217,7 +217,7 @@ def _print_sweep_status(sweep, out: Path, args: argparse.Namespace) -> int:
         sweep_status,
     )
 
-    rows = sweep_status(sweep, out, only=args.only)
+    rows = sweep_status(sweep, out, only=args.only, reuse=[Path(d) for d in args.reuse or []])
     summary = status_summary(rows)
     if args.json:
         _print_json({"sweep": sweep.cfg.name, "out": str(out), **summary})
@@ -438,8 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "pending")
     shown.add_argument("--status", action="store_true",
                        help="train nothing: list every run as finished, training (by which "
-                            "process), stopped at a checkpoint or not started, its steps done "
-                            "and the training time it still needs (with --only: those runs)")
+                            "process), stopped at a checkpoint or not started (with --reuse: "
+                            "or reusable, copied rather than trained), its steps done and the "
+                            "training time it still needs (with --only: those runs)")
     p.add_argument("--exposures", type=int, metavar="E",
                    help="budget: train every run until each training token was seen E times "
                         "(steps = ceil(E x training tokens / tokens per step))")

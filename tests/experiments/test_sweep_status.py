@@ -71,7 +71,8 @@ def test_finished_runs_and_a_group_mates_rate_for_one_not_started(sweep_file, tm
     # pkm is its own group, with nothing measured: no estimate
     assert (pkm.state, pkm.seconds_per_step, pkm.seconds_left) == ("not started", None, None)
     summary = status_summary(list(rows.values()))
-    assert summary["counts"] == {"finished": 1, "training": 0, "stopped": 0, "not started": 2}
+    assert summary["counts"] == {"finished": 1, "reusable": 0, "training": 0, "stopped": 0,
+                                 "not started": 2}
     assert summary["seconds_left"] == pytest.approx(dense_lr.seconds_left)
     assert summary["runs_without_estimate"] == 1
 
@@ -115,6 +116,35 @@ def test_status_cli_prints_the_runs_and_the_time_left_and_trains_nothing(
                  "--only", "pkm"]) == 0
     assert "training time left: no estimate yet" in capsys.readouterr().out
     assert not (out / "dense-lr").exists()
+
+
+def test_with_reuse_a_run_another_sweep_finished_is_reusable_and_lends_its_group_a_rate(
+        sweep_file, tmp_path, capsys):
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    _train(sweep_file, elsewhere, "dense")
+    sweep = load_sweep(sweep_file, ["train.eval_every=0", "train.checkpoint_every=1",
+                                    "train.log_every=1"])
+    rows = {r.variant: r for r in sweep_status(sweep, out, reuse=[elsewhere])}
+    source = rows["dense"]
+    assert (source.state, source.step, source.seconds_left) == ("reusable", 5, 0.0)
+    assert source.reused_from == str(elsewhere / "dense" / "seed-0")
+    assert source.seconds_per_step > 0
+    # its group mate has not started: the reusable run's measured rate times its 5 steps
+    assert rows["dense-lr"].seconds_left == pytest.approx(5 * source.seconds_per_step)
+    summary = status_summary(list(rows.values()))
+    assert summary["counts"]["reusable"] == 1 and summary["counts"]["not started"] == 2
+    assert summary["seconds_left"] == pytest.approx(rows["dense-lr"].seconds_left)
+    # without --reuse the same run is not started; a run with another config is never reusable
+    assert {r.variant: r.state for r in sweep_status(sweep, out)}["dense"] == "not started"
+    assert rows["pkm"].state == "not started"
+    # the CLI passes --reuse through, and trains nothing
+    capsys.readouterr()
+    assert main(["compare", str(sweep_file), "--out", str(out), "--status", "--reuse",
+                 str(elsewhere), "--set", "train.eval_every=0", "--set",
+                 "train.checkpoint_every=1", "--set", "train.log_every=1"]) == 0
+    text = capsys.readouterr().out
+    assert "reusable (from" in text and "runs: 1 reusable, 2 not started" in text
+    assert not out.exists()
 
 
 def test_status_and_report_only_together_are_refused(sweep_file, capsys):

@@ -1,12 +1,15 @@
 """Where a sweep stands (`extmem compare SWEEP --status`): for every (variant, seed), finished,
-training now (and by which process), stopped part-way (the checkpoint it resumes from) or not
-started; the steps done of its budget; and the time its training steps still need.
+training now (and by which process), stopped part-way (the checkpoint it resumes from), not
+started, or, with `--reuse DIR`, reusable (a finished run of DIR has its very config, and
+compare will copy it rather than train: experiments/reuse.py); the steps done of its budget;
+and the time its training steps still need.
 
 A sweep of many hours runs in pieces, across processes and working sessions (experiments/
 compare.py); this is the view that says what is left before starting the next piece. The
 time left is the steps left times the run's own seconds per step (the median of its last
 logged training rates), or, for a run with none yet, the median of the runs of its `group`
-(the same model at another corpus size or setting). Evaluations and compilation come on top.
+(the same model at another corpus size or setting; a reusable run's rate, measured where it
+was trained, counts for its group). Evaluations and compilation come on top.
 Nothing is trained, written or locked: the lock probe (run/lock.py) frees what it takes.
 """
 
@@ -19,12 +22,15 @@ from pathlib import Path
 from rich.table import Table
 
 from extmem.experiments.compare import run_dir_for, run_finished, selected_variants
+from extmem.experiments.reuse import reusable_for, reusable_runs
 from extmem.experiments.sweep import Sweep
 from extmem.run.checkpoint.format import checkpoint_step, latest_checkpoint
 from extmem.run.lock import holder_of
 from extmem.run.run_dir import read_metrics
 
 FINISHED, TRAINING, STOPPED, NOT_STARTED = "finished", "training", "stopped", "not started"
+REUSABLE = "reusable"  # not in the sweep yet; a --reuse directory has it finished
+STATES = (FINISHED, REUSABLE, TRAINING, STOPPED, NOT_STARTED)
 RATE_RECORDS = 5  # the last logged training rates a run's seconds per step is the median of
 
 
@@ -32,12 +38,13 @@ RATE_RECORDS = 5  # the last logged training rates a run's seconds per step is t
 class RunStatus:
     variant: str
     seed: int
-    state: str                      # FINISHED | TRAINING | STOPPED | NOT_STARTED
+    state: str                      # one of STATES
     step: int                       # steps done (a stopped run: its newest checkpoint's step)
     steps: int                      # the run's budget
     holder: str | None              # the process training it (TRAINING only)
     seconds_per_step: float | None  # measured on this run, else its group's median, else None
     seconds_left: float | None      # (steps - step) x seconds_per_step; 0 when finished
+    reused_from: str | None = None  # REUSABLE only: the finished run compare would copy
 
 
 def _seconds_per_step(train_records: list[dict]) -> float | None:
@@ -48,13 +55,22 @@ def _seconds_per_step(train_records: list[dict]) -> float | None:
     return statistics.median(rates[-RATE_RECORDS:]) if rates else None
 
 
-def _one(sweep: Sweep, out: Path, variant: str, seed: int) -> RunStatus:
+def _train_records(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir) if r.get("split") == "train"]
+
+
+def _one(sweep: Sweep, out: Path, variant: str, seed: int, reusable: dict,
+         vocab: dict[str, int]) -> RunStatus:
     run_dir = run_dir_for(out, variant, seed)
     steps = sweep.runs[variant][seed].train.steps
-    train_records = [r for r in read_metrics(run_dir) if r.get("split") == "train"]
+    train_records = _train_records(run_dir)
     rate = _seconds_per_step(train_records)
     if run_finished(run_dir, steps):
         return RunStatus(variant, seed, FINISHED, steps, steps, None, rate, 0.0)
+    source = None if train_records else reusable_for(sweep.runs[variant][seed], reusable, vocab)
+    if source is not None:
+        return RunStatus(variant, seed, REUSABLE, steps, steps, None,
+                         _seconds_per_step(_train_records(source)), 0.0, str(source))
     holder = holder_of(run_dir)
     newest = latest_checkpoint(run_dir)
     if holder is not None:
@@ -66,19 +82,22 @@ def _one(sweep: Sweep, out: Path, variant: str, seed: int) -> RunStatus:
     return RunStatus(variant, seed, state, step, steps, holder, rate, None)
 
 
-def sweep_status(sweep: Sweep, out: Path, only: list[str] | None = None) -> list[RunStatus]:
+def sweep_status(sweep: Sweep, out: Path, only: list[str] | None = None,
+                 reuse: list[Path] | None = None) -> list[RunStatus]:
     """Every (variant, seed) of the sweep (those matching `only`), seed-major as compare
-    trains them, with the time left filled in from the run's own rate or its group's."""
+    trains them, with the time left filled in from the run's own rate or its group's.
+    `reuse`: sweep directories whose finished runs compare would copy in (`--reuse`)."""
     chosen = selected_variants(sweep, only)
-    rows = [_one(sweep, out, variant, seed) for seed in sweep.cfg.seeds for variant in chosen
-            if seed in sweep.runs[variant]]
+    reusable, vocab = reusable_runs(reuse or []), {}
+    rows = [_one(sweep, out, variant, seed, reusable, vocab) for seed in sweep.cfg.seeds
+            for variant in chosen if seed in sweep.runs[variant]]
     groups = {v.name: v.group or v.name for v in sweep.cfg.variants}
     measured: dict[str, list[float]] = {}
     for row in rows:
         if row.seconds_per_step is not None:
             measured.setdefault(groups[row.variant], []).append(row.seconds_per_step)
     for row in rows:
-        if row.state == FINISHED:
+        if row.state in (FINISHED, REUSABLE):
             continue
         if row.seconds_per_step is None and groups[row.variant] in measured:
             row.seconds_per_step = statistics.median(measured[groups[row.variant]])
@@ -90,10 +109,9 @@ def sweep_status(sweep: Sweep, out: Path, only: list[str] | None = None) -> list
 def status_summary(rows: list[RunStatus]) -> dict:
     """Counts per state and the training time left in all (runs without an estimate
     counted apart), as `--status --json` prints beside the runs."""
-    left = [r for r in rows if r.state != FINISHED]
+    left = [r for r in rows if r.state not in (FINISHED, REUSABLE)]
     return {"runs": [asdict(r) for r in rows],
-            "counts": {state: sum(r.state == state for r in rows)
-                       for state in (FINISHED, TRAINING, STOPPED, NOT_STARTED)},
+            "counts": {state: sum(r.state == state for r in rows) for state in STATES},
             "seconds_left": sum(r.seconds_left for r in left if r.seconds_left is not None),
             "runs_without_estimate": sum(r.seconds_left is None for r in left)}
 
@@ -110,10 +128,11 @@ def status_table(rows: list[RunStatus], title: str) -> Table:
     for column in ("variant", "seed", "state", "steps done", "s / step", "time left"):
         table.add_column(column, justify="left" if column in ("variant", "state") else "right")
     for row in rows:
-        state = row.state if row.holder is None else f"{row.state} ({row.holder})"
+        state = (f"{row.state} ({row.holder})" if row.holder is not None
+                 else f"{row.state} (from {row.reused_from})" if row.reused_from else row.state)
         rate = "-" if row.seconds_per_step is None else f"{row.seconds_per_step:.3f}"
         table.add_row(row.variant, str(row.seed), state, f"{row.step:,} / {row.steps:,}", rate,
-                      "" if row.state == FINISHED else _duration(row.seconds_left))
+                      "" if row.state in (FINISHED, REUSABLE) else _duration(row.seconds_left))
     return table
 
 
@@ -122,7 +141,7 @@ def status_lines(summary: dict) -> list[str]:
     counts = summary["counts"]
     line = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
     lines = [f"runs: {line}"]
-    unfinished = sum(counts.values()) - counts[FINISHED]
+    unfinished = sum(counts.values()) - counts[FINISHED] - counts[REUSABLE]
     unknown = summary["runs_without_estimate"]
     if unfinished and unknown == unfinished:
         lines.append("training time left: no estimate yet (no run of these groups has logged "
