@@ -181,7 +181,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from extmem.experiments.compare import summarize
         results = summarize(sweep, out, partial=True)
     else:
-        results = run_sweep(sweep, out, quiet=args.quiet, only=args.only,
+        results = run_sweep(sweep, out, quiet=args.quiet, only=args.only, seeds=args.seed,
                             reuse=[Path(d) for d in args.reuse or []])
         if results is None:  # a piece (--only, or runs left to other workers) without its baseline
             reason = f"the baseline {sweep.cfg.baseline!r} has no finished run in {out}"
@@ -217,7 +217,8 @@ def _print_sweep_status(sweep, out: Path, args: argparse.Namespace) -> int:
         sweep_status,
     )
 
-    rows = sweep_status(sweep, out, only=args.only, reuse=[Path(d) for d in args.reuse or []])
+    rows = sweep_status(sweep, out, only=args.only, seeds=args.seed,
+                        reuse=[Path(d) for d in args.reuse or []])
     summary = status_summary(rows)
     if args.json:
         _print_json({"sweep": sweep.cfg.name, "out": str(out), **summary})
@@ -234,6 +235,7 @@ def _compare_flags(args: argparse.Namespace) -> list[str]:
     flags = [f"--{name} {value}" for name in ("steps", "tokens", "exposures", "baseline", "out")
              if (value := getattr(args, name))]
     flags += [f"--only '{pattern}'" for pattern in args.only or []]
+    flags += [f"--seed {seed}" for seed in args.seed or []]
     flags += [f"--reuse {directory}" for directory in args.reuse or []]
     return flags + [f"--set {s}" for s in args.set]
 
@@ -447,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="PATTERN",
                    help="train only the variants whose names match (fnmatch, e.g. 'dense-*'; "
                         "repeatable) and report every finished run, the rest as pending")
+    p.add_argument("--seed", action="append", type=int, metavar="N",
+                   help="train only this one of the sweep's seeds (repeatable; with --only: "
+                        "those variants at those seeds) and report every finished run")
     p.add_argument("--baseline", metavar="VARIANT",
                    help="compare the variants with this one instead of the sweep's baseline "
                         "(for a piece run with --only that leaves the sweep's baseline out)")

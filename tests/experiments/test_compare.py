@@ -320,6 +320,26 @@ def test_only_trains_a_piece_and_reports_once_the_baseline_has_finished(sweep_fi
         capsys, *args, "--only", "peer*")
 
 
+def test_seed_trains_only_those_seeds_and_a_seed_the_sweep_lacks_is_refused(sweep_file, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "out"
+    args = ["compare", str(sweep_file), "--out", str(out), "--quiet", "--steps", "1",
+            "--set", "train.eval_every=0"]
+    results = run_json(capsys, *args, "--seed", "1")
+    assert sorted(str(p.relative_to(out)) for p in out.glob("*/seed-*")) == [
+        "dense/seed-1", "pkm/seed-1"]
+    assert [r["seeds"] for r in results["variants"]] == [[1], [1]]
+    assert "--seed 1" in (out / "results.md").read_text()
+    # with --only: that variant at that seed; then the rest completes the sweep
+    run_json(capsys, *args, "--seed", "0", "--only", "pkm")
+    assert (out / "pkm" / "seed-0" / "results.json").is_file()
+    assert not (out / "dense" / "seed-0").exists()
+    results = run_json(capsys, *args)
+    assert [r["seeds"] for r in results["variants"]] == [[0, 1], [0, 1]]
+    assert error_line(capsys, *args, "--seed", "2") == (
+        "error: --seed 2: not among the seeds of tiny (0, 1)")
+
+
 def test_a_piece_compares_against_the_baseline_it_names(sweep_file, tmp_path, capsys):
     """--only with --baseline: a piece that leaves the sweep's baseline out (e.g. a larger
     budget for the small cells) reports against a variant it trained; the report's command

@@ -116,6 +116,11 @@ def test_status_cli_prints_the_runs_and_the_time_left_and_trains_nothing(
                  "--only", "pkm"]) == 0
     assert "training time left: no estimate yet" in capsys.readouterr().out
     assert not (out / "dense-lr").exists()
+    result = run_json(capsys, "compare", str(sweep_file), "--out", str(out), "--status",
+                      "--seed", "0", "--only", "pkm")
+    assert [(r["variant"], r["seed"]) for r in result["runs"]] == [("pkm", 0)]
+    assert main(["compare", str(sweep_file), "--out", str(out), "--status", "--seed", "3"]) == 2
+    assert "--seed 3: not among the seeds of tiny (0)" in capsys.readouterr().err
 
 
 def test_with_reuse_a_run_another_sweep_finished_is_reusable_and_lends_its_group_a_rate(

@@ -127,21 +127,43 @@ def selected_variants(sweep: Sweep, only: list[str] | None) -> list[str]:
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in only)]
 
 
+def selected_seeds(sweep: Sweep, seeds: list[int] | None) -> list[int]:
+    """The sweep's seeds that are among `seeds` (all of them when `seeds` is empty), in the
+    sweep's order. A seed the sweep does not have is a ConfigError."""
+    if not seeds:
+        return list(sweep.cfg.seeds)
+    extra = sorted(set(seeds) - set(sweep.cfg.seeds))
+    if extra:
+        raise ConfigError(f"--seed {extra[0]}: not among the seeds of {sweep.cfg.name} "
+                          f"({', '.join(map(str, sweep.cfg.seeds))})")
+    return [seed for seed in sweep.cfg.seeds if seed in seeds]
+
+
+def selected_runs(sweep: Sweep, only: list[str] | None,
+                  seeds: list[int] | None) -> list[tuple[str, int]]:
+    """(variant, seed) of the runs `only` and `seeds` pick, seed-major: every variant's first
+    seed, then the next, ... (a variant with its own subset of seeds only at those)."""
+    chosen = selected_variants(sweep, only)
+    return [(variant, seed) for seed in selected_seeds(sweep, seeds) for variant in chosen
+            if seed in sweep.runs[variant]]
+
+
 def run_sweep(sweep: Sweep, out: Path, quiet: bool = False,
-              only: list[str] | None = None, reuse: list[Path] | None = None) -> dict | None:
+              only: list[str] | None = None, reuse: list[Path] | None = None,
+              seeds: list[int] | None = None) -> dict | None:
     """Train what is missing, then summarise every variant; returns the results dict.
 
     Runs go seed-major (every variant's first seed, then the next seed, ...), so a sweep
     stopped part-way, or run in pieces across sessions, already compares every variant.
     `only`: train just the variants matching these patterns (a piece of a large sweep) and
     report every finished run, the rest as pending; None when the baseline has no finished
-    run yet (nothing to compare against). `reuse`: sweep directories whose finished runs with
-    the same config are copied in rather than trained again (experiments/reuse.py)."""
+    run yet (nothing to compare against). `seeds`: train just these of the sweep's seeds (a
+    first pass at seed 0, or a piece small enough for the time at hand). `reuse`: sweep
+    directories whose finished runs with the same config are copied in rather than trained
+    again (experiments/reuse.py)."""
     console = Console(stderr=True, quiet=quiet)
-    chosen = selected_variants(sweep, only)
+    order = selected_runs(sweep, only, seeds)
     reusable, vocab = reusable_runs(reuse or []), {}
-    order = [(variant, seed) for seed in sweep.cfg.seeds for variant in chosen
-             if seed in sweep.runs[variant]]
     for variant, seed in order:  # a tracker that is not installed: before anything is written
         require_tracker(sweep.runs[variant][seed].train)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +181,7 @@ def run_sweep(sweep: Sweep, out: Path, quiet: bool = False,
     if elsewhere:
         console.print(f"{len(elsewhere)} run(s) still training in other processes: reporting "
                       "the finished runs, the rest as pending")
-    partial = bool(elsewhere) or len(chosen) < len(sweep.runs)
+    partial = bool(elsewhere) or len(order) < sum(map(len, sweep.runs.values()))
     if partial and not finished_seeds(sweep, out, sweep.cfg.baseline):
         console.print(f"no report yet: the baseline {sweep.cfg.baseline!r} has no finished run")
         return None

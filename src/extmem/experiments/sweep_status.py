@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from extmem.experiments.compare import run_dir_for, run_finished, selected_variants
+from extmem.experiments.compare import run_dir_for, run_finished, selected_runs
 from extmem.experiments.reuse import reusable_for, reusable_runs
 from extmem.experiments.sweep import Sweep
 from extmem.run.checkpoint.format import checkpoint_step, latest_checkpoint
@@ -83,14 +83,14 @@ def _one(sweep: Sweep, out: Path, variant: str, seed: int, reusable: dict,
 
 
 def sweep_status(sweep: Sweep, out: Path, only: list[str] | None = None,
-                 reuse: list[Path] | None = None) -> list[RunStatus]:
-    """Every (variant, seed) of the sweep (those matching `only`), seed-major as compare
-    trains them, with the time left filled in from the run's own rate or its group's.
+                 reuse: list[Path] | None = None,
+                 seeds: list[int] | None = None) -> list[RunStatus]:
+    """Every (variant, seed) of the sweep (those `only` and `seeds` pick), seed-major as
+    compare trains them, with the time left filled in from the run's own rate or its group's.
     `reuse`: sweep directories whose finished runs compare would copy in (`--reuse`)."""
-    chosen = selected_variants(sweep, only)
     reusable, vocab = reusable_runs(reuse or []), {}
-    rows = [_one(sweep, out, variant, seed, reusable, vocab) for seed in sweep.cfg.seeds
-            for variant in chosen if seed in sweep.runs[variant]]
+    rows = [_one(sweep, out, variant, seed, reusable, vocab)
+            for variant, seed in selected_runs(sweep, only, seeds)]
     groups = {v.name: v.group or v.name for v in sweep.cfg.variants}
     measured: dict[str, list[float]] = {}
     for row in rows:
