@@ -52,7 +52,7 @@ def test_compare_looks_under_sweeps_first(tmp_path, monkeypatch, capsys):
     # the CLI hands the name to the same resolution: stop it before anything trains
     import extmem.experiments as experiments
 
-    def stop(sweep, out, quiet, only=None, reuse=None):
+    def stop(sweep, out, quiet, only=None, reuse=None, seeds=None):
         raise ConfigError(f"would run {sweep.path} into {out}")
     monkeypatch.setattr(experiments, "run_sweep", stop)
     line = error_line(capsys, "compare", "quickstart", "--quiet")
