@@ -63,6 +63,16 @@ def run_finished(run_dir: Path, steps: int) -> bool:
         return False
 
 
+def reuse_source(sweep: Sweep, variant: str, seed: int, run_dir: Path,
+                 reusable: dict[str, tuple[Path, int]], vocab: dict[str, int]) -> Path | None:
+    """The finished run of `reusable` that compare copies into `run_dir` instead of training:
+    one with the very config (experiments/reuse.py), for a run not started there (no config
+    written yet) and trained from scratch (a dense-init variant is augmented, not copied)."""
+    if not reusable or sweep.variant(variant).init_from or (run_dir / CONFIG_FILE).exists():
+        return None
+    return reusable_for(sweep.runs[variant][seed], reusable, vocab)
+
+
 def _train_one(sweep: Sweep, out: Path, variant: str, seed: int, label: str,
                console: Console, quiet: bool, reusable: dict[str, tuple[Path, int]],
                vocab: dict[str, int]) -> bool:
@@ -76,9 +86,8 @@ def _train_one(sweep: Sweep, out: Path, variant: str, seed: int, label: str,
         console.print(f"{label} {variant} seed {seed}: finished, skipped")
         return True
     holder = holder_of(run_dir)
-    source = reusable_for(cfg, reusable, vocab) if reusable else None
-    if (holder is None and source is not None and not sweep.variant(variant).init_from
-            and not (run_dir / CONFIG_FILE).exists()):
+    source = reuse_source(sweep, variant, seed, run_dir, reusable, vocab) if holder is None else None
+    if source is not None:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         if reuse_run(source, run_dir) or run_finished(run_dir, cfg.train.steps):
             console.print(f"{label} {variant} seed {seed}: the same config finished in "

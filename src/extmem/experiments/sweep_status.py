@@ -21,8 +21,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from extmem.experiments.compare import run_dir_for, run_finished, selected_runs
-from extmem.experiments.reuse import reusable_for, reusable_runs
+from extmem.experiments.compare import reuse_source, run_dir_for, run_finished, selected_runs
+from extmem.experiments.reuse import reusable_runs
 from extmem.experiments.sweep import Sweep
 from extmem.run.checkpoint.format import checkpoint_step, latest_checkpoint
 from extmem.run.lock import holder_of
@@ -31,6 +31,7 @@ from extmem.run.run_dir import read_metrics
 FINISHED, TRAINING, STOPPED, NOT_STARTED = "finished", "training", "stopped", "not started"
 REUSABLE = "reusable"  # not in the sweep yet; a --reuse directory has it finished
 STATES = (FINISHED, REUSABLE, TRAINING, STOPPED, NOT_STARTED)
+NOTHING_TO_TRAIN = (FINISHED, REUSABLE)
 RATE_RECORDS = 5  # the last logged training rates a run's seconds per step is the median of
 
 
@@ -67,11 +68,11 @@ def _one(sweep: Sweep, out: Path, variant: str, seed: int, reusable: dict,
     rate = _seconds_per_step(train_records)
     if run_finished(run_dir, steps):
         return RunStatus(variant, seed, FINISHED, steps, steps, None, rate, 0.0)
-    source = None if train_records else reusable_for(sweep.runs[variant][seed], reusable, vocab)
+    holder = holder_of(run_dir)
+    source = reuse_source(sweep, variant, seed, run_dir, reusable, vocab) if holder is None else None
     if source is not None:
         return RunStatus(variant, seed, REUSABLE, steps, steps, None,
                          _seconds_per_step(_train_records(source)), 0.0, str(source))
-    holder = holder_of(run_dir)
     newest = latest_checkpoint(run_dir)
     if holder is not None:
         state, step = TRAINING, max((r["step"] for r in train_records), default=0)
@@ -97,7 +98,7 @@ def sweep_status(sweep: Sweep, out: Path, only: list[str] | None = None,
         if row.seconds_per_step is not None:
             measured.setdefault(groups[row.variant], []).append(row.seconds_per_step)
     for row in rows:
-        if row.state in (FINISHED, REUSABLE):
+        if row.state in NOTHING_TO_TRAIN:
             continue
         if row.seconds_per_step is None and groups[row.variant] in measured:
             row.seconds_per_step = statistics.median(measured[groups[row.variant]])
@@ -109,7 +110,7 @@ def sweep_status(sweep: Sweep, out: Path, only: list[str] | None = None,
 def status_summary(rows: list[RunStatus]) -> dict:
     """Counts per state and the training time left in all (runs without an estimate
     counted apart), as `--status --json` prints beside the runs."""
-    left = [r for r in rows if r.state not in (FINISHED, REUSABLE)]
+    left = [r for r in rows if r.state not in NOTHING_TO_TRAIN]
     return {"runs": [asdict(r) for r in rows],
             "counts": {state: sum(r.state == state for r in rows) for state in STATES},
             "seconds_left": sum(r.seconds_left for r in left if r.seconds_left is not None),
@@ -132,7 +133,7 @@ def status_table(rows: list[RunStatus], title: str) -> Table:
                  else f"{row.state} (from {row.reused_from})" if row.reused_from else row.state)
         rate = "-" if row.seconds_per_step is None else f"{row.seconds_per_step:.3f}"
         table.add_row(row.variant, str(row.seed), state, f"{row.step:,} / {row.steps:,}", rate,
-                      "" if row.state in (FINISHED, REUSABLE) else _duration(row.seconds_left))
+                      "" if row.state in NOTHING_TO_TRAIN else _duration(row.seconds_left))
     return table
 
 
