@@ -88,11 +88,17 @@ def test_grouped_sweep_reports_capacity(tiny_config, tmp_path, capsys):
     assert len(fig.axes) == 3 and "bits stored" in fig.axes[2].get_ylabel()
     labels = [line.get_label() for line in fig.axes[2].get_lines()]
     assert "bits offered (all stored)" in labels
-    # the bars: the group at its largest corpus (12 entities), one panel per figure
+    # the bars: the group at its peak (the corpus where it stored more), one panel per figure
     assert (out / "capacity_bars.png").is_file() and "capacity_bars.png" in report
+    peak = max((small6, small12), key=lambda r: (r["stored_bits"]["mean"], -r["capacity"]["facts"]))
     bars = capacity_bars_figure(results)
     assert [ax.get_ylabel() for ax in bars.axes] == [label for _, label in BAR_METRICS]
     for ax, (key, _) in zip(bars.axes, BAR_METRICS, strict=True):
         (bar,) = ax.patches
-        assert bar.get_height() == pytest.approx(small12[key]["mean"])
-    assert bars.axes[0].get_xticklabels()[0].get_text() == "small\n(36 facts)"
+        assert bar.get_height() == pytest.approx(peak[key]["mean"])
+    facts = peak["capacity"]["facts"]
+    assert bars.axes[0].get_xticklabels()[0].get_text() == f"small\n({facts} facts)"
+    # the capacity table: the family's stored bits at both corpus sizes and its state
+    family = next(line for line in report.splitlines() if line.startswith("| small | "))
+    assert f"{small6['stored_bits']['mean']:,.0f} (" in family
+    assert f"{small12['stored_bits']['mean']:,.0f} (" in family

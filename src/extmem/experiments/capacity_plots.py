@@ -4,9 +4,10 @@ bits stored against facts offered, and bits per parameter at saturation).
 
 capacity.png: per model family, against the facts in the corpus, facts recalled, knowledge
 bits (chance-corrected recall) and, with the storage meter (extmem.run.storage), bits stored
-beside the bits offered. capacity_bars.png: each family at its largest corpus (where it is
-closest to saturation), bits stored per core parameter, per parameter in all, per training
-FLOP of the core and per training FLOP in all, mean and std over seeds.
+beside the bits offered. capacity_bars.png: each family at its peak (the corpus where it
+stored the most bits: its capacity, or a lower bound of it; extmem.experiments.saturation),
+bits stored per core parameter, per parameter in all, per training FLOP of the core and per
+training FLOP in all, mean and std over seeds.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from extmem.experiments.saturation import peak_rows
 
 # (results key, axis label) of capacity_bars.png's panels
 BAR_METRICS = (("stored_bits_per_core_param", "bits stored per core parameter"),
@@ -86,20 +89,14 @@ def _groups(results: dict) -> dict[str, list[dict]]:
     return {g: sorted(rows, key=lambda r: r["capacity"]["facts"]) for g, rows in groups.items()}
 
 
-def saturation_rows(results: dict) -> dict[str, dict]:
-    """group -> its row with the most facts offered among those with the storage meter."""
-    return {group: stored[-1] for group, rows in _groups(results).items()
-            if (stored := [r for r in rows if "stored_bits" in r])}
-
-
 def has_capacity_bars(results: dict) -> bool:
-    return "tuning" not in results and bool(saturation_rows(results))
+    return "tuning" not in results and bool(peak_rows(results))
 
 
 def capacity_bars_figure(results: dict) -> Figure:
-    """One panel per BAR_METRICS entry, one bar per family at its largest corpus (mean, std
-    over seeds as the error bar), the facts offered there under each bar's name."""
-    rows = saturation_rows(results)
+    """One panel per BAR_METRICS entry, one bar per family at its peak (mean, std over seeds
+    as the error bar), the facts offered there under each bar's name."""
+    rows = peak_rows(results)
     fig = Figure(figsize=(5 * len(BAR_METRICS), 4.5))
     axes = fig.subplots(1, len(BAR_METRICS))
     names = [f"{group}\n({row['capacity']['facts']:,} facts)" for group, row in rows.items()]
@@ -110,8 +107,8 @@ def capacity_bars_figure(results: dict) -> Figure:
         ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{results['sweep']}: bits stored at each model's largest corpus "
-                 "(storage meter, training values)")
+    fig.suptitle(f"{results['sweep']}: bits stored at each model's peak, the corpus where "
+                 "it stored the most (storage meter, training values)")
     fig.tight_layout()
     return fig
 

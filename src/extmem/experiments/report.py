@@ -19,6 +19,7 @@ from extmem.experiments.capacity_plots import (
 )
 from extmem.experiments.curve_deltas import curve_delta_table
 from extmem.experiments.plots import plot_curves, plot_quality, seeds_label
+from extmem.experiments.saturation import saturation_table
 from extmem.experiments.tuning import tuning_tables
 from extmem.experiments.tuning_plots import has_tuning_chart, plot_tuning
 from extmem.experiments.usage_curves import has_usage_chart, plot_usage
@@ -214,6 +215,7 @@ def markdown(results: dict, command: str) -> str:
                              f"{_pm(cap['bits_per_param'], 5)} |")
     lines += _storage_table(results["variants"], results["baseline"])
     lines += _attribute_table(results["variants"])
+    lines += saturation_table(results)
     lines += tuning_tables(results)
     if has_tuning_chart(results):
         lines += ["", "![tuning grid](tuning.png)"]

@@ -1,0 +1,141 @@
+"""Knowledge capacity at saturation, per model family of a capacity sweep (Allen-Zhu & Li 2024,
+*Physics of Language Models: Part 3.3*: a model's capacity is the bits it stores once the corpus
+offers more than it can hold, reported as bits per parameter).
+
+A family (`group` in the sweep) is one model trained on corpora of growing size (`facts`). Its
+capacity is its peak: the most bits stored (storage meter, extmem.run.storage) over the corpus
+sizes it ran. Whether the peak is a capacity or only a lower bound depends on the curve:
+
+- past its peak: a larger corpus stored fewer bits (the model reached its capacity, or a larger
+  corpus made it fail to start memorising at this budget: the curves say which);
+- saturated: the largest corpus stored less than SATURATION_GROWTH times the bits of the one
+  before it;
+- still growing: the peak is at the largest corpus and still rising, so the capacity is at
+  least the peak.
+
+`saturation_table` writes the family table and each family's peak against the baseline
+family's peak (Welch's interval over seeds; docs/results.md, "Capacity").
+"""
+
+from __future__ import annotations
+
+import math
+
+from extmem.experiments.stats import mean_interval, welch_interval
+
+# stored bits that grow by less than this factor from one corpus size to the next count as
+# saturated (the capacity sweep triples the corpus from one size to the next)
+SATURATION_GROWTH = 1.1
+
+# (results key, column label) of the per-family peak compared with the baseline family's peak
+PEAK_COMPARED = (("stored_bits", "stored bits"),
+                 ("stored_bits_per_core_flop", "stored / training FLOP of the core"),
+                 ("stored_bits_per_param", "stored / param (total)"))
+
+
+def family_rows(results: dict) -> dict[str, list[dict]]:
+    """group -> its rows with the storage meter, by facts offered (rows without a group, a
+    capacity or stored bits are left out)."""
+    groups: dict[str, list[dict]] = {}
+    for row in results["variants"]:
+        if "group" in row and "capacity" in row and "stored_bits" in row:
+            groups.setdefault(row["group"], []).append(row)
+    return {g: sorted(rows, key=lambda r: r["capacity"]["facts"]) for g, rows in groups.items()}
+
+
+def peak_row(rows: list[dict]) -> dict:
+    """The row with the most bits stored (mean over seeds); the smaller corpus on a tie."""
+    return max(rows, key=lambda r: (r["stored_bits"]["mean"], -r["capacity"]["facts"]))
+
+
+def peak_rows(results: dict) -> dict[str, dict]:
+    """group -> its peak row (the bits it stores at saturation, or a lower bound of them)."""
+    return {group: peak_row(rows) for group, rows in family_rows(results).items()}
+
+
+def saturation_state(rows: list[dict]) -> str:
+    """"past its peak", "saturated", "still growing", "one corpus size" or "stores nothing"
+    (see the module docstring), with the ratio of stored bits that decides it."""
+    if len(rows) < 2:
+        return "one corpus size"
+    peak, last, before = peak_row(rows), rows[-1], rows[-2]
+    if peak["stored_bits"]["mean"] <= 0:
+        return "stores nothing at any corpus size"
+    if peak is not last:
+        share = last["stored_bits"]["mean"] / peak["stored_bits"]["mean"]
+        return f"past its peak (x{share:.2f} of it at {last['capacity']['facts']:,} facts)"
+    growth = (last["stored_bits"]["mean"] / before["stored_bits"]["mean"]
+              if before["stored_bits"]["mean"] > 0 else math.inf)
+    kind = "saturated" if growth < SATURATION_GROWTH else "still growing"
+    return f"{kind} (x{growth:.2f} over {before['capacity']['facts']:,} facts)"
+
+
+def _stat(stat: dict, fmt: str) -> str:
+    """mean ± std, then the 95% interval of the mean when there are 2+ seeds."""
+    values = stat.get("values", [stat["mean"]])
+    text = f"{stat['mean']:{fmt}} ± {stat['std']:{fmt}}"
+    if len(values) < 2:
+        return text
+    low, high = mean_interval(values)
+    return f"{text} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def _versus(row: dict, base: dict, key: str) -> str:
+    """row − base of `key` with Welch's 95% interval over seeds, and the ratio of the means."""
+    a, b = row[key].get("values", [row[key]["mean"]]), base[key].get("values", [base[key]["mean"]])
+    diff = row[key]["mean"] - base[key]["mean"]
+    low, high = welch_interval(a, b)
+    interval = "" if math.isnan(low) else f" [{low:+.3g}, {high:+.3g}]"
+    ratio = f", x{row[key]['mean'] / base[key]['mean']:.2f}" if base[key]["mean"] > 0 else ""
+    return f"{diff:+.3g}{interval}{ratio} (seeds {len(a)} / {len(b)})"
+
+
+def saturation_table(results: dict) -> list[str]:
+    """Markdown lines: per family, stored bits at every corpus size, its peak per core
+    parameter, per parameter in all and per training FLOP of the core, and its state; then each
+    family's peak against the baseline family's (empty when the sweep has no families)."""
+    families = family_rows(results)
+    if not families or "tuning" in results:
+        return []
+    sizes = sorted({r["capacity"]["facts"] for rows in families.values() for r in rows})
+    lines = ["", "Capacity per model (storage meter; each model's peak over the corpus sizes "
+             "it ran, mean ± std over seeds and the 95% interval of the mean; in brackets "
+             "the share of the bits offered; see extmem.experiments.saturation):", "",
+             "| model | params core / total | " + " | ".join(f"{s:,} facts" for s in sizes)
+             + " | peak stored bits | peak / core param | peak / param (total) | "
+             "peak / training FLOP of the core | state |",
+             "|---|---|" + "---|" * len(sizes) + "---|---|---|---|---|"]
+    for group, rows in families.items():
+        by_size = {r["capacity"]["facts"]: r for r in rows}
+        cells = []
+        for size in sizes:
+            row = by_size.get(size)
+            cells.append("-" if row is None else
+                         f"{row['stored_bits']['mean']:,.0f} "
+                         f"({row['stored_bits']['mean'] / row['capacity']['bits_offered']:.0%})")
+        peak = peak_row(rows)
+        params = peak["params"]
+        lines.append(f"| {group} | {params['core']:,} / {params['total']:,} | "
+                     + " | ".join(cells) + " | "
+                     f"{_stat(peak['stored_bits'], ',.0f')} ({peak['capacity']['facts']:,} facts) "
+                     f"| {_stat(peak['stored_bits_per_core_param'], '.3g')} | "
+                     f"{_stat(peak['stored_bits_per_param'], '.3g')} | "
+                     f"{_stat(peak['stored_bits_per_core_flop'], '.3g')} | "
+                     f"{saturation_state(rows)} |")
+    base_row = next((r for r in results["variants"] if r["variant"] == results["baseline"]), None)
+    if base_row is None or base_row.get("group") not in families:
+        return lines
+    base_group = base_row["group"]
+    base_peak = peak_row(families[base_group])
+    lines += ["", f"Each model's peak vs the peak of `{base_group}` (the baseline's model, "
+              f"{base_peak['capacity']['facts']:,} facts): Δ = model − {base_group}, Welch's "
+              "95% interval over seeds, the ratio of the means:", "",
+              "| model | " + " | ".join(f"Δ {label}" for _, label in PEAK_COMPARED) + " |",
+              "|---|" + "---|" * len(PEAK_COMPARED)]
+    for group, rows in families.items():
+        if group == base_group:
+            continue
+        peak = peak_row(rows)
+        lines.append(f"| {group} | " + " | ".join(
+            _versus(peak, base_peak, key) for key, _ in PEAK_COMPARED) + " |")
+    return lines

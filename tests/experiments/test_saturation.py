@@ -1,0 +1,93 @@
+"""Capacity at saturation: each family's peak, its state, and the peaks against the baseline's
+(hand-made rows: the numbers are set, so every figure is known)."""
+
+import math
+
+from scipy import stats as scipy_stats
+
+from extmem.experiments.saturation import (
+    SATURATION_GROWTH,
+    peak_rows,
+    saturation_state,
+    saturation_table,
+)
+
+
+def _stat(values: list[float]) -> dict:
+    mean = sum(values) / len(values)
+    std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+           if len(values) > 1 else 0.0)
+    return {"mean": mean, "std": std, "values": values}
+
+
+def _row(group: str, facts: int, stored: list[float], core: int = 100, total: int = 1000,
+         flops: float = 1e9) -> dict:
+    return {"variant": f"{group}-f{facts}", "group": group,
+            "capacity": {"facts": facts, "bits_offered": 5.0 * facts},
+            "params": {"core": core, "total": total},
+            "stored_bits": _stat(stored),
+            "stored_bits_per_core_param": _stat([s / core for s in stored]),
+            "stored_bits_per_param": _stat([s / total for s in stored]),
+            "stored_bits_per_core_flop": _stat([s / flops for s in stored])}
+
+
+def _results(rows: list[dict], baseline: str) -> dict:
+    return {"sweep": "cap", "baseline": baseline, "variants": rows}
+
+
+def test_state_of_each_curve_shape():
+    past = [_row("d", 10, [40.0]), _row("d", 30, [100.0]), _row("d", 90, [25.0])]
+    assert saturation_state(past) == "past its peak (x0.25 of it at 90 facts)"
+    flat = [_row("d", 10, [40.0]), _row("d", 30, [100.0]), _row("d", 90, [105.0])]
+    assert saturation_state(flat) == "saturated (x1.05 over 30 facts)"
+    rising = [_row("m", 10, [50.0]), _row("m", 30, [150.0])]
+    assert saturation_state(rising) == "still growing (x3.00 over 10 facts)"
+    at_threshold = [_row("m", 10, [100.0]), _row("m", 30, [100.0 * SATURATION_GROWTH])]
+    assert saturation_state(at_threshold).startswith("still growing")
+    assert saturation_state([_row("m", 10, [50.0])]) == "one corpus size"
+    nothing = [_row("m", 10, [0.0]), _row("m", 30, [0.0])]
+    assert saturation_state(nothing) == "stores nothing at any corpus size"
+
+
+def test_peak_is_the_most_stored_not_the_largest_corpus():
+    rows = [_row("d", 10, [40.0, 42.0]), _row("d", 30, [100.0, 90.0]), _row("d", 90, [25.0, 27.0]),
+            _row("m", 10, [50.0, 50.0])]
+    peaks = peak_rows(_results(rows, "d-f30"))
+    assert peaks["d"]["capacity"]["facts"] == 30 and peaks["m"]["capacity"]["facts"] == 10
+    # a row without the storage meter is no candidate
+    del rows[1]["stored_bits"]
+    assert peak_rows(_results(rows, "d-f30"))["d"]["capacity"]["facts"] == 10
+
+
+def test_table_rows_and_peaks_against_the_baseline_family():
+    dense = [_row("dense", 10, [40.0, 44.0, 42.0]), _row("dense", 30, [100.0, 90.0, 95.0]),
+             _row("dense", 90, [25.0, 30.0, 20.0])]
+    memory = [_row("mem", 10, [50.0, 50.0, 49.0], total=10_000),
+              _row("mem", 30, [148.0, 150.0, 152.0], total=10_000)]
+    lines = saturation_table(_results(dense + memory, baseline="dense-f10"))
+    header = next(line for line in lines if line.startswith("| model |"))
+    assert "| 10 facts | 30 facts | 90 facts |" in header
+    dense_line = next(line for line in lines if line.startswith("| dense | "))
+    # stored bits at each corpus with its share of the bits offered (5 bits per fact)
+    assert "| 42 (84%) | 95 (63%) | 25 (6%) |" in dense_line
+    low, high = scipy_stats.t.interval(0.95, 2, loc=95.0, scale=5.0 / math.sqrt(3))
+    assert f"95 ± 5 [{low:,.0f}, {high:,.0f}] (30 facts)" in dense_line
+    assert "past its peak (x0.26 of it at 90 facts)" in dense_line
+    mem_line = next(line for line in lines if line.startswith("| mem | "))
+    assert "| 50 (99%) | 150 (100%) | - |" in mem_line and "still growing" in mem_line
+    # the baseline's family is dense (its peak at 30 facts); mem's peak against it, Welch
+    versus = next(line for line in lines if line.startswith("| mem | ") and "seeds 3 / 3" in line)
+    welch = scipy_stats.ttest_ind([148.0, 150.0, 152.0], [100.0, 90.0, 95.0], equal_var=False)
+    w_low, w_high = welch.confidence_interval(0.95)
+    assert versus.split(" | ")[1] == f"+55 [{w_low:+.3g}, {w_high:+.3g}], x1.58 (seeds 3 / 3)"
+    per_param = versus.split(" | ")[3]
+    assert per_param.startswith(f"{150.0 / 10_000 - 95.0 / 1000:+.3g}") and "x0.16" in per_param
+    assert not any(line.startswith("| dense | ") and "seeds" in line for line in lines)
+
+
+def test_no_families_no_table():
+    ungrouped = _row("d", 10, [1.0])
+    del ungrouped["group"]
+    assert saturation_table(_results([ungrouped], baseline="d-f10")) == []
+    # a tuning grid's groups are families of settings on one corpus: no capacity table
+    assert saturation_table({**_results([_row("d", 10, [1.0])], "d-f10"), "tuning": {}}) == []
