@@ -61,6 +61,7 @@ def test_grouped_sweep_reports_capacity(tiny_config, tmp_path, capsys):
     assert run["stored_bits_per_core_flop"] == pytest.approx(
         run["stored_bits"] / (run["flops_per_token"]["core"] * run["tokens"]))
     assert small12["stored_bits"]["mean"] == pytest.approx(run["stored_bits"])
+    assert small12["stored_bits_floor"]["values"] == [run["stored_bits_floor"]]
     assert small12["stored_bits_by_attribute"] == pytest.approx(run["stored_bits_by_attribute"])
     assert sum(run["stored_bits_by_attribute"].values()) == pytest.approx(run["stored_bits"])
     assert small12["recall_train_phrasing"]["values"] == [run["recall_train_phrasing"]]
@@ -68,6 +69,7 @@ def test_grouped_sweep_reports_capacity(tiny_config, tmp_path, capsys):
     assert "bits_train_phrasing" in small12["capacity"]
     report = (out / "results.md").read_text()
     assert "storage meter" in report and "recall (training phrasing)" in report
+    assert "floor (wrong values)" in report
     # the storage metrics beside the baseline (the first variant): differences of the means
     assert results["baseline"] == "small-e6"
     for metric in STORAGE_COMPARED:

@@ -1,6 +1,6 @@
 """Storage meter (extmem.run.storage): stored bits from a model whose logits are set by hand
-(full bits at probability 1, none at chance, a known partial probability, the clamps), the
-training-phrasing probes of `facts`, and its figures in `evaluate`."""
+(full bits at probability 1, none at chance, a known partial probability, the clamps), its floor
+on wrong values, the training-phrasing probes of `facts`, and its figures in `evaluate`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from extmem.data.facts import generate_facts
 from extmem.data.facts_vocab import VALUES
 from extmem.run.evaluate import evaluate
 from extmem.run.storage import (
+    decoy_probes,
     knowledge_bits,
     measure_storage,
     probe_scores,
@@ -147,6 +148,38 @@ def test_a_known_partial_probability(facts):
     full = 4 * (math.log2(100) + math.log2(30))
     assert measure(lm, probes, model)["stored_bits"] == pytest.approx(full - 3 - 2 * 7,
                                                                        abs=1e-9)
+
+
+def test_decoys_are_the_same_prompts_with_a_wrong_value(facts):
+    corpus, _ = facts
+    probes = corpus.train_probes
+    decoys = decoy_probes(probes)
+    assert len(decoys) == len(probes)
+    for decoy, probe in zip(decoys, probes, strict=True):
+        assert (decoy.prompt, decoy.entity, decoy.attribute, decoy.template) == (
+            probe.prompt, probe.entity, probe.attribute, probe.template)
+        assert decoy.answer in VALUES[probe.attribute] and decoy.answer != probe.answer
+    assert decoy_probes(probes) == decoys                       # the same seed: the same values
+    many = decoy_probes(probes * 50, seed=1)                    # drawn, not one fixed value
+    assert len({d.answer for d in many if d.attribute == "city"}) > 10
+
+
+def test_floor_is_the_meter_on_wrong_values(facts):
+    corpus, lm = facts
+    probes = corpus.train_probes
+    full = 4 * (math.log2(100) + math.log2(30))
+    # a model that gives p = 1 to whatever value follows the prompt cannot tell right from
+    # wrong: the wrong values get every bit too
+    out = measure(lm, probes, HandLogits(lm.vocab_size, lm.pad_id))
+    assert out["stored_bits_floor"] == pytest.approx(full, abs=1e-12)
+    # right values at p = 1, the first token of each wrong value at p = 1/4: 2 bits lost each
+    wrong = {ids: {positions[0]: 4} for ids, positions in answers(lm, decoy_probes(probes))}
+    out = measure(lm, probes, HandLogits(lm.vocab_size, lm.pad_id, wrong))
+    assert out["stored_bits"] == pytest.approx(full, abs=1e-12)
+    assert out["stored_bits_floor"] == pytest.approx(full - 2 * len(probes), abs=1e-9)
+    # wrong values worse than chance (uniform over the vocabulary): no floor
+    out = measure(lm, probes, HandLogits(lm.vocab_size, lm.pad_id, uniform=True))
+    assert out["stored_bits_floor"] == 0.0
 
 
 def test_stored_bits_clamps_at_zero_and_at_the_attribute_bits():

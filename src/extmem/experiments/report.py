@@ -105,12 +105,14 @@ def _storage_table(rows: list[dict], baseline: str) -> list[str]:
     lines = ["", "Knowledge stored (storage meter: bits from the loss on the values of training "
              "phrasings, clamp(log2 |V_a| − loss, 0, log2 |V_a|) summed over facts, see "
              "extmem.run.storage; recall on training phrasings = storage, on held-out "
-             "phrasings = extraction):", "",
-             "| variant | facts | exposures | bits offered | stored bits | stored / core param | "
+             "phrasings = extraction; floor: the same meter on a wrong value of each fact, "
+             "what it credits a model that cannot tell right from wrong):", "",
+             "| variant | facts | exposures | bits offered | stored bits | floor (wrong values) "
+             "| stored / core param | "
              "stored / param (total) | stored / training FLOP (core / total) | "
              "recall (training phrasing) | recall (held-out phrasing) | "
              "chance-corrected bits (training / held-out) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     deltas = ["", f"Stored bits vs `{baseline}` (Δ = variant − baseline, Welch's 95% interval "
               "over seeds, and the ratio of the means):", "",
               "| variant | Δ stored bits | Δ stored / training FLOP of the core | "
@@ -122,6 +124,7 @@ def _storage_table(rows: list[dict], baseline: str) -> list[str]:
         facts = f"{cap['facts']:,}" if cap else "-"
         lines.append(f"| {row['variant']} | {facts} | {row.get('exposures', '-')} | "
                      f"{row['stored_bits_max']['mean']:,.0f} | {_pm(row['stored_bits'], 0)} | "
+                     f"{_pm(row.get('stored_bits_floor'), 0)} | "
                      f"{_g(row.get('stored_bits_per_core_param'))} | "
                      f"{_g(row.get('stored_bits_per_param'))} | "
                      f"{_g(row.get('stored_bits_per_core_flop'))} / "

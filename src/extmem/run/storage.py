@@ -18,6 +18,14 @@ A value given probability 1 is stored in full (log2 |V_a| bits); a model at chan
 (attention, FFN, norms) and / all parameters; per training FLOP: stored bits / (forward FLOPs
 per token (accounting `flops_per_token.total`) x tokens trained).
 
+The meter's floor: the clamp at 0 keeps a value's chance fluctuations above chance and drops
+those below, so a model that stores nothing about the facts, but whose predictions over V_a vary
+from prompt to prompt, is credited some bits. The same meter on a wrong value of each fact
+(`decoy_probes`: the training prompt with another value of V_a, drawn with a fixed seed)
+measures that floor (`stored_bits_floor`): a model that cannot tell a fact's value from a wrong
+one gets about as many bits for the wrong values as for the right ones; a model that stores the
+facts gives the wrong values less than chance, and a floor near 0.
+
 Exact greedy recall comes from the same forward pass: on training phrasings it is storage, on
 held-out phrasings (`facts_recalled`) extraction. Each is turned into chance-corrected bits by
 `knowledge_bits` (the meter of docs/results.md claim 16, extmem.experiments.capacity).
@@ -25,7 +33,9 @@ held-out phrasings (`facts_recalled`) extraction. Each is turned into chance-cor
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import random
 from collections.abc import Sequence
 
 import torch
@@ -34,6 +44,8 @@ from torch import nn
 
 from extmem.data import FactProbe, LMData
 from extmem.data.facts_vocab import VALUES
+
+DECOY_SEED = 7919  # fixed: every run's floor is measured on the same wrong values
 
 
 def attribute_bits(attribute: str) -> float:
@@ -88,6 +100,17 @@ def probe_scores(model: nn.Module, data: LMData, probes: Sequence[FactProbe], ba
     return losses, recalled
 
 
+def decoy_probes(probes: Sequence[FactProbe], seed: int = DECOY_SEED) -> list[FactProbe]:
+    """Per probe, in order, the same prompt with a wrong value: one of its attribute's other
+    values (V_a without the probe's answer), drawn uniformly with `seed`."""
+    rng = random.Random(seed)
+    out = []
+    for probe in probes:
+        wrong = [v for v in VALUES[probe.attribute] if v != probe.answer]
+        out.append(dataclasses.replace(probe, answer=rng.choice(wrong)))
+    return out
+
+
 def _attributes(probes: Sequence[FactProbe]) -> list[str]:
     return list(dict.fromkeys(p.attribute for p in probes))
 
@@ -96,18 +119,23 @@ def measure_storage(model: nn.Module, data: LMData, train_probes: Sequence[FactP
                     batch_size: int, device: torch.device, accounting: dict,
                     tokens_trained: int = 0) -> dict:
     """Stored bits (total, by attribute, per core / total parameter, per training FLOP when
-    `tokens_trained` > 0) and recall on training phrasings; one probe per fact.
+    `tokens_trained` > 0), the meter's floor (the bits of wrong values, `decoy_probes`) and
+    recall on training phrasings; one probe per fact.
     `accounting`: {"params": parameter_counts, "flops_per_token": flops_per_token} of the run."""
     losses, recalled = probe_scores(model, data, train_probes, batch_size, device)
     by_attribute = dict.fromkeys(_attributes(train_probes), 0.0)  # where the bits are
     for loss, probe in zip(losses, train_probes, strict=True):
         by_attribute[probe.attribute] += stored_bits(loss, probe.attribute)
     bits = sum(by_attribute.values())
+    decoy_losses, _ = probe_scores(model, data, decoy_probes(train_probes), batch_size, device)
+    floor = sum(stored_bits(loss, probe.attribute)  # bits credited to wrong values
+                for loss, probe in zip(decoy_losses, train_probes, strict=True))
     recall = sum(recalled) / len(recalled)
     params = accounting["params"]
     out = {"stored_bits": bits, "stored_bits_by_attribute": by_attribute,
            "stored_facts": len(train_probes),
            "stored_bits_max": sum(attribute_bits(p.attribute) for p in train_probes),
+           "stored_bits_floor": floor,
            "stored_bits_per_core_param": bits / params["core"],
            "stored_bits_per_param": bits / params["total"],
            "recall_train_phrasing": recall,
