@@ -123,10 +123,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from extmem.data import Corpus, build_lm_data
     from extmem.data.files import load_files
     from extmem.run.evaluate import evaluate
+    from extmem.run.fill_results import fill_checkpoint, fill_results
     from extmem.run.session import load_trained
 
     run_dir = Path(args.run_dir)
-    run = load_trained(run_dir, args.set, args.checkpoint)
+    checkpoint = args.checkpoint
+    if args.fill_results:
+        checkpoint = fill_checkpoint(run_dir, checkpoint, args.data)
+    run = load_trained(run_dir, args.set, checkpoint)
     cfg, data, model = run.cfg, run.data, run.model
     lm, probes, train_probes = data.lm, data.corpus.probes, data.corpus.train_probes
     if args.data:  # evaluate every document of these files (no split), no fact probes
@@ -136,9 +140,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         probes, train_probes = [], []
     tc = cfg.train
     tokens = (run.step + tc.data_offset) * tc.rows_per_step * cfg.data.seq_len
+    evaluation = evaluate(model, lm, probes, tc.eval_batch_size, tc.eval_tokens, tc.mask_prob,
+                          tc.usage_window, train_probes=train_probes, tokens_trained=tokens)
     results = {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name, "steps": run.step,
-               **evaluate(model, lm, probes, tc.eval_batch_size, tc.eval_tokens, tc.mask_prob,
-                          tc.usage_window, train_probes=train_probes, tokens_trained=tokens)}
+               **evaluation}
+    if args.fill_results:
+        added = fill_results(run_dir, evaluation, run.checkpoint.name)
+        results["added_to_results"] = added
+        if not args.json:
+            print(f"{run_dir / 'results.json'}: added {', '.join(added)}" if added else
+                  f"{run_dir / 'results.json'}: had every figure; nothing added")
     if args.json:
         _print_json(results)
     else:
@@ -409,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--data", help="evaluate on these text/JSONL files (path or glob) instead")
     p.add_argument("--checkpoint", help="checkpoint directory name, e.g. step-100 (default: newest)")
+    p.add_argument("--fill-results", action="store_true",
+                   help="add to the finished run's results.json the figures it lacks (measured "
+                        "by a newer extmem), from its final checkpoint; figures it has are kept")
     common(p)
     p.set_defaults(func=cmd_eval)
 

@@ -1,0 +1,73 @@
+"""`extmem eval RUN --fill-results`: figures a run's results.json lacks are added from its final
+checkpoint, figures it has are kept byte for byte; bad requests exit 2 and change nothing."""
+
+import json
+import shutil
+
+import pytest
+
+from extmem.cli import main
+from tests.cli_helpers import error_line, run_json
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from tests.conftest import TINY_TOML
+    root = tmp_path_factory.mktemp("fill")
+    config = root / "tiny.toml"
+    config.write_text(TINY_TOML)
+    out = root / "run"
+    assert main(["train", str(config), "--out", str(out), "--quiet",
+                 "--set", "train.steps=4"]) == 0   # checkpoints at steps 3 and 4
+    return out
+
+
+@pytest.fixture
+def older_run(finished_run, tmp_path):
+    """A copy of the finished run whose results.json predates the storage meter's floor."""
+    run = tmp_path / "older"
+    shutil.copytree(finished_run, run)
+    results = json.loads((run / "results.json").read_text())
+    assert "stored_bits_floor" in results           # this version measures it while training
+    del results["stored_bits_floor"]
+    (run / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return run
+
+
+def test_fill_adds_what_is_missing_and_keeps_the_rest(older_run, finished_run, capsys):
+    before = json.loads((older_run / "results.json").read_text())
+    result = run_json(capsys, "eval", str(older_run), "--fill-results")
+    assert result["checkpoint"] == "step-4" and result["added_to_results"] == ["stored_bits_floor"]
+    after = json.loads((older_run / "results.json").read_text())
+    assert {k: v for k, v in after.items() if k != "stored_bits_floor"} == before
+    assert after["stored_bits_floor"] == result["stored_bits_floor"]
+    # the same model, the same probes: the floor the training run measured
+    trained = json.loads((finished_run / "results.json").read_text())
+    assert after["stored_bits_floor"] == pytest.approx(trained["stored_bits_floor"], rel=1e-9)
+    sessions = json.loads((older_run / "provenance.json").read_text())["sessions"]
+    assert sessions[-1]["kind"] == "fill-results"
+    assert sessions[-1]["added"] == ["stored_bits_floor"]
+    assert sessions[-1]["checkpoint"] == "step-4"
+    # a second time: nothing to add, nothing written
+    text = (older_run / "results.json").read_text()
+    assert main(["eval", str(older_run), "--fill-results"]) == 0
+    assert "nothing added" in capsys.readouterr().out
+    assert (older_run / "results.json").read_text() == text
+    assert len(json.loads((older_run / "provenance.json").read_text())["sessions"]) == len(sessions)
+
+
+def test_fill_refuses_what_it_cannot_do(older_run, tmp_path, capsys):
+    text = (older_run / "results.json").read_text()
+    line = error_line(capsys, "eval", str(older_run), "--fill-results", "--checkpoint", "step-3")
+    assert "step-3 is not the run's final checkpoint" in line and "step-4" in line
+    other = tmp_path / "a.txt"
+    other.write_text("Some text.\n")
+    line = error_line(capsys, "eval", str(older_run), "--fill-results", "--data", str(other))
+    assert "cannot be combined with --data" in line
+    assert (older_run / "results.json").read_text() == text       # nothing changed
+    (older_run / "results.json").unlink()
+    line = error_line(capsys, "eval", str(older_run), "--fill-results")
+    assert "no results.json" in line and "finished run" in line
+    (older_run / "results.json").write_text("{not json")
+    line = error_line(capsys, "eval", str(older_run), "--fill-results")
+    assert "not a run's results" in line
