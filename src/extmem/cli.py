@@ -127,10 +127,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from extmem.run.session import load_trained
 
     run_dir = Path(args.run_dir)
-    checkpoint = args.checkpoint
+    home, checkpoint = run_dir, args.checkpoint   # home: where the checkpoint is
     if args.fill_results:
-        checkpoint = fill_checkpoint(run_dir, checkpoint, args.data)
-    run = load_trained(run_dir, args.set, checkpoint)
+        home, checkpoint = fill_checkpoint(run_dir, checkpoint, args.data)
+    run = load_trained(home, args.set, checkpoint)
     cfg, data, model = run.cfg, run.data, run.model
     lm, probes, train_probes = data.lm, data.corpus.probes, data.corpus.train_probes
     if args.data:  # evaluate every document of these files (no split), no fact probes
@@ -145,7 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name, "steps": run.step,
                **evaluation}
     if args.fill_results:
-        added = fill_results(run_dir, evaluation, run.checkpoint.name)
+        added = fill_results(run_dir, evaluation, run.checkpoint)
         results["added_to_results"] = added
         if not args.json:
             print(f"{run_dir / 'results.json'}: added {', '.join(added)}" if added else

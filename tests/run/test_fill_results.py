@@ -5,9 +5,10 @@ import json
 import shutil
 
 import pytest
+from tests.cli_helpers import error_line, run_json
 
 from extmem.cli import main
-from tests.cli_helpers import error_line, run_json
+from extmem.run.provenance import record_session
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_fill_adds_what_is_missing_and_keeps_the_rest(older_run, finished_run, c
     sessions = json.loads((older_run / "provenance.json").read_text())["sessions"]
     assert sessions[-1]["kind"] == "fill-results"
     assert sessions[-1]["added"] == ["stored_bits_floor"]
-    assert sessions[-1]["checkpoint"] == "step-4"
+    assert sessions[-1]["checkpoint"] == str(older_run / "checkpoints" / "step-4")
     # a second time: nothing to add, nothing written
     text = (older_run / "results.json").read_text()
     assert main(["eval", str(older_run), "--fill-results"]) == 0
@@ -71,3 +72,22 @@ def test_fill_refuses_what_it_cannot_do(older_run, tmp_path, capsys):
     (older_run / "results.json").write_text("{not json")
     line = error_line(capsys, "eval", str(older_run), "--fill-results")
     assert "not a run's results" in line
+
+
+def test_a_copied_run_is_filled_from_its_source(older_run, tmp_path, capsys):
+    """`compare --reuse` copies a run without its checkpoints and records the source."""
+    copy = tmp_path / "copy"
+    shutil.copytree(older_run, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    record_session(copy, "reuse", source=str(older_run))
+    result = run_json(capsys, "eval", str(copy), "--fill-results")
+    assert result["added_to_results"] == ["stored_bits_floor"]
+    assert "stored_bits_floor" in json.loads((copy / "results.json").read_text())
+    assert "stored_bits_floor" not in json.loads((older_run / "results.json").read_text())
+    session = json.loads((copy / "provenance.json").read_text())["sessions"][-1]
+    assert session["checkpoint"] == str(older_run / "checkpoints" / "step-4")
+    # neither the copy nor its source has the final checkpoint: a clear error
+    shutil.rmtree(older_run / "checkpoints" / "step-4")
+    other = tmp_path / "other"
+    shutil.copytree(copy, other)
+    line = error_line(capsys, "eval", str(other), "--fill-results")
+    assert "no checkpoints/step-4" in line and str(older_run) in line

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from extmem.errors import CheckpointError, ConfigError
-from extmem.run.provenance import record_session
+from extmem.run.provenance import read_provenance, record_session
 from extmem.run.run_dir import RESULTS_FILE, write_json
 
 
@@ -27,9 +27,12 @@ def final_step(run_dir: Path) -> int:
                               "--fill-results leaves it alone") from None
 
 
-def fill_checkpoint(run_dir: Path, checkpoint: str | None, data_files: str | None) -> str:
-    """The checkpoint --fill-results evaluates: the run's final one (what it trained on, at the
-    step it finished); checked before anything is loaded."""
+def fill_checkpoint(run_dir: Path, checkpoint: str | None,
+                    data_files: str | None) -> tuple[Path, str]:
+    """The run directory whose checkpoint --fill-results evaluates and that checkpoint's name:
+    the run's final one (what it trained on, at the step it finished), in the run itself or,
+    for a run copied from another sweep without its checkpoints (`compare --reuse`), in the
+    run it was copied from (the same resolved config); checked before anything is loaded."""
     if data_files:
         raise ConfigError("--fill-results adds the run's own evaluation to its results; "
                           "it cannot be combined with --data")
@@ -37,10 +40,17 @@ def fill_checkpoint(run_dir: Path, checkpoint: str | None, data_files: str | Non
     if checkpoint not in (None, final):
         raise CheckpointError(f"{run_dir}: --checkpoint {checkpoint} is not the run's final "
                               f"checkpoint; --fill-results evaluates {final}")
-    return final
+    homes = [run_dir] + [Path(s["source"]) for s in reversed(read_provenance(run_dir))
+                         if s.get("kind") == "reuse" and s.get("source")][:1]
+    for home in homes:
+        if (home / "checkpoints" / final / "state.json").is_file():
+            return home, final
+    raise CheckpointError(f"{run_dir}: no checkpoints/{final} in "
+                          f"{' nor in '.join(str(h) for h in homes)}; --fill-results needs the "
+                          "run's final checkpoint")
 
 
-def fill_results(run_dir: Path, evaluation: dict, checkpoint: str) -> list[str]:
+def fill_results(run_dir: Path, evaluation: dict, checkpoint: Path) -> list[str]:
     """Add to RUN/results.json the keys of `evaluation` it lacks (written atomically; a
     provenance session names them); returns the keys added, none when it had them all."""
     path = run_dir / RESULTS_FILE
@@ -48,5 +58,5 @@ def fill_results(run_dir: Path, evaluation: dict, checkpoint: str) -> list[str]:
     added = [key for key in evaluation if key not in results]
     if added:
         write_json(path, {**results, **{key: evaluation[key] for key in added}})
-        record_session(run_dir, "fill-results", checkpoint=checkpoint, added=added)
+        record_session(run_dir, "fill-results", checkpoint=str(checkpoint), added=added)
     return added
