@@ -8,6 +8,17 @@ from pathlib import Path
 from extmem.cli import main
 
 
+def train_tiny(root: Path, *overrides: str) -> Path:
+    """Train the tiny config (tests/conftest.py) into ROOT/run with `--set` overrides; the run."""
+    from tests.conftest import TINY_TOML
+    config = root / "tiny.toml"
+    config.write_text(TINY_TOML)
+    out = root / "run"
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    assert main(["train", str(config), "--out", str(out), "--quiet", *sets]) == 0
+    return out
+
+
 def run_json(capsys, *argv: str) -> dict:
     """Run `extmem ARGV --json`, expect success, return the one JSON object it printed."""
     assert main([*argv, "--json"]) == 0

@@ -8,19 +8,12 @@ import sys
 import pytest
 
 from extmem.cli import main
-from tests.cli_helpers import error_line, run_json
+from tests.cli_helpers import error_line, run_json, train_tiny
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from tests.conftest import TINY_TOML
-    root = tmp_path_factory.mktemp("cli")
-    config = root / "tiny.toml"
-    config.write_text(TINY_TOML)
-    out = root / "run"
-    assert main(["train", str(config), "--out", str(out), "--quiet",
-                 "--set", "train.steps=4"]) == 0
-    return out
+    return train_tiny(tmp_path_factory.mktemp("cli"), "train.steps=4")
 
 
 def test_train_writes_a_complete_run_directory(trained_run):

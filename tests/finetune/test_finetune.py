@@ -5,7 +5,7 @@ import json
 import sys
 
 import pytest
-from tests.cli_helpers import error_line, run_json
+from tests.cli_helpers import error_line, run_json, train_tiny
 
 from extmem.cli import main
 from extmem.errors import DataError
@@ -21,14 +21,7 @@ VERB_LINE = "01835496 38 v 01 travel 0 000 01 + 02 00 | change location; move  \
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    from tests.conftest import TINY_TOML
-    root = tmp_path_factory.mktemp("finetune")
-    config = root / "tiny.toml"
-    config.write_text(TINY_TOML)
-    out = root / "run"
-    assert main(["train", str(config), "--out", str(out), "--quiet", "--set", "train.steps=3",
-                 "--set", "train.eval_every=0"]) == 0
-    return out
+    return train_tiny(tmp_path_factory.mktemp("finetune"), "train.steps=3", "train.eval_every=0")
 
 
 def checkpoint_digest(run_dir) -> dict:

@@ -5,7 +5,7 @@ import json
 import shutil
 
 import pytest
-from tests.cli_helpers import error_line, run_json
+from tests.cli_helpers import error_line, run_json, train_tiny
 
 from extmem.cli import main
 from extmem.run.provenance import record_session
@@ -13,14 +13,8 @@ from extmem.run.provenance import record_session
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from tests.conftest import TINY_TOML
-    root = tmp_path_factory.mktemp("fill")
-    config = root / "tiny.toml"
-    config.write_text(TINY_TOML)
-    out = root / "run"
-    assert main(["train", str(config), "--out", str(out), "--quiet",
-                 "--set", "train.steps=4"]) == 0   # checkpoints at steps 3 and 4
-    return out
+    # checkpoints at steps 3 and 4
+    return train_tiny(tmp_path_factory.mktemp("fill"), "train.steps=4")
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.cli_helpers import train_tiny
 
 from extmem.cli import main
 from extmem.memory.stats import staleness_figures, windowed_usage
@@ -15,14 +16,7 @@ MEMORY = "blocks.1.memories.0"
 
 @pytest.fixture(scope="module")
 def memory_run(tmp_path_factory):
-    from tests.conftest import TINY_TOML
-    root = tmp_path_factory.mktemp("usage")
-    config = root / "tiny.toml"
-    config.write_text(TINY_TOML)
-    out = root / "run"
-    assert main(["train", str(config), "--out", str(out), "--quiet",
-                 "--set", "train.usage_window=2"]) == 0
-    return out
+    return train_tiny(tmp_path_factory.mktemp("usage"), "train.usage_window=2")
 
 
 def test_staleness_figures_hand_values():
