@@ -83,7 +83,7 @@ def test_grouped_sweep_reports_capacity(tiny_config, tmp_path, capsys):
                          if line.startswith("| small-e12 | ") and "%)" in line)
     assert f"{city:,.0f} ({share:.0%})" in attribute_row
     stored_row = next(line for line in report.splitlines()
-                      if line.startswith("| small-e12 | ") and line.count("|") == 5)
+                      if line.startswith("| small-e12 | ") and line.count("|") == 6)
     diff = small12["vs_baseline"]["stored_bits"]["diff"]
     assert stored_row.split(" | ")[1].startswith(f"{diff:+.3g}")
     fig = capacity_figure(results)

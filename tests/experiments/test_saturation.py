@@ -83,6 +83,22 @@ def test_table_rows_and_peaks_against_the_baseline_family():
     per_param = versus.split(" | ")[3]
     assert per_param.startswith(f"{150.0 / 10_000 - 95.0 / 1000:+.3g}") and "x0.16" in per_param
     assert not any(line.startswith("| dense | ") and "seeds" in line for line in lines)
+    assert versus.split(" | ")[4] == "- |"   # no floor measured: no comparison of it
+
+
+def test_above_the_floor_at_the_peak():
+    dense = [_row("dense", 10, [40.0, 44.0]), _row("dense", 30, [100.0, 90.0])]
+    memory = [_row("mem", 10, [150.0, 152.0])]
+    for row, above in zip(dense + memory, ([10.0, 12.0], [30.0, 20.0], [149.0, 151.0]),
+                          strict=True):
+        row["stored_bits_above_floor"] = _stat(above)
+    lines = saturation_table(_results(dense + memory, baseline="dense-f30"))
+    dense_line = next(line for line in lines if line.startswith("| dense | "))
+    assert "(30 facts) | 25 ± 7 [" in dense_line        # the peak's figure, not the others'
+    versus = next(line for line in lines if line.startswith("| mem | ") and "seeds" in line)
+    welch = scipy_stats.ttest_ind([149.0, 151.0], [30.0, 20.0], equal_var=False)
+    low, high = welch.confidence_interval(0.95)
+    assert versus.split(" | ")[4] == f"+125 [{low:+.3g}, {high:+.3g}], x6.00 (seeds 2 / 2) |"
 
 
 def test_no_families_no_table():

@@ -10,6 +10,8 @@ from tests.cli_helpers import error_line, run_json, train_tiny
 from extmem.cli import main
 from extmem.run.provenance import record_session
 
+FLOOR = ["stored_bits_floor", "stored_bits_above_floor"]  # what an older run lacks
+
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
@@ -24,7 +26,7 @@ def older_run(finished_run, tmp_path):
     shutil.copytree(finished_run, run)
     results = json.loads((run / "results.json").read_text())
     assert "stored_bits_floor" in results           # this version measures it while training
-    del results["stored_bits_floor"]
+    del results["stored_bits_floor"], results["stored_bits_above_floor"]
     (run / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return run
 
@@ -32,16 +34,16 @@ def older_run(finished_run, tmp_path):
 def test_fill_adds_what_is_missing_and_keeps_the_rest(older_run, finished_run, capsys):
     before = json.loads((older_run / "results.json").read_text())
     result = run_json(capsys, "eval", str(older_run), "--fill-results")
-    assert result["checkpoint"] == "step-4" and result["added_to_results"] == ["stored_bits_floor"]
+    assert result["checkpoint"] == "step-4" and result["added_to_results"] == FLOOR
     after = json.loads((older_run / "results.json").read_text())
-    assert {k: v for k, v in after.items() if k != "stored_bits_floor"} == before
+    assert {k: v for k, v in after.items() if k not in FLOOR} == before
     assert after["stored_bits_floor"] == result["stored_bits_floor"]
     # the same model, the same probes: the floor the training run measured
     trained = json.loads((finished_run / "results.json").read_text())
     assert after["stored_bits_floor"] == pytest.approx(trained["stored_bits_floor"], rel=1e-9)
     sessions = json.loads((older_run / "provenance.json").read_text())["sessions"]
     assert sessions[-1]["kind"] == "fill-results"
-    assert sessions[-1]["added"] == ["stored_bits_floor"]
+    assert sessions[-1]["added"] == FLOOR
     assert sessions[-1]["checkpoint"] == str(older_run / "checkpoints" / "step-4")
     # a second time: nothing to add, nothing written
     text = (older_run / "results.json").read_text()
@@ -74,7 +76,7 @@ def test_a_copied_run_is_filled_from_its_source(older_run, tmp_path, capsys):
     shutil.copytree(older_run, copy, ignore=shutil.ignore_patterns("checkpoints"))
     record_session(copy, "reuse", source=str(older_run))
     result = run_json(capsys, "eval", str(copy), "--fill-results")
-    assert result["added_to_results"] == ["stored_bits_floor"]
+    assert result["added_to_results"] == FLOOR
     assert "stored_bits_floor" in json.loads((copy / "results.json").read_text())
     assert "stored_bits_floor" not in json.loads((older_run / "results.json").read_text())
     session = json.loads((copy / "provenance.json").read_text())["sessions"][-1]

@@ -177,6 +177,7 @@ def test_floor_is_the_meter_on_wrong_values(facts):
     out = measure(lm, probes, HandLogits(lm.vocab_size, lm.pad_id, wrong))
     assert out["stored_bits"] == pytest.approx(full, abs=1e-12)
     assert out["stored_bits_floor"] == pytest.approx(full - 2 * len(probes), abs=1e-9)
+    assert out["stored_bits_above_floor"] == pytest.approx(2 * len(probes), abs=1e-9)
     # wrong values worse than chance (uniform over the vocabulary): no floor
     out = measure(lm, probes, HandLogits(lm.vocab_size, lm.pad_id, uniform=True))
     assert out["stored_bits_floor"] == 0.0

@@ -26,8 +26,10 @@ from extmem.run.storage import attribute_bits, knowledge_bits
 __all__ = ["STORAGE_COMPARED", "capacity_figures", "knowledge_bits"]
 
 # the storage metrics `extmem compare` sets beside the baseline (Welch): the capacity verdict
-# (docs/results.md) asks which model stores more bits, per core FLOP and per parameter in all
-STORAGE_COMPARED = ("stored_bits", "stored_bits_per_core_flop", "stored_bits_per_param")
+# (docs/results.md) asks which model stores more bits, per core FLOP and per parameter in all;
+# above the meter's floor (extmem.run.storage), what it stores beyond what wrong values get
+STORAGE_COMPARED = ("stored_bits", "stored_bits_per_core_flop", "stored_bits_per_param",
+                    "stored_bits_above_floor")
 
 
 def capacity_figures(cfg: RunConfig, recalled: list[float], params: dict,

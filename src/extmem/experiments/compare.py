@@ -43,8 +43,9 @@ from extmem.train.writers import require_tracker
 METRICS = ("val_loss", "val_ppl", "val_bpb", "facts_recalled")
 # the storage meter's figures (extmem.run.storage), in a `facts` run's results
 STORAGE_METRICS = ("stored_bits", "stored_bits_max", "stored_bits_floor",
-                   "stored_bits_per_core_param", "stored_bits_per_param", "stored_bits_per_flop",
-                   "stored_bits_per_core_flop", "recall_train_phrasing", "recall_heldout_phrasing")
+                   "stored_bits_above_floor", "stored_bits_per_core_param",
+                   "stored_bits_per_param", "stored_bits_per_flop", "stored_bits_per_core_flop",
+                   "recall_train_phrasing", "recall_heldout_phrasing")
 
 
 def run_dir_for(out: Path, variant: str, seed: int) -> Path:

@@ -108,15 +108,15 @@ def _storage_table(rows: list[dict], baseline: str) -> list[str]:
              "phrasings = extraction; floor: the same meter on a wrong value of each fact, "
              "what it credits a model that cannot tell right from wrong):", "",
              "| variant | facts | exposures | bits offered | stored bits | floor (wrong values) "
-             "| stored / core param | "
+             "| above the floor | stored / core param | "
              "stored / param (total) | stored / training FLOP (core / total) | "
              "recall (training phrasing) | recall (held-out phrasing) | "
              "chance-corrected bits (training / held-out) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     deltas = ["", f"Stored bits vs `{baseline}` (Δ = variant − baseline, Welch's 95% interval "
               "over seeds, and the ratio of the means):", "",
               "| variant | Δ stored bits | Δ stored / training FLOP of the core | "
-              "Δ stored / param (total) |", "|---|---|---|---|"]
+              "Δ stored / param (total) | Δ stored above the floor |", "|---|---|---|---|---|"]
     for row in rows:
         if "stored_bits" not in row:
             continue
@@ -125,6 +125,7 @@ def _storage_table(rows: list[dict], baseline: str) -> list[str]:
         lines.append(f"| {row['variant']} | {facts} | {row.get('exposures', '-')} | "
                      f"{row['stored_bits_max']['mean']:,.0f} | {_pm(row['stored_bits'], 0)} | "
                      f"{_pm(row.get('stored_bits_floor'), 0)} | "
+                     f"{_pm(row.get('stored_bits_above_floor'), 0)} | "
                      f"{_g(row.get('stored_bits_per_core_param'))} | "
                      f"{_g(row.get('stored_bits_per_param'))} | "
                      f"{_g(row.get('stored_bits_per_core_flop'))} / "

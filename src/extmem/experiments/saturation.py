@@ -30,7 +30,8 @@ SATURATION_GROWTH = 1.1
 # (results key, column label) of the per-family peak compared with the baseline family's peak
 PEAK_COMPARED = (("stored_bits", "stored bits"),
                  ("stored_bits_per_core_flop", "stored / training FLOP of the core"),
-                 ("stored_bits_per_param", "stored / param (total)"))
+                 ("stored_bits_per_param", "stored / param (total)"),
+                 ("stored_bits_above_floor", "stored above the meter's floor"))
 
 
 def family_rows(results: dict) -> dict[str, list[dict]]:
@@ -81,7 +82,10 @@ def _stat(stat: dict, fmt: str) -> str:
 
 
 def _versus(row: dict, base: dict, key: str) -> str:
-    """row − base of `key` with Welch's 95% interval over seeds, and the ratio of the means."""
+    """row − base of `key` with Welch's 95% interval over seeds, and the ratio of the means;
+    "-" when either lacks it (a run measured before the figure existed)."""
+    if key not in row or key not in base:
+        return "-"
     a, b = row[key].get("values", [row[key]["mean"]]), base[key].get("values", [base[key]["mean"]])
     diff = row[key]["mean"] - base[key]["mean"]
     low, high = welch_interval(a, b)
@@ -102,9 +106,9 @@ def saturation_table(results: dict) -> list[str]:
              "it ran, mean ± std over seeds and the 95% interval of the mean; in brackets "
              "the share of the bits offered; see extmem.experiments.saturation):", "",
              "| model | params core / total | " + " | ".join(f"{s:,} facts" for s in sizes)
-             + " | peak stored bits | peak / core param | peak / param (total) | "
-             "peak / training FLOP of the core | state |",
-             "|---|---|" + "---|" * len(sizes) + "---|---|---|---|---|"]
+             + " | peak stored bits | above the floor | peak / core param | "
+             "peak / param (total) | peak / training FLOP of the core | state |",
+             "|---|---|" + "---|" * len(sizes) + "---|---|---|---|---|---|"]
     for group, rows in families.items():
         by_size = {r["capacity"]["facts"]: r for r in rows}
         cells = []
@@ -114,10 +118,11 @@ def saturation_table(results: dict) -> list[str]:
                          f"{row['stored_bits']['mean']:,.0f} "
                          f"({row['stored_bits']['mean'] / row['capacity']['bits_offered']:.0%})")
         peak = peak_row(rows)
-        params = peak["params"]
+        params, above = peak["params"], peak.get("stored_bits_above_floor")
         lines.append(f"| {group} | {params['core']:,} / {params['total']:,} | "
                      + " | ".join(cells) + " | "
                      f"{_stat(peak['stored_bits'], ',.0f')} ({peak['capacity']['facts']:,} facts) "
+                     f"| {_stat(above, ',.0f') if above else '-'} "
                      f"| {_stat(peak['stored_bits_per_core_param'], '.3g')} | "
                      f"{_stat(peak['stored_bits_per_param'], '.3g')} | "
                      f"{_stat(peak['stored_bits_per_core_flop'], '.3g')} | "

@@ -24,7 +24,8 @@ from prompt to prompt, is credited some bits. The same meter on a wrong value of
 (`decoy_probes`: the training prompt with another value of V_a, drawn with a fixed seed)
 measures that floor (`stored_bits_floor`): a model that cannot tell a fact's value from a wrong
 one gets about as many bits for the wrong values as for the right ones; a model that stores the
-facts gives the wrong values less than chance, and a floor near 0.
+facts gives the wrong values less than chance, and a floor near 0. `stored_bits_above_floor`
+(stored bits - floor) is what a model stores beyond what wrong values get.
 
 Exact greedy recall comes from the same forward pass: on training phrasings it is storage, on
 held-out phrasings (`facts_recalled`) extraction. Each is turned into chance-corrected bits by
@@ -136,6 +137,7 @@ def measure_storage(model: nn.Module, data: LMData, train_probes: Sequence[FactP
            "stored_facts": len(train_probes),
            "stored_bits_max": sum(attribute_bits(p.attribute) for p in train_probes),
            "stored_bits_floor": floor,
+           "stored_bits_above_floor": bits - floor,
            "stored_bits_per_core_param": bits / params["core"],
            "stored_bits_per_param": bits / params["total"],
            "recall_train_phrasing": recall,
