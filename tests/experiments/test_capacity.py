@@ -87,9 +87,10 @@ def test_grouped_sweep_reports_capacity(tiny_config, tmp_path, capsys):
     diff = small12["vs_baseline"]["stored_bits"]["diff"]
     assert stored_row.split(" | ")[1].startswith(f"{diff:+.3g}")
     fig = capacity_figure(results)
-    assert len(fig.axes) == 3 and "bits stored" in fig.axes[2].get_ylabel()
-    labels = [line.get_label() for line in fig.axes[2].get_lines()]
-    assert "bits offered (all stored)" in labels
+    assert len(fig.axes) == 4 and "bits stored" in fig.axes[2].get_ylabel()
+    assert "above the meter's floor" in fig.axes[3].get_ylabel()
+    for ax in fig.axes[2:]:
+        assert "bits offered (all stored)" in [line.get_label() for line in ax.get_lines()]
     # the bars: the group at its peak (the corpus where it stored more), one panel per figure
     assert (out / "capacity_bars.png").is_file() and "capacity_bars.png" in report
     peak = max((small6, small12), key=lambda r: (r["stored_bits"]["mean"], -r["capacity"]["facts"]))

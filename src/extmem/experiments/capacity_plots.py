@@ -4,8 +4,9 @@ bits stored against facts offered, and bits per parameter at saturation).
 
 capacity.png: per model family, against the facts in the corpus, facts recalled, knowledge
 bits (chance-corrected recall) and, with the storage meter (extmem.run.storage), bits stored
-beside the bits offered. capacity_bars.png: each family at its peak (the corpus where it
-stored the most bits: its capacity, or a lower bound of it; extmem.experiments.saturation),
+beside the bits offered, and bits stored above the meter's floor. capacity_bars.png: each
+family at its peak (the corpus where it stored the most bits: its capacity, or a lower bound
+of it; extmem.experiments.saturation),
 bits stored per core parameter, per parameter in all, per training FLOP of the core and per
 training FLOP in all, mean and std over seeds.
 """
@@ -45,26 +46,30 @@ def _offered(ax: Axes, groups: dict[str, list[dict]]) -> None:
 def capacity_figure(results: dict) -> Figure:
     """Per model family (`group`), against the facts offered: facts recalled (held-out
     phrasings), knowledge bits (chance-corrected recall) and, when the runs have the storage
-    meter (extmem.run.storage), bits stored (from the loss on the training values)."""
+    meter (extmem.run.storage), bits stored (from the loss on the training values) and, when
+    they have its floor, bits stored above it (what wrong values do not get)."""
     groups = _groups(results)
-    stored = any("stored_bits" in r for rows in groups.values() for r in rows)
-    fig = Figure(figsize=(16, 4.5) if stored else (11, 4.5))
-    axes = fig.subplots(1, 3 if stored else 2)
+    meter = [(key, label) for key, label in (
+        ("stored_bits", "bits stored (storage meter, training values)"),
+        ("stored_bits_above_floor", "bits stored above the meter's floor (wrong values)"))
+        if any(key in r for rows in groups.values() for r in rows)]
+    fig = Figure(figsize=(5.5 * (2 + len(meter)), 4.5))
+    axes = fig.subplots(1, 2 + len(meter))
     for group, rows in groups.items():
         panels = [(axes[0], rows, [r["facts_recalled"] for r in rows]),
                   (axes[1], rows, [r["capacity"]["bits"] for r in rows])]
-        if stored:
-            kept = [r for r in rows if "stored_bits" in r]
-            panels.append((axes[2], kept, [r["stored_bits"] for r in kept]))
+        for ax, (key, _) in zip(axes[2:], meter, strict=True):
+            kept = [r for r in rows if key in r]
+            panels.append((ax, kept, [r[key] for r in kept]))
         for ax, drawn, values in panels:
             ax.errorbar([r["capacity"]["facts"] for r in drawn], [v["mean"] for v in values],
                         yerr=[v["std"] for v in values], marker="o", capsize=3, label=group)
     axes[0].set_ylabel("facts recalled (fraction of held-out probes)")
     axes[1].set_ylabel("knowledge stored (chance-corrected bits)")
-    if stored:
-        _offered(axes[2], groups)
-        axes[2].set_ylabel("bits stored (storage meter, training values)")
-        axes[2].set_yscale("log", nonpositive="mask")
+    for ax, (_, label) in zip(axes[2:], meter, strict=True):
+        _offered(ax, groups)
+        ax.set_ylabel(label)
+        ax.set_yscale("log", nonpositive="mask")
     for ax in axes:
         ax.set_xlabel("facts in the corpus")
         ax.set_xscale("log")
