@@ -120,40 +120,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from extmem.data import Corpus, build_lm_data
     from extmem.data.files import load_files
-    from extmem.run.evaluate import evaluate
-    from extmem.run.fill_results import fill_checkpoint, fill_results
+    from extmem.run.evaluate import evaluate_trained
+    from extmem.run.fill_results import fill_run
     from extmem.run.session import load_trained
 
     run_dir = Path(args.run_dir)
-    home, checkpoint = run_dir, args.checkpoint   # home: where the checkpoint is
     if args.fill_results:
-        home, checkpoint = fill_checkpoint(run_dir, checkpoint, args.data)
-    run = load_trained(home, args.set, checkpoint)
-    cfg, data, model = run.cfg, run.data, run.model
-    lm, probes, train_probes = data.lm, data.corpus.probes, data.corpus.train_probes
-    if args.data:  # evaluate every document of these files (no split), no fact probes
-        docs = load_files(args.data, cfg.data.text_field)
-        lm = build_lm_data(Corpus(name="files", train_docs=docs, val_docs=docs), data.tokenizer,
-                           cfg.data)
-        probes, train_probes = [], []
-    tc = cfg.train
-    tokens = (run.step + tc.data_offset) * tc.rows_per_step * cfg.data.seq_len
-    evaluation = evaluate(model, lm, probes, tc.eval_batch_size, tc.eval_tokens, tc.mask_prob,
-                          tc.usage_window, train_probes=train_probes, tokens_trained=tokens)
-    results = {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name, "steps": run.step,
-               **evaluation}
-    if args.fill_results:
-        added = fill_results(run_dir, evaluation, run.checkpoint)
+        added, results = fill_run(run_dir, args.set, args.checkpoint, args.data)
         results["added_to_results"] = added
         if not args.json:
             print(f"{run_dir / 'results.json'}: added {', '.join(added)}" if added else
                   f"{run_dir / 'results.json'}: had every figure; nothing added")
+    else:
+        run = load_trained(run_dir, args.set, args.checkpoint)
+        docs = load_files(args.data, run.cfg.data.text_field) if args.data else None
+        results = {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name,
+                   "steps": run.step, **evaluate_trained(run, docs)}
     if args.json:
         _print_json(results)
     else:
-        _summary_table(results, f"evaluated {run_dir} at {run.checkpoint.name}")
+        _summary_table(results, f"evaluated {run_dir} at {results['checkpoint']}")
     return 0
 
 
@@ -188,7 +175,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.cfg.name
     if args.status:  # where each run stands and the time left; train nothing
         return _print_sweep_status(sweep, out, args)
-    if args.report_only:  # summarise what has finished; train nothing
+    problems: list[str] = []  # runs --fill-results could not fill
+    if args.fill_results:  # add what finished runs lack from their final checkpoints
+        from extmem.experiments.fill import fill_sweep
+        problems = fill_sweep(sweep, out, args.only, args.seed,
+                              Console(stderr=True, quiet=args.quiet))
+    if args.report_only or args.fill_results:  # summarise what has finished; train nothing
         from extmem.experiments.compare import summarize
         results = summarize(sweep, out, partial=True)
     else:
@@ -205,11 +197,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     command = " ".join(["extmem compare", args.sweep, *_compare_flags(args)])
     write_report(results, out, command)
     if args.json:
-        _print_json(results)
+        _print_json({**results, "not_filled": problems} if problems else results)
     else:
         print_table(Console(), rich_table(results))
         for warning in results["warnings"]:
             print(f"warning: {warning}")
+        for problem in problems:
+            print(f"not filled: {problem}")
         for line in tuning_lines(results):
             print(line)
         plots = sorted(p.name for p in out.glob("*.png"))
@@ -452,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train nothing: report the runs that have finished (a sweep "
                             "running elsewhere, or stopped part-way), the rest listed as "
                             "pending")
+    shown.add_argument("--fill-results", action="store_true",
+                       help="train nothing: add to every finished run's results.json the "
+                            "figures it lacks (measured by a newer extmem), from its final "
+                            "checkpoint (with --only / --seed: those runs), then report")
     shown.add_argument("--status", action="store_true",
                        help="train nothing: list every run as finished, training (by which "
                             "process), stopped at a checkpoint or not started (with --reuse: "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,9 @@ from extmem.memory.stats import staleness_figures
 from extmem.model import Transformer, flops_per_token, parameter_counts
 from extmem.run.objective import mlm_generator
 from extmem.run.storage import extraction_figures, measure_storage
+
+if TYPE_CHECKING:
+    from extmem.run.session import TrainedRun
 
 EVAL_MASK_SEED = 12345
 
@@ -125,3 +129,21 @@ def evaluate(model: Transformer, data: LMData, probes: list[FactProbe], batch_si
         out["memory_usage"] = usage
     model.train(was_training)
     return out
+
+
+def evaluate_trained(run: TrainedRun, docs: list[str] | None = None) -> dict:
+    """`evaluate` of a restored run (`extmem eval`, `--fill-results`) with its own eval
+    settings: on its own data (fact probes and the storage meter included), or on `docs` (every
+    document evaluated, no split, no fact probes)."""
+    from extmem.data import Corpus, build_lm_data
+
+    cfg, data, model = run.cfg, run.data, run.model
+    lm, probes, train_probes = data.lm, data.corpus.probes, data.corpus.train_probes
+    if docs is not None:
+        lm = build_lm_data(Corpus(name="files", train_docs=docs, val_docs=docs), data.tokenizer,
+                           cfg.data)
+        probes, train_probes = [], []
+    tc = cfg.train
+    tokens = (run.step + tc.data_offset) * tc.rows_per_step * cfg.data.seq_len
+    return evaluate(model, lm, probes, tc.eval_batch_size, tc.eval_tokens, tc.mask_prob,
+                    tc.usage_window, train_probes=train_probes, tokens_trained=tokens)

@@ -50,6 +50,21 @@ def fill_checkpoint(run_dir: Path, checkpoint: str | None,
                           "run's final checkpoint")
 
 
+def fill_run(run_dir: Path, overrides: list[str] | None = None, checkpoint: str | None = None,
+             data_files: str | None = None) -> tuple[list[str], dict]:
+    """Evaluate the run's final checkpoint (`fill_checkpoint`) and add what its results.json
+    lacks (`fill_results`); returns the keys added and what `extmem eval --json` prints."""
+    from extmem.run.evaluate import evaluate_trained
+    from extmem.run.session import load_trained
+
+    home, checkpoint = fill_checkpoint(run_dir, checkpoint, data_files)
+    run = load_trained(home, overrides, checkpoint)
+    evaluation = evaluate_trained(run)
+    added = fill_results(run_dir, evaluation, run.checkpoint)
+    return added, {"run_dir": str(run_dir), "checkpoint": run.checkpoint.name,
+                   "steps": run.step, **evaluation}
+
+
 def fill_results(run_dir: Path, evaluation: dict, checkpoint: Path) -> list[str]:
     """Add to RUN/results.json the keys of `evaluation` it lacks (written atomically; a
     provenance session names them); returns the keys added, none when it had them all."""
