@@ -18,7 +18,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from extmem.experiments.saturation import peak_rows
+from extmem.experiments.saturation import family_rows, peak_rows
 
 # (results key, axis label) of capacity_bars.png's panels
 BAR_METRICS = (("stored_bits_per_core_param", "bits stored per core parameter"),
@@ -48,7 +48,7 @@ def capacity_figure(results: dict) -> Figure:
     phrasings), knowledge bits (chance-corrected recall) and, when the runs have the storage
     meter (extmem.run.storage), bits stored (from the loss on the training values) and, when
     they have its floor, bits stored above it (what wrong values do not get)."""
-    groups = _groups(results)
+    groups = family_rows(results, stored_only=False)
     meter = [(key, label) for key, label in (
         ("stored_bits", "bits stored (storage meter, training values)"),
         ("stored_bits_above_floor", "bits stored above the meter's floor (wrong values)"))
@@ -83,15 +83,6 @@ def capacity_figure(results: dict) -> Figure:
 
 def plot_capacity(results: dict, path: Path) -> None:
     capacity_figure(results).savefig(path, dpi=120)
-
-
-def _groups(results: dict) -> dict[str, list[dict]]:
-    """group -> its rows, by facts offered (rows without a group or capacity are left out)."""
-    groups: dict[str, list[dict]] = {}
-    for row in results["variants"]:
-        if "group" in row and "capacity" in row:
-            groups.setdefault(row["group"], []).append(row)
-    return {g: sorted(rows, key=lambda r: r["capacity"]["facts"]) for g, rows in groups.items()}
 
 
 def has_capacity_bars(results: dict) -> bool:

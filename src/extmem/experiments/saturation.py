@@ -34,12 +34,12 @@ PEAK_COMPARED = (("stored_bits", "stored bits"),
                  ("stored_bits_above_floor", "stored above the meter's floor"))
 
 
-def family_rows(results: dict) -> dict[str, list[dict]]:
-    """group -> its rows with the storage meter, by facts offered (rows without a group, a
-    capacity or stored bits are left out)."""
+def family_rows(results: dict, stored_only: bool = True) -> dict[str, list[dict]]:
+    """group -> its rows, by facts offered (rows without a group or a capacity are left out,
+    and with `stored_only` those without the storage meter)."""
     groups: dict[str, list[dict]] = {}
     for row in results["variants"]:
-        if "group" in row and "capacity" in row and "stored_bits" in row:
+        if "group" in row and "capacity" in row and (not stored_only or "stored_bits" in row):
             groups.setdefault(row["group"], []).append(row)
     return {g: sorted(rows, key=lambda r: r["capacity"]["facts"]) for g, rows in groups.items()}
 
