@@ -30,6 +30,7 @@ from extmem.experiments.curve_deltas import curve_deltas
 from extmem.experiments.downstream import compare_downstream, run_downstream, summarize_downstream
 from extmem.experiments.reuse import reusable_for, reusable_runs, reuse_run
 from extmem.experiments.stats import mean_std, significance_note, welch_interval, welch_t_test
+from extmem.experiments.storage_curves import storage_curve
 from extmem.experiments.sweep import Sweep, added_memories
 from extmem.experiments.tuning import tuning_summary
 from extmem.experiments.usage_curves import usage_curve
@@ -290,6 +291,10 @@ def summarize_variant(sweep: Sweep, out: Path, variant: str,
     usage = usage_curve([(run_dir_for(out, variant, s), offset) for s in seeds])
     if usage is not None:
         row["usage_curve"] = usage
+    storage = storage_curve([(run_dir_for(out, variant, s), offset) for s in seeds],
+                            row["steps"], cfg.train.exposures)
+    if storage is not None:
+        row["storage_curve"] = storage
     curves = [_curve(run_dir_for(out, variant, s)) for s in seeds]
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     row["curve"] = {"steps": steps,

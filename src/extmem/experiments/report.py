@@ -20,6 +20,11 @@ from extmem.experiments.capacity_plots import (
 from extmem.experiments.curve_deltas import curve_delta_table
 from extmem.experiments.plots import plot_curves, plot_quality, seeds_label
 from extmem.experiments.saturation import saturation_table
+from extmem.experiments.storage_curves import (
+    has_storage_curves,
+    plot_storage_curves,
+    storage_along_table,
+)
 from extmem.experiments.tuning import tuning_tables
 from extmem.experiments.tuning_plots import has_tuning_chart, plot_tuning
 from extmem.experiments.usage_curves import has_usage_chart, plot_usage
@@ -220,6 +225,7 @@ def markdown(results: dict, command: str) -> str:
     lines += _storage_table(results["variants"], results["baseline"])
     lines += _attribute_table(results["variants"])
     lines += saturation_table(results)
+    lines += storage_along_table(results)
     lines += tuning_tables(results)
     if has_tuning_chart(results):
         lines += ["", "![tuning grid](tuning.png)"]
@@ -233,6 +239,8 @@ def markdown(results: dict, command: str) -> str:
         lines += ["![capacity](capacity.png)", ""]
     if has_capacity_bars(results):
         lines += ["![bits stored per parameter and per FLOP](capacity_bars.png)", ""]
+    if has_storage_curves(results):
+        lines += ["![bits stored along training](capacity_curves.png)", ""]
     if has_usage_chart(results):
         lines += ["![memory usage over training](usage.png)", ""]
     return "\n".join(lines)
@@ -248,6 +256,8 @@ def write_report(results: dict, out: Path, command: str) -> None:
         plot_capacity(results, out / "capacity.png")
     if has_capacity_bars(results):
         plot_capacity_bars(results, out / "capacity_bars.png")
+    if has_storage_curves(results):
+        plot_storage_curves(results, out / "capacity_curves.png")
     if has_usage_chart(results):
         plot_usage(results, out / "usage.png")
     if has_tuning_chart(results):
