@@ -93,15 +93,24 @@ def test_grouped_sweep_reports_capacity(tiny_config, tmp_path, capsys):
         assert "bits offered (all stored)" in [line.get_label() for line in ax.get_lines()]
     # the bars: the group at its peak (the corpus where it stored more), one panel per figure
     assert (out / "capacity_bars.png").is_file() and "capacity_bars.png" in report
-    peak = max((small6, small12), key=lambda r: (r["stored_bits"]["mean"], -r["capacity"]["facts"]))
+    # every run measured the floor: the peak is taken on the bits above it, and so are its
+    # ratios (the run's above-floor bits over its parameters and its training FLOPs)
+    above = "stored_bits_above_floor"
+    assert small12[above + "_per_param"]["mean"] == pytest.approx(
+        run[above] / run["params"]["total"])
+    assert small12[above + "_per_core_flop"]["mean"] == pytest.approx(
+        run[above] / (run["flops_per_token"]["core"] * run["tokens"]))
+    peak = max((small6, small12), key=lambda r: (r[above]["mean"], -r["capacity"]["facts"]))
     bars = capacity_bars_figure(results)
     assert [ax.get_ylabel() for ax in bars.axes] == [label for _, label in BAR_METRICS]
-    for ax, (key, _) in zip(bars.axes, BAR_METRICS, strict=True):
+    for ax, (suffix, _) in zip(bars.axes, BAR_METRICS, strict=True):
         (bar,) = ax.patches
-        assert bar.get_height() == pytest.approx(peak[key]["mean"])
+        assert bar.get_height() == pytest.approx(peak[above + suffix]["mean"])
     facts = peak["capacity"]["facts"]
-    assert bars.axes[0].get_xticklabels()[0].get_text() == f"small\n({facts} facts)"
-    # the capacity table: the family's stored bits at both corpus sizes and its state
+    assert (bars.axes[0].get_xticklabels()[0].get_text()
+            == f"small\n({facts} facts, above the floor)")
+    # the capacity table: the family's bits above the floor at both corpus sizes, its state
     family = next(line for line in report.splitlines() if line.startswith("| small | "))
-    assert f"{small6['stored_bits']['mean']:,.0f} (" in family
-    assert f"{small12['stored_bits']['mean']:,.0f} (" in family
+    assert f"{small6[above]['mean']:,.0f} (" in family
+    assert f"{small12[above]['mean']:,.0f} (" in family
+    assert "| above the floor |" in family

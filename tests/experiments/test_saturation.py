@@ -7,6 +7,7 @@ from scipy import stats as scipy_stats
 
 from extmem.experiments.saturation import (
     SATURATION_GROWTH,
+    peak_key,
     peak_rows,
     saturation_state,
     saturation_table,
@@ -83,7 +84,8 @@ def test_table_rows_and_peaks_against_the_baseline_family():
     per_param = versus.split(" | ")[3]
     assert per_param.startswith(f"{150.0 / 10_000 - 95.0 / 1000:+.3g}") and "x0.16" in per_param
     assert not any(line.startswith("| dense | ") and "seeds" in line for line in lines)
-    assert versus.split(" | ")[4] == "- |"   # no floor measured: no comparison of it
+    assert versus.split(" | ")[4:] == ["-", "-", "- |"]   # no floor measured: no comparison
+    assert "| stored bits | 95 ± 5 [" in dense_line      # the peak is taken on stored bits
 
 
 def test_above_the_floor_at_the_peak():
@@ -94,11 +96,28 @@ def test_above_the_floor_at_the_peak():
         row["stored_bits_above_floor"] = _stat(above)
     lines = saturation_table(_results(dense + memory, baseline="dense-f30"))
     dense_line = next(line for line in lines if line.startswith("| dense | "))
-    assert "(30 facts) | 25 ± 7 [" in dense_line        # the peak's figure, not the others'
+    # every row has the floor: the figures and the peak are the bits above it
+    assert "| 11 (22%) | 25 (17%) | above the floor | 25 ± 7 [" in dense_line
+    assert "(30 facts) | 95 ± 7 [" in dense_line          # stored bits at the peak
     versus = next(line for line in lines if line.startswith("| mem | ") and "seeds" in line)
     welch = scipy_stats.ttest_ind([149.0, 151.0], [30.0, 20.0], equal_var=False)
     low, high = welch.confidence_interval(0.95)
-    assert versus.split(" | ")[4] == f"+125 [{low:+.3g}, {high:+.3g}], x6.00 (seeds 2 / 2) |"
+    assert versus.split(" | ")[4] == f"+125 [{low:+.3g}, {high:+.3g}], x6.00 (seeds 2 / 2)"
+
+
+def test_peak_is_taken_above_the_floor_when_every_row_has_it():
+    # stored bits peak at 90 facts, but most of them there are the floor
+    rows = [_row("d", 10, [40.0]), _row("d", 30, [100.0]), _row("d", 90, [300.0])]
+    for row, above in zip(rows, ([30.0], [80.0], [20.0]), strict=True):
+        row["stored_bits_above_floor"] = _stat(above)
+    assert peak_key(rows) == "stored_bits_above_floor"
+    assert peak_rows(_results(rows, "d-f10"))["d"]["capacity"]["facts"] == 30
+    assert saturation_state(rows) == "past its peak (x0.25 of it at 90 facts)"
+    # one run without the floor: the family falls back to stored bits
+    del rows[0]["stored_bits_above_floor"]
+    assert peak_key(rows) == "stored_bits"
+    assert peak_rows(_results(rows, "d-f10"))["d"]["capacity"]["facts"] == 90
+    assert saturation_state(rows).startswith("still growing (x3.00")
 
 
 def test_no_families_no_table():

@@ -23,13 +23,38 @@ from extmem.experiments.stats import mean_std
 from extmem.run.config import RunConfig
 from extmem.run.storage import attribute_bits, knowledge_bits
 
-__all__ = ["STORAGE_COMPARED", "capacity_figures", "knowledge_bits"]
+__all__ = ["ABOVE_FLOOR_RATIOS", "STORAGE_COMPARED", "above_floor_ratios", "capacity_figures",
+           "knowledge_bits"]
 
 # the storage metrics `extmem compare` sets beside the baseline (Welch): the capacity verdict
 # (docs/results.md) asks which model stores more bits, per core FLOP and per parameter in all;
 # above the meter's floor (extmem.run.storage), what it stores beyond what wrong values get
 STORAGE_COMPARED = ("stored_bits", "stored_bits_per_core_flop", "stored_bits_per_param",
                     "stored_bits_above_floor")
+
+
+# a run's bits above the meter's floor per core parameter, per parameter in all and per
+# training FLOP of the core and in all (the floor grows with the corpus whether or not a model
+# memorises, so the verdict rests on these; extmem.experiments.saturation)
+ABOVE_FLOOR_RATIOS = ("stored_bits_above_floor_per_core_param", "stored_bits_above_floor_per_param",
+                      "stored_bits_above_floor_per_core_flop", "stored_bits_above_floor_per_flop")
+
+
+def above_floor_ratios(result: dict) -> dict[str, float]:
+    """ABOVE_FLOOR_RATIOS of one run's results.json (its params, FLOPs per token and tokens
+    trained, as the run's own stored_bits_per_* use them); {} without the floor."""
+    above = result.get("stored_bits_above_floor")
+    if above is None:
+        return {}
+    params = result["params"]
+    out = {"stored_bits_above_floor_per_core_param": above / params["core"],
+           "stored_bits_above_floor_per_param": above / params["total"]}
+    tokens = result.get("tokens", 0)
+    if tokens > 0:
+        flops = result["flops_per_token"]
+        out["stored_bits_above_floor_per_core_flop"] = above / (flops["core"] * tokens)
+        out["stored_bits_above_floor_per_flop"] = above / (flops["total"] * tokens)
+    return out
 
 
 def capacity_figures(cfg: RunConfig, recalled: list[float], params: dict,

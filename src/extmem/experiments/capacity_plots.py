@@ -18,13 +18,13 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from extmem.experiments.saturation import family_rows, peak_rows
+from extmem.experiments.saturation import PEAK_ON, family_rows, peak_key, peak_row, peak_rows
 
-# (results key, axis label) of capacity_bars.png's panels
-BAR_METRICS = (("stored_bits_per_core_param", "bits stored per core parameter"),
-               ("stored_bits_per_param", "bits stored per parameter (all)"),
-               ("stored_bits_per_core_flop", "bits stored per training FLOP of the core"),
-               ("stored_bits_per_flop", "bits stored per training FLOP (all)"))
+# (suffix of the family's peak figure, axis label) of capacity_bars.png's panels
+BAR_METRICS = (("_per_core_param", "bits stored per core parameter"),
+               ("_per_param", "bits stored per parameter (all)"),
+               ("_per_core_flop", "bits stored per training FLOP of the core"),
+               ("_per_flop", "bits stored per training FLOP (all)"))
 
 
 def has_capacity_chart(results: dict) -> bool:
@@ -90,21 +90,27 @@ def has_capacity_bars(results: dict) -> bool:
 
 
 def capacity_bars_figure(results: dict) -> Figure:
-    """One panel per BAR_METRICS entry, one bar per family at its peak (mean, std over seeds
-    as the error bar), the facts offered there under each bar's name."""
-    rows = peak_rows(results)
+    """One panel per BAR_METRICS entry, one bar per family at its peak, on the figure the peak
+    is taken on (above the meter's floor where every run of the family has it; mean, std over
+    seeds as the error bar), the facts offered there and that figure under each bar's name."""
+    families = family_rows(results)
+    keys = {group: peak_key(rows) for group, rows in families.items()}
+    rows = {group: peak_row(family) for group, family in families.items()}
     fig = Figure(figsize=(5 * len(BAR_METRICS), 4.5))
     axes = fig.subplots(1, len(BAR_METRICS))
-    names = [f"{group}\n({row['capacity']['facts']:,} facts)" for group, row in rows.items()]
-    for ax, (key, label) in zip(axes, BAR_METRICS, strict=True):
-        values = [row.get(key, {"mean": float("nan"), "std": 0.0}) for row in rows.values()]
+    names = [f"{group}\n({row['capacity']['facts']:,} facts, {PEAK_ON[keys[group]]})"
+             for group, row in rows.items()]
+    for ax, (suffix, label) in zip(axes, BAR_METRICS, strict=True):
+        values = [row.get(keys[group] + suffix, {"mean": float("nan"), "std": 0.0})
+                  for group, row in rows.items()]
         ax.bar(range(len(rows)), [v["mean"] for v in values], yerr=[v["std"] for v in values],
                capsize=3, color="tab:blue")
         ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"{results['sweep']}: bits stored at each model's peak, the corpus where "
-                 "it stored the most (storage meter, training values)")
+                 "it stored the most (storage meter, training values; above its floor where "
+                 "measured)")
     fig.tight_layout()
     return fig
 

@@ -25,7 +25,12 @@ from rich.console import Console
 
 from extmem.cpu_load import SHARED_CPU_THRESHOLD
 from extmem.errors import ConfigError
-from extmem.experiments.capacity import STORAGE_COMPARED, capacity_figures
+from extmem.experiments.capacity import (
+    ABOVE_FLOOR_RATIOS,
+    STORAGE_COMPARED,
+    above_floor_ratios,
+    capacity_figures,
+)
 from extmem.experiments.curve_deltas import curve_deltas
 from extmem.experiments.downstream import compare_downstream, run_downstream, summarize_downstream
 from extmem.experiments.reuse import reusable_for, reusable_runs, reuse_run
@@ -46,7 +51,7 @@ METRICS = ("val_loss", "val_ppl", "val_bpb", "facts_recalled")
 STORAGE_METRICS = ("stored_bits", "stored_bits_max", "stored_bits_floor",
                    "stored_bits_above_floor", "stored_bits_per_core_param",
                    "stored_bits_per_param", "stored_bits_per_flop", "stored_bits_per_core_flop",
-                   "recall_train_phrasing", "recall_heldout_phrasing")
+                   *ABOVE_FLOOR_RATIOS, "recall_train_phrasing", "recall_heldout_phrasing")
 
 
 def run_dir_for(out: Path, variant: str, seed: int) -> Path:
@@ -243,6 +248,7 @@ def summarize_variant(sweep: Sweep, out: Path, variant: str,
     seeds = list(sweep.runs[variant]) if seeds is None else seeds
     results = [json.loads((run_dir_for(out, variant, s) / RESULTS_FILE).read_text())
                for s in seeds]
+    results = [{**r, **above_floor_ratios(r)} for r in results]
     offset = source_steps(run_dir_for(out, variant, seeds[0]))
     row: dict = {"variant": variant, "seeds": seeds, "params": results[0]["params"],
                  "flops_per_token": results[0]["flops_per_token"],

@@ -4,7 +4,9 @@ offers more than it can hold, reported as bits per parameter).
 
 A family (`group` in the sweep) is one model trained on corpora of growing size (`facts`). Its
 capacity is its peak: the most bits stored (storage meter, extmem.run.storage) over the corpus
-sizes it ran. Whether the peak is a capacity or only a lower bound depends on the curve:
+sizes it ran, counted above the meter's floor (what it credits wrong values) when every run of
+the family measured the floor, since the floor grows with the corpus whether or not the model
+memorises anything. Whether the peak is a capacity or only a lower bound depends on the curve:
 
 - past its peak: a larger corpus stored fewer bits (the model reached its capacity, or a larger
   corpus made it fail to start memorising at this budget: the curves say which);
@@ -31,7 +33,18 @@ SATURATION_GROWTH = 1.1
 PEAK_COMPARED = (("stored_bits", "stored bits"),
                  ("stored_bits_per_core_flop", "stored / training FLOP of the core"),
                  ("stored_bits_per_param", "stored / param (total)"),
-                 ("stored_bits_above_floor", "stored above the meter's floor"))
+                 ("stored_bits_above_floor", "stored above the meter's floor"),
+                 ("stored_bits_above_floor_per_core_flop", "above the floor / training FLOP of "
+                  "the core"),
+                 ("stored_bits_above_floor_per_param", "above the floor / param (total)"))
+
+# (suffix of the peak's figure, column label) of the per-parameter and per-FLOP columns
+PEAK_RATIOS = (("_per_core_param", "peak / core param"),
+               ("_per_param", "peak / param (total)"),
+               ("_per_core_flop", "peak / training FLOP of the core"))
+
+# how the family table names the figure its peak is taken on (`peak_key`)
+PEAK_ON = {"stored_bits_above_floor": "above the floor", "stored_bits": "stored bits"}
 
 
 def family_rows(results: dict, stored_only: bool = True) -> dict[str, list[dict]]:
@@ -44,9 +57,18 @@ def family_rows(results: dict, stored_only: bool = True) -> dict[str, list[dict]
     return {g: sorted(rows, key=lambda r: r["capacity"]["facts"]) for g, rows in groups.items()}
 
 
+def peak_key(rows: list[dict]) -> str:
+    """The figure a family's peak is taken on: bits stored above the meter's floor when every
+    row has it, else bits stored."""
+    return ("stored_bits_above_floor" if all("stored_bits_above_floor" in r for r in rows)
+            else "stored_bits")
+
+
 def peak_row(rows: list[dict]) -> dict:
-    """The row with the most bits stored (mean over seeds); the smaller corpus on a tie."""
-    return max(rows, key=lambda r: (r["stored_bits"]["mean"], -r["capacity"]["facts"]))
+    """The row with the most bits stored (above the floor where every row has it; mean over
+    seeds); the smaller corpus on a tie."""
+    key = peak_key(rows)
+    return max(rows, key=lambda r: (r[key]["mean"], -r["capacity"]["facts"]))
 
 
 def peak_rows(results: dict) -> dict[str, dict]:
@@ -56,17 +78,18 @@ def peak_rows(results: dict) -> dict[str, dict]:
 
 def saturation_state(rows: list[dict]) -> str:
     """"past its peak", "saturated", "still growing", "one corpus size" or "stores nothing"
-    (see the module docstring), with the ratio of stored bits that decides it."""
+    (see the module docstring), with the ratio of stored bits (above the floor where every row
+    has it: `peak_key`) that decides it."""
     if len(rows) < 2:
         return "one corpus size"
+    key = peak_key(rows)
     peak, last, before = peak_row(rows), rows[-1], rows[-2]
-    if peak["stored_bits"]["mean"] <= 0:
+    if peak[key]["mean"] <= 0:
         return "stores nothing at any corpus size"
     if peak is not last:
-        share = last["stored_bits"]["mean"] / peak["stored_bits"]["mean"]
+        share = last[key]["mean"] / peak[key]["mean"]
         return f"past its peak (x{share:.2f} of it at {last['capacity']['facts']:,} facts)"
-    growth = (last["stored_bits"]["mean"] / before["stored_bits"]["mean"]
-              if before["stored_bits"]["mean"] > 0 else math.inf)
+    growth = (last[key]["mean"] / before[key]["mean"] if before[key]["mean"] > 0 else math.inf)
     kind = "saturated" if growth < SATURATION_GROWTH else "still growing"
     return f"{kind} (x{growth:.2f} over {before['capacity']['facts']:,} facts)"
 
@@ -94,8 +117,26 @@ def _versus(row: dict, base: dict, key: str) -> str:
     return f"{diff:+.3g}{interval}{ratio} (seeds {len(a)} / {len(b)})"
 
 
+def _family_line(group: str, rows: list[dict], sizes: list[int]) -> str:
+    """One family's line: its figure at every corpus size (share of the bits offered), the
+    figure its peak is taken on, the peak, stored bits there, the peak's ratios and its state."""
+    key = peak_key(rows)
+    by_size = {r["capacity"]["facts"]: r for r in rows}
+    cells = ["-" if (row := by_size.get(size)) is None else
+             f"{row[key]['mean']:,.0f} ({row[key]['mean'] / row['capacity']['bits_offered']:.0%})"
+             for size in sizes]
+    peak = peak_row(rows)
+    ratios = [_stat(peak[key + suffix], ".3g") if key + suffix in peak else "-"
+              for suffix, _ in PEAK_RATIOS]
+    params = peak["params"]
+    return (f"| {group} | {params['core']:,} / {params['total']:,} | " + " | ".join(cells)
+            + f" | {PEAK_ON[key]} | {_stat(peak[key], ',.0f')} "
+            f"({peak['capacity']['facts']:,} facts) | {_stat(peak['stored_bits'], ',.0f')} | "
+            + " | ".join(ratios) + f" | {saturation_state(rows)} |")
+
+
 def saturation_table(results: dict) -> list[str]:
-    """Markdown lines: per family, stored bits at every corpus size, its peak per core
+    """Markdown lines: per family, its figure at every corpus size, its peak per core
     parameter, per parameter in all and per training FLOP of the core, and its state; then each
     family's peak against the baseline family's (empty when the sweep has no families)."""
     families = family_rows(results)
@@ -103,30 +144,15 @@ def saturation_table(results: dict) -> list[str]:
         return []
     sizes = sorted({r["capacity"]["facts"] for rows in families.values() for r in rows})
     lines = ["", "Capacity per model (storage meter; each model's peak over the corpus sizes "
-             "it ran, mean ± std over seeds and the 95% interval of the mean; in brackets "
-             "the share of the bits offered; see extmem.experiments.saturation):", "",
+             "it ran, on the bits stored above the meter's floor where every run of the model "
+             "measured it (`peak on`), else on the bits stored; the figure at each corpus "
+             "size with its share of the bits offered; mean ± std over seeds and the 95% "
+             "interval of the mean; see extmem.experiments.saturation):", "",
              "| model | params core / total | " + " | ".join(f"{s:,} facts" for s in sizes)
-             + " | peak stored bits | above the floor | peak / core param | "
-             "peak / param (total) | peak / training FLOP of the core | state |",
-             "|---|---|" + "---|" * len(sizes) + "---|---|---|---|---|---|"]
-    for group, rows in families.items():
-        by_size = {r["capacity"]["facts"]: r for r in rows}
-        cells = []
-        for size in sizes:
-            row = by_size.get(size)
-            cells.append("-" if row is None else
-                         f"{row['stored_bits']['mean']:,.0f} "
-                         f"({row['stored_bits']['mean'] / row['capacity']['bits_offered']:.0%})")
-        peak = peak_row(rows)
-        params, above = peak["params"], peak.get("stored_bits_above_floor")
-        lines.append(f"| {group} | {params['core']:,} / {params['total']:,} | "
-                     + " | ".join(cells) + " | "
-                     f"{_stat(peak['stored_bits'], ',.0f')} ({peak['capacity']['facts']:,} facts) "
-                     f"| {_stat(above, ',.0f') if above else '-'} "
-                     f"| {_stat(peak['stored_bits_per_core_param'], '.3g')} | "
-                     f"{_stat(peak['stored_bits_per_param'], '.3g')} | "
-                     f"{_stat(peak['stored_bits_per_core_flop'], '.3g')} | "
-                     f"{saturation_state(rows)} |")
+             + " | peak on | peak | stored bits at the peak | "
+             + " | ".join(label for _, label in PEAK_RATIOS) + " | state |",
+             "|---|---|" + "---|" * (len(sizes) + 4 + len(PEAK_RATIOS))]
+    lines += [_family_line(group, rows, sizes) for group, rows in families.items()]
     base_row = next((r for r in results["variants"] if r["variant"] == results["baseline"]), None)
     if base_row is None or base_row.get("group") not in families:
         return lines
