@@ -171,7 +171,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from extmem.experiments.tuning import tuning_lines
 
     sweep = load_sweep(args.sweep, args.set, steps=args.steps, tokens=args.tokens,
-                       exposures=args.exposures, baseline=args.baseline)
+                       exposures=args.exposures, baseline=args.baseline, evals=args.evals)
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.cfg.name
     if args.status:  # where each run stands and the time left; train nothing
         return _print_sweep_status(sweep, out, args)
@@ -237,7 +237,8 @@ def _print_sweep_status(sweep, out: Path, args: argparse.Namespace) -> int:
 def _compare_flags(args: argparse.Namespace) -> list[str]:
     """The flags of an `extmem compare` command that shape its report (for the report's
     command line): budget, baseline, the pieces trained, reused directories, overrides."""
-    flags = [f"--{name} {value}" for name in ("steps", "tokens", "exposures", "baseline", "out")
+    flags = [f"--{name} {value}" for name in ("steps", "tokens", "exposures", "evals",
+                                              "baseline", "out")
              if (value := getattr(args, name))]
     flags += [f"--only '{pattern}'" for pattern in args.only or []]
     flags += [f"--seed {seed}" for seed in args.seed or []]
@@ -458,6 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exposures", type=int, metavar="E",
                    help="budget: train every run until each training token was seen E times "
                         "(steps = ceil(E x training tokens / tokens per step))")
+    p.add_argument("--evals", type=int, metavar="N",
+                   help="evaluate and checkpoint every run N times over its own budget "
+                        "(every ceil(steps / N) steps; replaces the configs' eval_every and "
+                        "checkpoint_every): one curve density for budgets of any length")
     p.add_argument("--only", action="append", metavar="PATTERN",
                    help="train only the variants whose names match (fnmatch, e.g. 'dense-*'; "
                         "repeatable) and report every finished run, the rest as pending")

@@ -136,3 +136,38 @@ def test_budget_conflicts_are_one_line_errors(sweep_file, tmp_path, capsys):
     assert "exposures: variant 'dense-e5' gives steps and exposures" in error_line(
         capsys, "compare", str(variant), "--out", out)
     assert not (tmp_path / "out").exists()
+
+
+def test_evals_spread_over_each_runs_own_budget(sweep_file):
+    plain = load_sweep(sweep_file)
+    sweep = load_sweep(sweep_file, evals=3)
+    for name, seeds in sweep.runs.items():
+        train = seeds[0].train
+        assert train.steps == plain.runs[name][0].train.steps   # the budget is unchanged
+        assert train.eval_every == train.checkpoint_every == ceil_div(train.steps, 3)
+    every = {name: seeds[0].train.eval_every for name, seeds in sweep.runs.items()}
+    assert every["dense-fixed"] == 1 and every["dense-e5"] > every["dense"] > every["dense-small"]
+    # in the sweep file, and --evals replaces it
+    in_file = sweep_file.parent / "evals.toml"
+    in_file.write_text(SWEEP.replace("exposures = 3\n", "exposures = 3\nevals = 2\n", 1))
+    assert load_sweep(in_file).runs["dense"][0].train.eval_every == ceil_div(
+        plain.runs["dense"][0].train.steps, 2)
+    assert load_sweep(in_file, evals=4).runs["dense"][0].train.checkpoint_every == ceil_div(
+        plain.runs["dense"][0].train.steps, 4)
+    # without evals each config keeps its own
+    assert plain.runs["dense"][0].train.eval_every == read_toml(
+        sweep_file.parent / "tiny.toml")["train"]["eval_every"]
+
+
+def test_evals_conflicts_are_one_line_errors(sweep_file, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert "--evals 0: must be >= 1" in error_line(
+        capsys, "compare", str(sweep_file), "--out", out, "--evals", "0")
+    assert "(evals / --evals); drop one" in error_line(
+        capsys, "compare", str(sweep_file), "--out", out, "--evals", "2",
+        "--set", "train.eval_every=5")
+    negative = sweep_file.parent / "negative.toml"
+    negative.write_text(SWEEP.replace("exposures = 3\n", "exposures = 3\nevals = -1\n", 1))
+    assert "sweep.evals: -1 must be >= 0" in error_line(capsys, "compare", str(negative),
+                                                         "--out", out)
+    assert not (tmp_path / "out").exists()

@@ -9,6 +9,9 @@ baseline = "dense"             # variant the others are compared with
 steps = 300                    # budget: train.steps for every run (or `tokens = N`, or
                                # `exposures = E`: every training token seen E times,
                                # steps = ceil(E * training tokens / tokens per step))
+evals = 10                     # optional: evaluate and checkpoint every run this many times
+                               # over its own budget (every ceil(steps / evals) steps; replaces
+                               # the variants' train.eval_every / checkpoint_every)
 core_flops_tolerance = 0.05    # warn when a variant's core FLOPs/token differ more than this
 set = ["train.compile=true"]   # optional: overrides for every variant (before each one's own)
 x_label = "value LR"           # optional: an axis the variants lie on (their `x`); axis.png
@@ -101,6 +104,9 @@ class SweepConfig:
     steps: int = 0                      # 0 = each config's own train.steps
     tokens: int = 0                     # alternative budget: steps = tokens / tokens per step
     exposures: int = 0                  # alternative budget: E exposures (extmem.run.budget)
+    # evaluate and checkpoint every run this many times over its budget (budgets of very
+    # different lengths, one curve density); 0 = each config's own eval / checkpoint steps
+    evals: int = 0
     core_flops_tolerance: float = 0.05
     description: str = ""
     # --set style overrides for every variant, applied before each variant's own `set`
@@ -128,6 +134,7 @@ class SweepConfig:
                                    "(steps, tokens or exposures)")
         require(self.steps >= 0 and self.tokens >= 0 and self.exposures >= 0,
                 "sweep.steps / sweep.tokens / sweep.exposures must be >= 0")
+        require(self.evals >= 0, f"sweep.evals: {self.evals} must be >= 0")
         if not self.baseline:
             self.baseline = names[0]
         require(self.baseline in names,
@@ -191,6 +198,9 @@ def _refuse_overwritten(cfg: SweepConfig, overrides: list[str]) -> None:
         if key == "train.exposures":
             raise ConfigError(f"--set {text!r}: train.exposures records a sweep's exposures "
                               "budget; use extmem compare --exposures E instead")
+        if key in ("train.eval_every", "train.checkpoint_every") and cfg.evals:
+            raise ConfigError(f"--set {text!r}: the sweep evaluates and checkpoints every run "
+                              f"{cfg.evals} times over its budget (evals / --evals); drop one")
 
 
 def _command_line_budget(cfg: SweepConfig, steps: int | None, tokens: int | None,
@@ -213,7 +223,8 @@ def _set_budget(run: RunConfig, variant: VariantConfig, cfg: SweepConfig,
                 tokens: dict[str, int]) -> None:
     """train.steps of one run: the variant's own steps, else its exposures, else the sweep's
     budget (steps, tokens or exposures); an exposures budget is recorded as train.exposures.
-    `tokens` memoises the training tokens per data config."""
+    With the sweep's `evals`, the run evaluates and checkpoints every ceil(steps / evals)
+    steps. `tokens` memoises the training tokens per data config."""
     exposures = variant.exposures or (0 if variant.steps else cfg.exposures)
     if variant.steps:
         run.train.steps = variant.steps
@@ -224,11 +235,15 @@ def _set_budget(run: RunConfig, variant: VariantConfig, cfg: SweepConfig,
         run.train.steps = max(1, cfg.tokens // (run.train.rows_per_step * run.data.seq_len))
     elif cfg.steps:
         run.train.steps = cfg.steps
+    if cfg.evals:  # evaluate and checkpoint `evals` times over this run's own budget
+        every = -(-run.train.steps // cfg.evals)
+        run.train.eval_every = run.train.checkpoint_every = every
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None,
                steps: int | None = None, tokens: int | None = None,
-               exposures: int | None = None, baseline: str | None = None) -> Sweep:
+               exposures: int | None = None, baseline: str | None = None,
+               evals: int | None = None) -> Sweep:
     """Read a sweep file and resolve + validate every (variant, seed) config.
 
     `path`: a sweep file, or a built-in sweep's name (`quickstart`: `sweeps/quickstart`; see
@@ -236,7 +251,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None,
     / `exposures` replace the sweep's budget and the variants' own exposures (a dense-init
     variant's own `steps`, its continuation length, is kept). `baseline` replaces the
     variant the others are compared with (`--baseline`: a piece of a sweep, run with
-    `--only`, that leaves out the sweep's own baseline)."""
+    `--only`, that leaves out the sweep's own baseline). `evals` (`--evals N`) replaces the
+    sweep's evals: every run evaluated and checkpointed N times over its budget."""
     path = path if isinstance(path, Path) else resolve(path, "sweep")
     cfg = from_dict(SweepConfig, read_toml(path), "sweep")
     if baseline is not None:
@@ -245,6 +261,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None,
                                    f"its variants: {', '.join(names)}")
         cfg.baseline = baseline
     _command_line_budget(cfg, steps, tokens, exposures)
+    if evals is not None:
+        require(evals >= 1, f"--evals {evals}: must be >= 1")
+        cfg.evals = evals
     _refuse_overwritten(cfg, overrides or [])
     runs: dict[str, dict[int, RunConfig]] = {}
     train_tokens: dict[str, int] = {}
