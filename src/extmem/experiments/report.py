@@ -31,6 +31,21 @@ from extmem.experiments.usage_curves import has_usage_chart, plot_usage
 from extmem.run.run_dir import write_json
 from extmem.run.storage import attribute_bits
 
+# (file, caption ({x_label}: the sweep's axis), whether the sweep has it, the plot) of the
+# charts a sweep gets when its results have what they draw, in the report's order after
+# curves.png and quality.png
+OPTIONAL_CHARTS = (
+    ("axis.png", "final loss against {x_label}", has_axis_chart, plot_axis),
+    ("capacity.png", "capacity", has_capacity_chart, plot_capacity),
+    ("capacity_bars.png", "bits stored per parameter and per FLOP", has_capacity_bars,
+     plot_capacity_bars),
+    ("capacity_curves.png", "bits stored along training", has_storage_curves,
+     plot_storage_curves),
+    ("usage.png", "memory usage over training", has_usage_chart, plot_usage),
+)
+# the tuning grid's bar chart, shown under the grid's tables
+TUNING_CHART = ("tuning.png", "tuning grid", has_tuning_chart, plot_tuning)
+
 
 def _pm(stat: dict | None, digits: int = 4) -> str:
     if not stat:
@@ -227,22 +242,16 @@ def markdown(results: dict, command: str) -> str:
     lines += saturation_table(results)
     lines += storage_along_table(results)
     lines += tuning_tables(results)
-    if has_tuning_chart(results):
-        lines += ["", "![tuning grid](tuning.png)"]
+    if TUNING_CHART[2](results):
+        lines += ["", f"![{TUNING_CHART[1]}]({TUNING_CHART[0]})"]
     lines += _downstream_table(results["variants"], results["baseline"])
     if results["warnings"]:
         lines += ["", "Warnings:", ""] + [f"- {w}" for w in results["warnings"]]
     lines += ["", "![validation curves](curves.png)", "", "![quality](quality.png)", ""]
-    if has_axis_chart(results):
-        lines += [f"![final loss against {results['x_label']}](axis.png)", ""]
-    if has_capacity_chart(results):
-        lines += ["![capacity](capacity.png)", ""]
-    if has_capacity_bars(results):
-        lines += ["![bits stored per parameter and per FLOP](capacity_bars.png)", ""]
-    if has_storage_curves(results):
-        lines += ["![bits stored along training](capacity_curves.png)", ""]
-    if has_usage_chart(results):
-        lines += ["![memory usage over training](usage.png)", ""]
+    for file, caption, wanted, _ in OPTIONAL_CHARTS:
+        if wanted(results):
+            text = caption.format(x_label=results.get("x_label", ""))
+            lines += [f"![{text}]({file})", ""]
     return "\n".join(lines)
 
 
@@ -250,18 +259,9 @@ def write_report(results: dict, out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(results, out / "curves.png")
     plot_quality(results, out / "quality.png")
-    if has_axis_chart(results):
-        plot_axis(results, out / "axis.png")
-    if has_capacity_chart(results):
-        plot_capacity(results, out / "capacity.png")
-    if has_capacity_bars(results):
-        plot_capacity_bars(results, out / "capacity_bars.png")
-    if has_storage_curves(results):
-        plot_storage_curves(results, out / "capacity_curves.png")
-    if has_usage_chart(results):
-        plot_usage(results, out / "usage.png")
-    if has_tuning_chart(results):
-        plot_tuning(results, out / "tuning.png")
+    for file, _, wanted, plot in (*OPTIONAL_CHARTS, TUNING_CHART):
+        if wanted(results):
+            plot(results, out / file)
     write_json(out / "results.json", results)
     tmp = out / f"results.md.{os.getpid()}.tmp"  # sweep workers may report at once
     tmp.write_text(markdown(results, command), encoding="utf-8")
