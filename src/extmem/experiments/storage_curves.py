@@ -24,6 +24,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from extmem.experiments.saturation import family_rows
+from extmem.experiments.usage_curves import mean_at_shared_steps
 from extmem.run.run_dir import read_metrics
 
 # the storage meter's figures read from each evaluation (extmem.run.storage)
@@ -48,18 +49,12 @@ def storage_curve(runs: list[tuple[Path, int]], steps: int, exposures: float | N
     """Mean over runs (run_dir, step offset) at the steps all of them evaluated, with the
     exposures per fact at each step when the budget was set in exposures (`steps` of training
     for `exposures`); None when the runs have no storage meter."""
-    curves = [run_storage_curve(run_dir, offset) for run_dir, offset in runs]
-    if not curves or not all(curves):
+    out = mean_at_shared_steps([run_storage_curve(run_dir, offset) for run_dir, offset in runs],
+                               CURVE_KEYS)
+    if out is None or not out["steps"]:
         return None
-    shared = sorted(set.intersection(*(set(c) for c in curves)))
-    if not shared:
-        return None
-    out: dict = {"steps": shared}
     if exposures:
-        out["exposures"] = [exposures * step / steps for step in shared]
-    for key in CURVE_KEYS:
-        if all(key in c[s] for c in curves for s in shared):
-            out[key] = [sum(c[s][key] for c in curves) / len(curves) for s in shared]
+        out["exposures"] = [exposures * step / steps for step in out["steps"]]
     return out
 
 

@@ -37,18 +37,26 @@ def run_usage_curve(run_dir: Path, offset: int = 0) -> dict[int, dict[str, float
     return curve
 
 
-def usage_curve(runs: list[tuple[Path, int]]) -> dict | None:
-    """Mean over runs (run_dir, step offset) at the steps all of them evaluated; None when the
-    runs have no memory."""
-    curves = [run_usage_curve(run_dir, offset) for run_dir, offset in runs]
+def mean_at_shared_steps(curves: list[dict[int, dict[str, float]]],
+                         keys: tuple[str, ...]) -> dict | None:
+    """{"steps": the steps every curve has, key: the mean over curves at each} for each of
+    `keys` that every curve has at every such step; None when a curve is empty (or none
+    is given)."""
     if not curves or not all(curves):
         return None
     steps = sorted(set.intersection(*(set(c) for c in curves)))
     out: dict = {"steps": steps}
-    for key in FIGURES:
+    for key in keys:
         if all(key in c[s] for c in curves for s in steps):
             out[key] = [sum(c[s][key] for c in curves) / len(curves) for s in steps]
     return out
+
+
+def usage_curve(runs: list[tuple[Path, int]]) -> dict | None:
+    """Mean over runs (run_dir, step offset) at the steps all of them evaluated; None when the
+    runs have no memory."""
+    return mean_at_shared_steps([run_usage_curve(run_dir, offset) for run_dir, offset in runs],
+                                tuple(FIGURES))
 
 
 def has_usage_chart(results: dict) -> bool:
