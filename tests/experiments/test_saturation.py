@@ -126,3 +126,46 @@ def test_no_families_no_table():
     assert saturation_table(_results([ungrouped], baseline="d-f10")) == []
     # a tuning grid's groups are families of settings on one corpus: no capacity table
     assert saturation_table({**_results([_row("d", 10, [1.0])], "d-f10"), "tuning": {}}) == []
+
+
+def test_each_model_against_the_best_reference_on_each_figure():
+    # two references: "wide" stores more bits, "narrow" more per parameter in all
+    narrow = [_row("narrow", 10, [40.0, 44.0]), _row("narrow", 30, [60.0, 64.0])]
+    wide = [_row("wide", 10, [90.0, 100.0], total=10_000), _row("wide", 30, [120.0, 110.0],
+                                                                total=10_000)]
+    memory = [_row("mem", 10, [300.0, 310.0], total=5_000)]
+    results = {**_results(narrow + wide + memory, baseline="narrow-f10"),
+               "references": ["narrow", "wide"]}
+    lines = saturation_table(results)
+    start = next(i for i, line in enumerate(lines) if "best reference model" in line)
+    assert "(references: `narrow`, `wide`;" in lines[start]
+    end = next(i for i, line in enumerate(lines[start + 2:], start + 2) if not line)
+    table = lines[start + 2:end]   # header, rule, then one row per model but the references
+    assert len(table) == 3 and table[2].startswith("| mem | ")
+    mem = table[2]
+    cells = mem.removesuffix(" |").split(" | ")[1:]
+    # stored bits: wide's peak (30 facts, 115) is the higher one
+    welch = scipy_stats.ttest_ind([300.0, 310.0], [120.0, 110.0], equal_var=False)
+    low, high = welch.confidence_interval(0.95)
+    assert cells[0] == f"+190 [{low:+.3g}, {high:+.3g}], x2.65 (seeds 2 / 2) vs wide"
+    # per parameter in all: narrow's peak (62 / 1,000) beats wide's (115 / 10,000)
+    assert cells[2].startswith(f"{305.0 / 5_000 - 62.0 / 1000:+.3g} [") and \
+        cells[2].endswith("x0.98 (seeds 2 / 2) vs narrow")
+    assert cells[3:] == ["-", "-", "-"]        # no floor measured anywhere: nothing to compare
+    # without references, no such table
+    del results["references"]
+    assert not any("best reference model" in line for line in saturation_table(results))
+
+
+def test_references_must_be_groups_of_the_sweep(tiny_config, capsys):
+    from tests.cli_helpers import error_line
+    path = tiny_config.parent / "refs.toml"
+    path.write_text('name = "refs"\nbase = "tiny.toml"\nseeds = [0]\nsteps = 2\n'
+                    'references = ["dense", "wide"]\n\n[[variants]]\nname = "d-e6"\n'
+                    'group = "dense"\nset = ["model.memories=[]"]\n')
+    assert error_line(capsys, "compare", str(path)) == (
+        "error: sweep.references: ['wide'] are not groups of this sweep's variants; "
+        "allowed: ['dense']")
+    path.write_text(path.read_text().replace('"dense", "wide"', '"dense", "dense"'))
+    assert error_line(capsys, "compare", str(path)) == (
+        "error: sweep.references: ['dense', 'dense'] lists a group twice")

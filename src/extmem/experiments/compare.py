@@ -360,6 +360,7 @@ def summarize(sweep: Sweep, out: Path, partial: bool = False) -> dict:
             "baseline": sweep.cfg.baseline, "seeds": sweep.cfg.seeds, "budget": budget,
             **({"x_label": sweep.cfg.x_label, "x_scale": sweep.cfg.x_scale}
                if sweep.cfg.x_label else {}),
+            **({"references": sweep.cfg.references} if sweep.cfg.references else {}),
             "variants": rows, "warnings": warnings, **_unfinished(sweep, out, done),
             **({"tuning": tuning_summary(rows, {v.name: v.group for v in sweep.cfg.variants},
                                          sweep.cfg.tune_by,

@@ -15,8 +15,11 @@ memorises anything. Whether the peak is a capacity or only a lower bound depends
 - still growing: the peak is at the largest corpus and still rising, so the capacity is at
   least the peak.
 
-`saturation_table` writes the family table and each family's peak against the baseline
-family's peak (Welch's interval over seeds; docs/results.md, "Capacity").
+`saturation_table` writes the family table, each family's peak against the baseline
+family's peak (Welch's interval over seeds; docs/results.md, "Capacity"), and, when the sweep
+names `references` (the dense widths), each other family's peak against the best reference on
+each figure: a memory is then measured against the strongest dense model per core FLOP and per
+parameter, not only against the dense model of its own core.
 """
 
 from __future__ import annotations
@@ -153,6 +156,7 @@ def saturation_table(results: dict) -> list[str]:
              + " | ".join(label for _, label in PEAK_RATIOS) + " | state |",
              "|---|---|" + "---|" * (len(sizes) + 4 + len(PEAK_RATIOS))]
     lines += [_family_line(group, rows, sizes) for group, rows in families.items()]
+    lines += _versus_best_reference(results, families)
     base_row = next((r for r in results["variants"] if r["variant"] == results["baseline"]), None)
     if base_row is None or base_row.get("group") not in families:
         return lines
@@ -169,4 +173,33 @@ def saturation_table(results: dict) -> list[str]:
         peak = peak_row(rows)
         lines.append(f"| {group} | " + " | ".join(
             _versus(peak, base_peak, key) for key, _ in PEAK_COMPARED) + " |")
+    return lines
+
+
+def _best_reference(peaks: dict[str, dict], references: list[str], key: str) -> str | None:
+    """The reference family whose peak has the highest mean of `key` (None when none has it)."""
+    having = [g for g in references if g in peaks and key in peaks[g]]
+    return max(having, key=lambda g: peaks[g][key]["mean"]) if having else None
+
+
+def _versus_best_reference(results: dict, families: dict[str, list[dict]]) -> list[str]:
+    """Markdown lines: each non-reference family's peak against the best reference family's
+    peak on each figure of PEAK_COMPARED, naming that reference (empty without references)."""
+    references = [g for g in results.get("references", []) if g in families]
+    if not references:
+        return []
+    peaks = {group: peak_row(rows) for group, rows in families.items()}
+    best = {key: _best_reference(peaks, references, key) for key, _ in PEAK_COMPARED}
+    lines = ["", "Each model's peak vs the best reference model on each figure (references: "
+             + ", ".join(f"`{g}`" for g in references) + "; on each figure the reference "
+             "whose peak is highest, named in the cell): Δ = model − that reference, Welch's "
+             "95% interval over seeds, the ratio of the means:", "",
+             "| model | " + " | ".join(f"Δ {label}" for _, label in PEAK_COMPARED) + " |",
+             "|---|" + "---|" * len(PEAK_COMPARED)]
+    for group, peak in peaks.items():
+        if group in references:
+            continue
+        cells = ["-" if (ref := best[key]) is None or key not in peak
+                 else f"{_versus(peak, peaks[ref], key)} vs {ref}" for key, _ in PEAK_COMPARED]
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
     return lines

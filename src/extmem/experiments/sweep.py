@@ -18,6 +18,9 @@ x_label = "value LR"           # optional: an axis the variants lie on (their `x
 x_scale = "log"                # draws the final loss against it ("linear" or "log")
 tune_by = "stored_bits"        # optional: a tuning grid; per `group`, the best cell by this
                                # metric wins (experiments/tuning.py); every variant needs a group
+references = ["dense-d32", "dense-d64"]   # optional: groups (models) the others are measured
+                               # against in a capacity report: each model's peak vs the best
+                               # of these on each figure (experiments/saturation.py)
 
 [[variants]]
 name = "dense"
@@ -120,6 +123,9 @@ class SweepConfig:
     # a tuning grid: per group, the variant with the best mean of this metric wins
     # (experiments/tuning.py); "" = not a grid
     tune_by: str = ""
+    # groups of a capacity sweep (the models every other model is measured against): the
+    # report sets each model's peak beside the best of them on each figure
+    references: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         require_valid_fields(self, "sweep")
@@ -162,6 +168,12 @@ class SweepConfig:
                 "best cell per group, so give every variant one (group = \"...\")")
         require(self.core_flops_tolerance >= 0,
                 f"sweep.core_flops_tolerance: {self.core_flops_tolerance} must be >= 0")
+        groups = sorted({v.group for v in self.variants if v.group})
+        unknown = [g for g in self.references if g not in groups]
+        require(not unknown, f"sweep.references: {unknown} are not groups of this sweep's "
+                             f"variants; allowed: {groups}")
+        require(len(set(self.references)) == len(self.references),
+                f"sweep.references: {self.references} lists a group twice")
 
 
 def _deep_merge(target: dict, patch: dict) -> dict:
