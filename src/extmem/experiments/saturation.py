@@ -141,7 +141,8 @@ def _family_line(group: str, rows: list[dict], sizes: list[int]) -> str:
 def saturation_table(results: dict) -> list[str]:
     """Markdown lines: per family, its figure at every corpus size, its peak per core
     parameter, per parameter in all and per training FLOP of the core, and its state; then each
-    family's peak against the baseline family's (empty when the sweep has no families)."""
+    family's peak against the best reference family's on each figure (when the sweep names
+    `references`) and against the baseline family's (empty when the sweep has no families)."""
     families = family_rows(results)
     if not families or "tuning" in results:
         return []
@@ -156,50 +157,48 @@ def saturation_table(results: dict) -> list[str]:
              + " | ".join(label for _, label in PEAK_RATIOS) + " | state |",
              "|---|---|" + "---|" * (len(sizes) + 4 + len(PEAK_RATIOS))]
     lines += [_family_line(group, rows, sizes) for group, rows in families.items()]
-    lines += _versus_best_reference(results, families)
+    peaks = {group: peak_row(rows) for group, rows in families.items()}
+    references = [g for g in results.get("references", []) if g in families]
+    if references:
+        best = {key: _best_reference(peaks, references, key) for key, _ in PEAK_COMPARED}
+        lines += _peaks_against(
+            "Each model's peak vs the best reference model on each figure (references: "
+            + ", ".join(f"`{g}`" for g in references) + "; on each figure the reference whose "
+            "peak is highest, named in the cell): Δ = model − that reference, Welch's 95% "
+            "interval over seeds, the ratio of the means:", peaks, best, set(references),
+            name_reference=True)
     base_row = next((r for r in results["variants"] if r["variant"] == results["baseline"]), None)
     if base_row is None or base_row.get("group") not in families:
         return lines
     base_group = base_row["group"]
-    base_peak = peak_row(families[base_group])
-    lines += ["", f"Each model's peak vs the peak of `{base_group}` (the baseline's model, "
-              f"{base_peak['capacity']['facts']:,} facts): Δ = model − {base_group}, Welch's "
-              "95% interval over seeds, the ratio of the means:", "",
-              "| model | " + " | ".join(f"Δ {label}" for _, label in PEAK_COMPARED) + " |",
-              "|---|" + "---|" * len(PEAK_COMPARED)]
-    for group, rows in families.items():
-        if group == base_group:
-            continue
-        peak = peak_row(rows)
-        lines.append(f"| {group} | " + " | ".join(
-            _versus(peak, base_peak, key) for key, _ in PEAK_COMPARED) + " |")
-    return lines
+    return lines + _peaks_against(
+        f"Each model's peak vs the peak of `{base_group}` (the baseline's model, "
+        f"{peaks[base_group]['capacity']['facts']:,} facts): Δ = model − {base_group}, Welch's "
+        "95% interval over seeds, the ratio of the means:", peaks,
+        dict.fromkeys((key for key, _ in PEAK_COMPARED), base_group), {base_group})
 
 
 def _best_reference(peaks: dict[str, dict], references: list[str], key: str) -> str | None:
     """The reference family whose peak has the highest mean of `key` (None when none has it)."""
-    having = [g for g in references if g in peaks and key in peaks[g]]
+    having = [g for g in references if key in peaks[g]]
     return max(having, key=lambda g: peaks[g][key]["mean"]) if having else None
 
 
-def _versus_best_reference(results: dict, families: dict[str, list[dict]]) -> list[str]:
-    """Markdown lines: each non-reference family's peak against the best reference family's
-    peak on each figure of PEAK_COMPARED, naming that reference (empty without references)."""
-    references = [g for g in results.get("references", []) if g in families]
-    if not references:
-        return []
-    peaks = {group: peak_row(rows) for group, rows in families.items()}
-    best = {key: _best_reference(peaks, references, key) for key, _ in PEAK_COMPARED}
-    lines = ["", "Each model's peak vs the best reference model on each figure (references: "
-             + ", ".join(f"`{g}`" for g in references) + "; on each figure the reference "
-             "whose peak is highest, named in the cell): Δ = model − that reference, Welch's "
-             "95% interval over seeds, the ratio of the means:", "",
+def _peaks_against(heading: str, peaks: dict[str, dict], against: dict[str, str | None],
+                   skip: set[str], name_reference: bool = False) -> list[str]:
+    """Markdown lines: each family's peak (but those in `skip`) against the peak of the family
+    `against[key]` on each figure of PEAK_COMPARED ("-" where there is none), naming that
+    family in the cell with `name_reference`."""
+    lines = ["", heading, "",
              "| model | " + " | ".join(f"Δ {label}" for _, label in PEAK_COMPARED) + " |",
              "|---|" + "---|" * len(PEAK_COMPARED)]
     for group, peak in peaks.items():
-        if group in references:
+        if group in skip:
             continue
-        cells = ["-" if (ref := best[key]) is None or key not in peak
-                 else f"{_versus(peak, peaks[ref], key)} vs {ref}" for key, _ in PEAK_COMPARED]
+        cells = []
+        for key, _ in PEAK_COMPARED:
+            ref = against[key]
+            cell = "-" if ref is None else _versus(peak, peaks[ref], key)
+            cells.append(f"{cell} vs {ref}" if name_reference and cell != "-" else cell)
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
     return lines
