@@ -7,6 +7,7 @@ from scipy import stats as scipy_stats
 
 from extmem.experiments.saturation import (
     SATURATION_GROWTH,
+    gain_per_added_param,
     peak_key,
     peak_rows,
     saturation_state,
@@ -84,7 +85,10 @@ def test_table_rows_and_peaks_against_the_baseline_family():
     per_param = versus.split(" | ")[3]
     assert per_param.startswith(f"{150.0 / 10_000 - 95.0 / 1000:+.3g}") and "x0.16" in per_param
     assert not any(line.startswith("| dense | ") and "seeds" in line for line in lines)
-    assert versus.split(" | ")[4:] == ["-", "-", "- |"]   # no floor measured: no comparison
+    assert versus.split(" | ")[4:7] == ["-", "-", "-"]   # no floor measured: no comparison
+    # what each of the 9,000 parameters mem adds over dense bought, on stored bits (no floor)
+    gain = f"{(150.0 - 95.0) / 9_000:+.3g} [{w_low / 9_000:+.3g}, {w_high / 9_000:+.3g}]"
+    assert versus.split(" | ")[7] == f"{gain} (stored bits, 9,000 added) |"
     assert "| stored bits | 95 ± 5 [" in dense_line      # the peak is taken on stored bits
 
 
@@ -103,6 +107,8 @@ def test_above_the_floor_at_the_peak():
     welch = scipy_stats.ttest_ind([149.0, 151.0], [30.0, 20.0], equal_var=False)
     low, high = welch.confidence_interval(0.95)
     assert versus.split(" | ")[4] == f"+125 [{low:+.3g}, {high:+.3g}], x6.00 (seeds 2 / 2)"
+    # mem has as many parameters as dense: it adds none, so no gain per added parameter
+    assert versus.split(" | ")[7] == "- |"
 
 
 def test_peak_is_taken_above_the_floor_when_every_row_has_it():
@@ -169,3 +175,18 @@ def test_references_must_be_groups_of_the_sweep(tiny_config, capsys):
     path.write_text(path.read_text().replace('"dense", "wide"', '"dense", "dense"'))
     assert error_line(capsys, "compare", str(path)) == (
         "error: sweep.references: ['dense', 'dense'] lists a group twice")
+
+
+def test_gain_per_added_parameter_is_taken_above_the_floor_when_both_have_it():
+    base, wide = _row("d", 10, [100.0, 110.0], total=1_000), _row("w", 10, [400.0, 420.0],
+                                                                   total=3_000)
+    base["stored_bits_above_floor"], wide["stored_bits_above_floor"] = _stat([60.0, 70.0]), \
+        _stat([260.0, 290.0])
+    low, high = scipy_stats.ttest_ind([260.0, 290.0], [60.0, 70.0],
+                                      equal_var=False).confidence_interval(0.95)
+    assert gain_per_added_param(wide, base) == (
+        f"{(275.0 - 65.0) / 2_000:+.3g} [{low / 2_000:+.3g}, {high / 2_000:+.3g}] "
+        "(above the floor, 2,000 added)")
+    del base["stored_bits_above_floor"]            # one side without the floor: stored bits
+    assert gain_per_added_param(wide, base).startswith(f"{(410.0 - 105.0) / 2_000:+.3g} [")
+    assert gain_per_added_param(base, wide) == "-"  # fewer parameters: nothing added

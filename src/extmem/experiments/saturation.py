@@ -174,8 +174,11 @@ def saturation_table(results: dict) -> list[str]:
     return lines + _peaks_against(
         f"Each model's peak vs the peak of `{base_group}` (the baseline's model, "
         f"{peaks[base_group]['capacity']['facts']:,} facts): Δ = model − {base_group}, Welch's "
-        "95% interval over seeds, the ratio of the means:", peaks,
-        dict.fromkeys((key for key, _ in PEAK_COMPARED), base_group), {base_group})
+        "95% interval over seeds, the ratio of the means; last, the bits the model stores "
+        f"beyond {base_group} per parameter it adds (Δ of the figure the peaks are taken on, "
+        "over the difference in parameters in all: what each added parameter bought):", peaks,
+        dict.fromkeys((key for key, _ in PEAK_COMPARED), base_group), {base_group},
+        per_added_param=True)
 
 
 def _best_reference(peaks: dict[str, dict], references: list[str], key: str) -> str | None:
@@ -184,14 +187,33 @@ def _best_reference(peaks: dict[str, dict], references: list[str], key: str) -> 
     return max(having, key=lambda g: peaks[g][key]["mean"]) if having else None
 
 
+def gain_per_added_param(peak: dict, base: dict) -> str:
+    """(peak − base) of the figure both peaks can be taken on (above the floor where both have
+    it) per parameter `peak`'s model adds over `base`'s, with Welch's 95% interval over seeds
+    scaled alike; "-" when it adds none."""
+    added = peak["params"]["total"] - base["params"]["total"]
+    if added <= 0:
+        return "-"
+    key = ("stored_bits_above_floor" if "stored_bits_above_floor" in peak
+           and "stored_bits_above_floor" in base else "stored_bits")
+    a, b = peak[key].get("values", [peak[key]["mean"]]), base[key].get("values", [base[key]["mean"]])
+    low, high = welch_interval(a, b)
+    interval = "" if math.isnan(low) else f" [{low / added:+.3g}, {high / added:+.3g}]"
+    return (f"{(peak[key]['mean'] - base[key]['mean']) / added:+.3g}{interval} "
+            f"({PEAK_ON[key]}, {added:,} added)")
+
+
 def _peaks_against(heading: str, peaks: dict[str, dict], against: dict[str, str | None],
-                   skip: set[str], name_reference: bool = False) -> list[str]:
+                   skip: set[str], name_reference: bool = False,
+                   per_added_param: bool = False) -> list[str]:
     """Markdown lines: each family's peak (but those in `skip`) against the peak of the family
     `against[key]` on each figure of PEAK_COMPARED ("-" where there is none), naming that
-    family in the cell with `name_reference`."""
+    family in the cell with `name_reference`; with `per_added_param` a last column of the bits
+    gained per parameter added over the (one) family compared with."""
+    added = ["Δ per added parameter"] if per_added_param else []
     lines = ["", heading, "",
-             "| model | " + " | ".join(f"Δ {label}" for _, label in PEAK_COMPARED) + " |",
-             "|---|" + "---|" * len(PEAK_COMPARED)]
+             "| model | " + " | ".join([f"Δ {label}" for _, label in PEAK_COMPARED] + added)
+             + " |", "|---|" + "---|" * (len(PEAK_COMPARED) + len(added))]
     for group, peak in peaks.items():
         if group in skip:
             continue
@@ -200,5 +222,7 @@ def _peaks_against(heading: str, peaks: dict[str, dict], against: dict[str, str 
             ref = against[key]
             cell = "-" if ref is None else _versus(peak, peaks[ref], key)
             cells.append(f"{cell} vs {ref}" if name_reference and cell != "-" else cell)
+        if per_added_param:
+            cells.append(gain_per_added_param(peak, peaks[against["stored_bits"]]))
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
     return lines
