@@ -85,10 +85,10 @@ def test_table_rows_and_peaks_against_the_baseline_family():
     per_param = versus.split(" | ")[3]
     assert per_param.startswith(f"{150.0 / 10_000 - 95.0 / 1000:+.3g}") and "x0.16" in per_param
     assert not any(line.startswith("| dense | ") and "seeds" in line for line in lines)
-    assert versus.split(" | ")[4:7] == ["-", "-", "-"]   # no floor measured: no comparison
+    assert versus.split(" | ")[4:8] == ["-"] * 4   # no floor measured: no comparison
     # what each of the 9,000 parameters mem adds over dense bought, on stored bits (no floor)
     gain = f"{(150.0 - 95.0) / 9_000:+.3g} [{w_low / 9_000:+.3g}, {w_high / 9_000:+.3g}]"
-    assert versus.split(" | ")[7] == f"{gain} (stored bits, 9,000 added) |"
+    assert versus.split(" | ")[8] == f"{gain} (stored bits, 9,000 added) |"
     assert "| stored bits | 95 ± 5 [" in dense_line      # the peak is taken on stored bits
 
 
@@ -108,7 +108,7 @@ def test_above_the_floor_at_the_peak():
     low, high = welch.confidence_interval(0.95)
     assert versus.split(" | ")[4] == f"+125 [{low:+.3g}, {high:+.3g}], x6.00 (seeds 2 / 2)"
     # mem has as many parameters as dense: it adds none, so no gain per added parameter
-    assert versus.split(" | ")[7] == "- |"
+    assert versus.split(" | ")[8] == "- |"
 
 
 def test_peak_is_taken_above_the_floor_when_every_row_has_it():
@@ -157,7 +157,7 @@ def test_each_model_against_the_best_reference_on_each_figure():
     # per parameter in all: narrow's peak (62 / 1,000) beats wide's (115 / 10,000)
     assert cells[2].startswith(f"{305.0 / 5_000 - 62.0 / 1000:+.3g} [") and \
         cells[2].endswith("x0.98 (seeds 2 / 2) vs narrow")
-    assert cells[3:] == ["-", "-", "-"]        # no floor measured anywhere: nothing to compare
+    assert cells[3:] == ["-"] * 4        # no floor measured anywhere: nothing to compare
     # without references, no such table
     del results["references"]
     assert not any("best reference model" in line for line in saturation_table(results))
@@ -190,3 +190,32 @@ def test_gain_per_added_parameter_is_taken_above_the_floor_when_both_have_it():
     del base["stored_bits_above_floor"]            # one side without the floor: stored bits
     assert gain_per_added_param(wide, base).startswith(f"{(410.0 - 105.0) / 2_000:+.3g} [")
     assert gain_per_added_param(base, wide) == "-"  # fewer parameters: nothing added
+
+
+def test_per_training_flop_counts_the_lookups():
+    # mem's lookups double its FLOPs in all at the same core FLOPs (1e9): its lead per FLOP in
+    # all is half its lead per core FLOP
+    dense = [_row("dense", 10, [40.0, 44.0]), _row("dense", 30, [100.0, 90.0])]
+    memory = [_row("mem", 10, [270.0, 300.0], total=10_000)]
+    for row, flops in zip(dense + memory, (1e9, 1e9, 2e9), strict=True):
+        above = [s - 5.0 for s in row["stored_bits"]["values"]]
+        row["stored_bits_above_floor"] = _stat(above)
+        row["stored_bits_above_floor_per_core_flop"] = _stat([a / 1e9 for a in above])
+        row["stored_bits_above_floor_per_flop"] = _stat([a / flops for a in above])
+    lines = saturation_table(_results(dense + memory, baseline="dense-f30"))
+    header = next(line for line in lines if line.startswith("| model | params"))
+    assert header.endswith("| peak / training FLOP of the core | peak / training FLOP, lookups "
+                           "included | state |")
+    # mem's peak: (265, 295) bits above the floor, per core FLOP and per FLOP in all
+    mem_line = next(line for line in lines if line.startswith("| mem | 100 / 10,000"))
+    assert mem_line.split(" | ")[-3].startswith("2.8e-07 ± ")
+    assert mem_line.split(" | ")[-2].startswith("1.4e-07 ± ")
+    # against dense's peak (95, 85 above the floor at 30 facts, 1e9 FLOPs in all), Welch
+    versus = next(line for line in lines if line.startswith("| mem | ") and "seeds" in line)
+    per_core, per_all = versus.split(" | ")[5], versus.split(" | ")[7]
+    welch = scipy_stats.ttest_ind([2.65e-7, 2.95e-7], [9.5e-8, 8.5e-8], equal_var=False)
+    low, high = welch.confidence_interval(0.95)
+    assert per_core == f"{2.8e-7 - 9e-8:+.3g} [{low:+.3g}, {high:+.3g}], x3.11 (seeds 2 / 2)"
+    welch = scipy_stats.ttest_ind([1.325e-7, 1.475e-7], [9.5e-8, 8.5e-8], equal_var=False)
+    low, high = welch.confidence_interval(0.95)
+    assert per_all == f"{1.4e-7 - 9e-8:+.3g} [{low:+.3g}, {high:+.3g}], x1.56 (seeds 2 / 2)"

@@ -39,12 +39,16 @@ PEAK_COMPARED = (("stored_bits", "stored bits"),
                  ("stored_bits_above_floor", "stored above the meter's floor"),
                  ("stored_bits_above_floor_per_core_flop", "above the floor / training FLOP of "
                   "the core"),
-                 ("stored_bits_above_floor_per_param", "above the floor / param (total)"))
+                 ("stored_bits_above_floor_per_param", "above the floor / param (total)"),
+                 # the lookups' FLOPs counted too (extmem.model.accounting): what a memory costs
+                 ("stored_bits_above_floor_per_flop", "above the floor / training FLOP, "
+                  "lookups included"))
 
 # (suffix of the peak's figure, column label) of the per-parameter and per-FLOP columns
 PEAK_RATIOS = (("_per_core_param", "peak / core param"),
                ("_per_param", "peak / param (total)"),
-               ("_per_core_flop", "peak / training FLOP of the core"))
+               ("_per_core_flop", "peak / training FLOP of the core"),
+               ("_per_flop", "peak / training FLOP, lookups included"))
 
 # how the family table names the figure its peak is taken on (`peak_key`)
 PEAK_ON = {"stored_bits_above_floor": "above the floor", "stored_bits": "stored bits"}
@@ -140,7 +144,8 @@ def _family_line(group: str, rows: list[dict], sizes: list[int]) -> str:
 
 def saturation_table(results: dict) -> list[str]:
     """Markdown lines: per family, its figure at every corpus size, its peak per core
-    parameter, per parameter in all and per training FLOP of the core, and its state; then each
+    parameter, per parameter in all, per training FLOP of the core and per training FLOP in
+    all (the lookups included), and its state; then each
     family's peak against the best reference family's on each figure (when the sweep names
     `references`) and against the baseline family's (empty when the sweep has no families)."""
     families = family_rows(results)
